@@ -1,0 +1,408 @@
+/*
+ * behavior.c: @when and whencall -- turning a Python function and its cowns
+ * into a libboc behavior.
+ *
+ * Scheduling does, in order: validate the function and the cowns (so that a
+ * mistake raises here, at the decorator, and not later in a worker); find
+ * the function's registry id; snapshot its captures (trailing parameters
+ * with defaults, closure variables, and whencall's extra arguments) into
+ * one blob; build the behavior with the argument cowns plus a fresh result
+ * cown; hand it to libboc.  The decorated name becomes the result cown.
+ */
+#include "bocpy.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *args; /* tuple: each a Cown or a list of Cowns */
+} WhenObject;
+
+/* Checks one @when argument; returns its cown count or -1. */
+static Py_ssize_t
+check_argument(bocpy_state *st, PyObject *arg, Py_ssize_t position)
+{
+    if (bocpy_cown_check(st, arg)) {
+        return 1;
+    }
+    if (PyList_Check(arg)) {
+        Py_ssize_t n = PyList_GET_SIZE(arg);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(arg, i);
+            if (!bocpy_cown_check(st, item)) {
+                PyErr_Format(PyExc_TypeError,
+                             "@when argument %zd is a list whose item %zd is a '%.200s', not a "
+                             "Cown; a list passed to @when is a group of cowns: wrap values "
+                             "in Cown(...)",
+                             position, i, Py_TYPE(item)->tp_name);
+                return -1;
+            }
+        }
+        return n;
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "@when argument %zd must be a Cown or a list of Cowns, not '%.200s' (%R); wrap "
+                 "the value in Cown(...), or pass it as a default parameter to capture it",
+                 position, Py_TYPE(arg)->tp_name, arg);
+    return -1;
+}
+
+static PyObject *
+function_name(PyObject *func)
+{
+    PyObject *name = PyObject_GetAttrString(func, "__qualname__");
+    if (name == NULL) {
+        PyErr_Clear();
+        name = PyUnicode_FromString("<behavior>");
+    }
+    return name;
+}
+
+static int
+check_function(PyObject *func, Py_ssize_t ngiven)
+{
+    if (!PyFunction_Check(func)) {
+        PyErr_Format(PyExc_TypeError,
+                     "@when decorates a function defined with 'def', not '%.200s'",
+                     Py_TYPE(func)->tp_name);
+        return -1;
+    }
+    PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(func);
+    PyObject *name = function_name(func);
+    if (name == NULL) {
+        return -1;
+    }
+    int rc = -1;
+    if (code->co_flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)) {
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' is an 'async def' function; behaviors run to completion "
+                     "on a worker and cannot be awaited: define it with plain 'def'",
+                     name);
+        goto done;
+    }
+    if (code->co_flags & CO_GENERATOR) {
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' is a generator function (it uses 'yield'); a behavior "
+                     "runs once and returns its result: return a list instead",
+                     name);
+        goto done;
+    }
+    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
+    Py_ssize_t ndefaults = defaults ? PyTuple_GET_SIZE(defaults) : 0;
+    Py_ssize_t nparams = code->co_argcount;
+    Py_ssize_t nrequired = nparams - ndefaults;
+    if (ngiven < nrequired) {
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' has %zd parameters without defaults but @when gives it "
+                     "%zd argument%s; give one cown (or list of cowns) per parameter, and "
+                     "give extra parameters default values (they are captured)",
+                     name, nrequired, ngiven, ngiven == 1 ? "" : "s");
+        goto done;
+    }
+    if (ngiven > nparams && !(code->co_flags & CO_VARARGS)) {
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' takes %zd parameter%s but @when gives it %zd "
+                     "arguments; add a parameter per cown (or use *args)",
+                     name, nparams, nparams == 1 ? "" : "s", ngiven);
+        goto done;
+    }
+    PyObject *kwdefaults = PyFunction_GET_KW_DEFAULTS(func);
+    Py_ssize_t nkwdefaults = kwdefaults ? PyDict_GET_SIZE(kwdefaults) : 0;
+    if (code->co_kwonlyargcount > nkwdefaults) {
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' has keyword-only parameters without defaults; behaviors "
+                     "receive only their cowns, so give those parameters default values",
+                     name);
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_DECREF(name);
+    return rc;
+}
+
+/* (extra_args, defaults, kwdefaults, closure) or NULL when there is nothing
+ * to capture.  Closure cells become (True, value) or (False,) when empty. */
+static PyObject *
+captures_of(PyObject *func, PyObject *extra)
+{
+    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
+    PyObject *kwdefaults = PyFunction_GET_KW_DEFAULTS(func);
+    PyObject *closure = PyFunction_GET_CLOSURE(func);
+    if (extra == NULL && defaults == NULL && kwdefaults == NULL && closure == NULL) {
+        return NULL;
+    }
+    PyObject *cells = Py_None;
+    if (closure != NULL) {
+        Py_ssize_t n = PyTuple_GET_SIZE(closure);
+        cells = PyTuple_New(n);
+        if (cells == NULL) {
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *content = PyCell_GET(PyTuple_GET_ITEM(closure, i));
+            PyObject *entry = content ? PyTuple_Pack(2, Py_True, content) : PyTuple_Pack(1, Py_False);
+            if (entry == NULL) {
+                Py_DECREF(cells);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(cells, i, entry);
+        }
+    }
+    else {
+        Py_INCREF(cells);
+    }
+    PyObject *snapshot = PyTuple_Pack(4, extra ? extra : Py_None, defaults ? defaults : Py_None,
+                                      kwdefaults ? kwdefaults : Py_None, cells);
+    Py_DECREF(cells);
+    if (snapshot == NULL) {
+        return (PyObject *)-1; /* distinguish failure from "nothing" */
+    }
+    return snapshot;
+}
+
+/* After the snapshot failed to serialise: find the culprit and say so. */
+static void
+explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *extra)
+{
+    PyObject *cause = PyErr_GetRaisedException();
+    PyObject *name = function_name(func);
+    PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(func);
+    PyObject *culprit_name = NULL, *culprit = NULL;
+
+    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
+    PyObject *closure = PyFunction_GET_CLOSURE(func);
+    PyObject *varnames = PyObject_GetAttrString((PyObject *)code, "co_varnames");
+    PyObject *freevars = PyObject_GetAttrString((PyObject *)code, "co_freevars");
+    PyErr_Clear();
+    /* Candidates: extra arguments, defaults (named after their parameter),
+     * closure cells (named after their free variable). */
+    if (extra != NULL) {
+        for (Py_ssize_t i = 0; culprit == NULL && i < PyTuple_GET_SIZE(extra); i++) {
+            bocpy_blob *blob = bocpy_serialize(st, PyTuple_GET_ITEM(extra, i));
+            if (blob == NULL) {
+                PyErr_Clear();
+                culprit = PyTuple_GET_ITEM(extra, i);
+                culprit_name = PyUnicode_FromFormat("extra argument %zd", i);
+            }
+            bocpy_blob_free(blob);
+        }
+    }
+    if (defaults != NULL && varnames != NULL) {
+        Py_ssize_t first = code->co_argcount - PyTuple_GET_SIZE(defaults);
+        for (Py_ssize_t i = 0; culprit == NULL && i < PyTuple_GET_SIZE(defaults); i++) {
+            bocpy_blob *blob = bocpy_serialize(st, PyTuple_GET_ITEM(defaults, i));
+            if (blob == NULL) {
+                PyErr_Clear();
+                culprit = PyTuple_GET_ITEM(defaults, i);
+                culprit_name = Py_XNewRef(PyTuple_GetItem(varnames, first + i));
+            }
+            bocpy_blob_free(blob);
+        }
+    }
+    if (closure != NULL && freevars != NULL) {
+        for (Py_ssize_t i = 0; culprit == NULL && i < PyTuple_GET_SIZE(closure); i++) {
+            PyObject *content = PyCell_GET(PyTuple_GET_ITEM(closure, i));
+            if (content == NULL) {
+                continue;
+            }
+            bocpy_blob *blob = bocpy_serialize(st, content);
+            if (blob == NULL) {
+                PyErr_Clear();
+                culprit = content;
+                culprit_name = Py_XNewRef(PyTuple_GetItem(freevars, i));
+            }
+            bocpy_blob_free(blob);
+        }
+    }
+    PyErr_Clear();
+    if (culprit != NULL && culprit_name != NULL) {
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' captures '%U', a '%.200s' that cannot be sent to a worker "
+                     "(%S); captured values (parameters with defaults, variables of enclosing "
+                     "functions) are copied when the behavior is scheduled: keep such objects "
+                     "in a module, create them inside the behavior, or make them picklable",
+                     name, culprit_name, Py_TYPE(culprit)->tp_name, cause);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "the captures of behavior '%U' cannot be sent to a worker: %S",
+                     name, cause);
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    PyException_SetCause(exc, cause);
+    PyErr_SetRaisedException(exc);
+    Py_XDECREF(culprit_name);
+    Py_XDECREF(varnames);
+    Py_XDECREF(freevars);
+    Py_XDECREF(name);
+}
+
+PyObject *
+bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
+    if (check_function(func, nargs + nextra) < 0) {
+        return NULL;
+    }
+    Py_ssize_t ncowns = 0;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        Py_ssize_t n = check_argument(st, PyTuple_GET_ITEM(args, i), i);
+        if (n < 0) {
+            return NULL;
+        }
+        ncowns += n;
+    }
+    int64_t code_id = bocpy_registry_id_for(st, func);
+    if (code_id < 0) {
+        return NULL;
+    }
+    if (bocpy_ensure_runtime(st) < 0) {
+        return NULL;
+    }
+    boc_runtime *rt = bocpy_runtime();
+
+    bocpy_blob *captures = NULL;
+    PyObject *snapshot = captures_of(func, nextra ? extra : NULL);
+    if (snapshot == (PyObject *)-1) {
+        return NULL;
+    }
+    if (snapshot != NULL) {
+        captures = bocpy_serialize(st, snapshot);
+        Py_DECREF(snapshot);
+        if (captures == NULL) {
+            explain_capture_failure(st, func, nextra ? extra : NULL);
+            return NULL;
+        }
+    }
+
+    bocpy_cown *result = bocpy_cown_new();
+    if (result == NULL) {
+        bocpy_blob_free(captures);
+        return NULL;
+    }
+    PyObject *wrapper = bocpy_cown_wrap(st, result);
+    boc_cown_decref(&result->base); /* the wrapper holds it now */
+    if (wrapper == NULL) {
+        bocpy_blob_free(captures);
+        return NULL;
+    }
+
+    size_t payload_size = sizeof(bocpy_payload) + (size_t)ncowns * sizeof(bocpy_cown *) +
+                          (size_t)nargs * sizeof(int32_t);
+    boc_behavior *b = boc_behavior_new((size_t)ncowns + 1, payload_size);
+    if (b == NULL) {
+        bocpy_blob_free(captures);
+        Py_DECREF(wrapper);
+        return PyErr_NoMemory();
+    }
+    bocpy_payload *p = boc_behavior_payload(b);
+    p->code_id = code_id;
+    p->captures = captures;
+    p->result = result;
+    p->nargs = (uint32_t)nargs;
+    p->ncowns = (uint32_t)ncowns;
+    p->cowns = (bocpy_cown **)(p + 1);
+    p->groups = (int32_t *)(p->cowns + ncowns);
+    size_t slot = 0;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *arg = PyTuple_GET_ITEM(args, i);
+        if (PyList_Check(arg)) {
+            Py_ssize_t n = PyList_GET_SIZE(arg);
+            p->groups[i] = (int32_t)n;
+            for (Py_ssize_t j = 0; j < n; j++) {
+                bocpy_cown *c = ((CownObject *)PyList_GET_ITEM(arg, j))->cown;
+                p->cowns[slot] = c;
+                boc_behavior_set_cown(b, slot++, &c->base);
+            }
+        }
+        else {
+            bocpy_cown *c = ((CownObject *)arg)->cown;
+            p->groups[i] = -1;
+            p->cowns[slot] = c;
+            boc_behavior_set_cown(b, slot++, &c->base);
+        }
+    }
+    boc_behavior_set_cown(b, slot, &result->base);
+    boc_schedule(rt, b);
+    return wrapper;
+}
+
+/* ------------------------------------------------------ the decorator */
+
+static PyObject *
+When_call(WhenObject *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *func;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) {
+        PyErr_SetString(PyExc_TypeError, "@when(...) takes the function only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O:when", &func)) {
+        return NULL;
+    }
+    bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
+    return bocpy_whencall(st, func, self->args, NULL);
+}
+
+static void
+When_dealloc(WhenObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->args);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+When_repr(WhenObject *self)
+{
+    return PyUnicode_FromFormat("<bocpy.when decorator for %zd argument(s)>",
+                                PyTuple_GET_SIZE(self->args));
+}
+
+static PyType_Slot When_slots[] = {
+    {Py_tp_call, When_call},
+    {Py_tp_dealloc, When_dealloc},
+    {Py_tp_repr, When_repr},
+    {0, NULL},
+};
+
+static PyType_Spec When_spec = {
+    .name = "bocpy._core.When",
+    .basicsize = sizeof(WhenObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = When_slots,
+};
+
+PyObject *
+bocpy_when_type_create(PyObject *module)
+{
+    return PyType_FromModuleAndSpec(module, &When_spec, NULL);
+}
+
+/* when(*args): checks the arguments now, so the error points at @when. */
+PyObject *
+bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    bocpy_state *st = bocpy_state_of_module(module);
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        if (check_argument(st, args[i], i) < 0) {
+            return NULL;
+        }
+    }
+    PyObject *tuple = PyTuple_New(nargs);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    }
+    WhenObject *self = PyObject_New(WhenObject, st->when_type);
+    if (self == NULL) {
+        Py_DECREF(tuple);
+        return NULL;
+    }
+    self->args = tuple;
+    return (PyObject *)self;
+}

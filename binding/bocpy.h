@@ -1,0 +1,264 @@
+/*
+ * bocpy._core: the CPython binding of libboc.
+ *
+ * This header is shared by the binding's files only.  The binding owns
+ * everything Python: one sub-interpreter (with its own GIL) per worker
+ * thread, the values of cowns and how they move between interpreters, the
+ * code registry through which behavior functions reach workers, and the
+ * Python types `Cown` and the `@when` decorator.
+ *
+ * Files:
+ *   interp.c    per-interpreter records: residents, garbage, foreign entry
+ *   transfer.c  serialised values ("blobs") and the pickling context
+ *   registry.c  behavior code: process-wide registry, per-interpreter caches
+ *   cown.c      the Cown type and the life of a cown's value
+ *   behavior.c  @when / whencall: building and scheduling behaviors
+ *   worker.c    worker sub-interpreters and running a behavior
+ *   module.c    module state, start/wait/quiesce, module functions
+ */
+#ifndef BOCPY_H
+#define BOCPY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "boc.h"
+#include "compat.h"
+
+typedef struct bocpy_interp bocpy_interp;
+typedef struct bocpy_cown bocpy_cown;
+typedef struct bocpy_blob bocpy_blob;
+typedef struct bocpy_state bocpy_state;
+
+/* ------------------------------------------------------------ interpreters */
+
+/* A deferred Py_DECREF for an object owned by another interpreter. */
+typedef struct bocpy_garbage {
+    struct bocpy_garbage *next;
+    PyObject *obj;
+} bocpy_garbage;
+
+/* Per-interpreter counters reported by wait(stats=True). */
+typedef struct bocpy_interp_stats {
+    atomic_uint_fast64_t migrations_in;  /* values deserialised here */
+    atomic_uint_fast64_t foreign_pickles; /* values pickled by entering another interpreter */
+} bocpy_interp_stats;
+
+/*
+ * What the binding knows about one interpreter that imported bocpy._core.
+ * Records are never freed, only recycled (interp == NULL marks a free one),
+ * so a pointer to a record stays valid memory for the life of the process;
+ * that lets a cown destroyed on any thread safely look at its value's home.
+ */
+struct bocpy_interp {
+    PyInterpreterState *interp; /* NULL: free record */
+    int64_t interp_id;
+    int worker_index; /* -1 unless a bocpy worker */
+    bool is_main;
+    bocpy_state *state;
+    /* Guards `residents` and every change of a resident cown's home.  Only
+     * worker interpreters track residents: they must evacuate them before
+     * the interpreter ends.  The main interpreter outlives every runtime. */
+    pthread_mutex_t lock;
+    bocpy_cown *residents;
+    /* Objects of this interpreter released by other threads; drained by a
+     * thread holding this interpreter's GIL (Treiber stack). */
+    _Atomic(bocpy_garbage *) garbage;
+    /* Threads waiting to enter this interpreter from outside.  Its worker
+     * lets go of the GIL between behaviors while this is non-zero. */
+    atomic_int gil_wanted;
+    bocpy_interp_stats stats;
+    bocpy_interp *next_record;
+};
+
+bocpy_interp *bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_main);
+void bocpy_interp_release_record(bocpy_interp *rec);
+/* The record of the interpreter whose GIL the calling thread holds. */
+bocpy_interp *bocpy_interp_current(void);
+/* True when the calling thread holds `rec`'s GIL right now. */
+bool bocpy_interp_is_current(const bocpy_interp *rec);
+void bocpy_garbage_push(bocpy_interp *rec, PyObject *obj);
+void bocpy_garbage_drain(bocpy_interp *rec);
+
+/*
+ * Runs `fn(arg)` inside interpreter `rec`, from a thread that currently
+ * holds the GIL of another interpreter (its thread state `here`).  The
+ * caller's GIL is released first, so no thread ever holds two GILs and no
+ * GIL-order deadlock is possible.  `fn` must not let exceptions escape: it
+ * reports failure through `arg`.  Returns false (without calling `fn`) if no
+ * thread state could be made for `rec`.
+ */
+bool bocpy_interp_call_in(bocpy_interp *rec, void (*fn)(void *), void *arg);
+
+/* ------------------------------------------------------------------ blobs */
+
+/* A value serialised for another interpreter: pickle bytes plus the cowns
+ * the pickle refers to, each holding a strong reference for as long as the
+ * blob exists (a cown inside a value must outlive its trip). */
+struct bocpy_blob {
+    size_t size;
+    size_t ncowns;
+    bocpy_cown **cowns;
+    char data[];
+};
+
+/* Called by Cown.__reduce__ while a blob is being made: the index of the
+ * cown in the blob, -1 when no bocpy serialisation is under way, -2 on
+ * memory error (exception set). */
+Py_ssize_t bocpy_transfer_add_cown(bocpy_cown *cown);
+/* Called by _rebuild_cown while a blob is being read: the cown at `index`
+ * (borrowed), or NULL when the index is not one of this blob's. */
+bocpy_cown *bocpy_transfer_get_cown(Py_ssize_t index);
+/* NULL with TypeError naming the type when `obj` cannot cross. */
+bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj);
+PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob);
+/* No GIL needed. */
+void bocpy_blob_free(bocpy_blob *blob);
+/* Values that need no serialised copy to be checked or cached: they are
+ * immutable and always picklable (None, bool, int, float, complex, str,
+ * bytes, Cown handles, and tuples of those). */
+bool bocpy_is_plain_immutable(bocpy_state *st, PyObject *obj);
+
+/* ------------------------------------------------------------------ cowns */
+
+struct bocpy_cown {
+    boc_cown base; /* first: libboc hands us boc_cown pointers */
+    /*
+     * The value.  Touched only by the cown's holder (exclusivity is libboc's
+     * guarantee, and the MCS hand-off orders one holder's writes before the
+     * next holder's reads), by its destroyer (refcount zero: no holder), or
+     * by a stopping worker evacuating residents (quiescent: no holder).
+     *   obj   live object owned by interpreter `home`, or NULL
+     *   blob  serialised copy, or NULL; when both exist they are equal
+     *   neither: the value is None
+     */
+    PyObject *obj;
+    _Atomic(bocpy_interp *) home;
+    bocpy_blob *blob;
+    bool is_exception;
+    /* Resident list of `home` (guarded by home->lock). */
+    bocpy_cown *res_prev, *res_next;
+    bool resident;
+    /* Token of the thread allowed to touch `.value` right now, or 0. */
+    atomic_uintptr_t holder;
+    /* A main-thread hold (Cown.acquire) and the value as it was then. */
+    boc_request hold_req;
+    PyObject *hold_before;
+};
+
+typedef struct {
+    PyObject_HEAD
+    bocpy_cown *cown;
+} CownObject;
+
+bocpy_cown *bocpy_cown_new(void);
+PyObject *bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown);
+bool bocpy_cown_check(bocpy_state *st, PyObject *obj);
+uintptr_t bocpy_thread_token(void);
+/* Makes the value live in `here` (whose GIL the caller holds). */
+int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here);
+/* Replaces the value with `obj` (a new reference is taken) living in `here`. */
+void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception);
+/* After a holder may have changed the value: keeps the serialised cache
+ * honest and checks a newly stored value can cross.  `before` is the object
+ * the cown held when the hold began.  On failure the old value is restored
+ * and -1 is returned with an exception set. */
+int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before);
+/* Serialises every resident of a stopping worker (caller holds its GIL). */
+void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec);
+PyObject *bocpy_cown_type_spec_create(PyObject *module);
+
+/* --------------------------------------------------------------- registry */
+
+typedef struct bocpy_code_info {
+    int64_t id;
+} bocpy_code_info;
+
+/* The registry id of `func`'s code, registering it on first sight. */
+int64_t bocpy_registry_id_for(bocpy_state *st, PyObject *func);
+/* A function for `id` bound to this interpreter's import of its module
+ * (borrowed reference), or NULL with an exception. */
+PyObject *bocpy_registry_function(bocpy_state *st, int64_t id);
+void bocpy_registry_clear_state(bocpy_state *st);
+
+/* --------------------------------------------------------------- behaviors */
+
+/* What libboc carries for us: everything here is plain C memory, so a
+ * behavior can be freed on any thread without a GIL. */
+typedef struct bocpy_payload {
+    int64_t code_id;
+    bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL */
+    bocpy_cown *result;   /* borrowed: the behavior holds a reference */
+    uint32_t nargs;       /* arguments given to @when */
+    uint32_t ncowns;      /* cowns across all arguments */
+    bocpy_cown **cowns;   /* borrowed, argument order */
+    int32_t *groups;      /* per argument: -1 for a cown, else group length */
+} bocpy_payload;
+
+PyObject *bocpy_when_type_create(PyObject *module);
+PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra);
+PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* A function for registry `id` with the given defaults and closure snapshot
+ * (each may be None), built in the calling interpreter. */
+PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
+                               PyObject *kwdefaults, PyObject *cells);
+/* Main-thread holds (Cown.acquire) currently open. */
+long bocpy_main_holds(void);
+
+/* ----------------------------------------------------------------- workers */
+
+extern const boc_runtime_ops bocpy_runtime_ops;
+/* The runtime behaviors are scheduled on; NULL when none is running. */
+boc_runtime *bocpy_runtime(void);
+/* Starts the default runtime from the main interpreter if none runs. */
+int bocpy_ensure_runtime(bocpy_state *st);
+/* Runs one behavior on the calling thread (which holds `here`'s GIL).  With
+ * `cancelled`, the body is skipped and the result cown records why. */
+void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled);
+
+/* Bootstrap blobs handed to every new worker. */
+typedef struct bocpy_bootstrap {
+    bocpy_blob *header;
+    size_t nvalues;
+    bocpy_blob **values;
+} bocpy_bootstrap;
+const bocpy_bootstrap *bocpy_current_bootstrap(void);
+
+/* ----------------------------------------------------------- module state */
+
+typedef struct bocpy_codemap_entry {
+    PyObject *code; /* strong */
+    int64_t id;
+} bocpy_codemap_entry;
+
+struct bocpy_state {
+    PyTypeObject *cown_type;
+    PyTypeObject *when_type;
+    PyObject *module; /* borrowed: the state lives inside it */
+    PyObject *dumps, *loads, *protocol;
+    PyObject *marshal_dumps, *marshal_loads;
+    PyObject *fallback_dumps; /* bocpy._pickling.dumps, imported lazily */
+    PyObject *rebuild_cown;   /* _core._rebuild_cown */
+    PyObject *starter;        /* bocpy._start_default (main interpreter) */
+    bocpy_interp *interp;
+    /* code object -> registry id, keyed by identity (open addressing) */
+    bocpy_codemap_entry *codemap;
+    size_t codemap_cap, codemap_len;
+    /* registry id -> function bound to this interpreter's module globals */
+    PyObject **functions;
+    size_t functions_cap;
+};
+
+bocpy_state *bocpy_state_of_type(PyTypeObject *tp);
+bocpy_state *bocpy_state_of_module(PyObject *module);
+bocpy_state *bocpy_state_current(void);
+
+/* The message for functions that only the main interpreter may call. */
+#define BOCPY_MAIN_ONLY(name)                                                              \
+    "bocpy." name "() can only be called from the main interpreter, not from inside a "    \
+    "behavior"
+
+#endif /* BOCPY_H */

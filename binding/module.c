@@ -1,0 +1,346 @@
+/*
+ * module.c: the bocpy._core module -- its per-interpreter state and the
+ * functions the Python layer (src/bocpy/__init__.py) builds the public API
+ * from.  Multi-phase initialisation with module state and heap types, so
+ * that every worker sub-interpreter gets its own independent copy, and the
+ * module declares support for a per-interpreter GIL.
+ */
+#include "bocpy.h"
+
+PyObject *bocpy_start(bocpy_state *st, PyObject *count, PyObject *header, PyObject *values);
+PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop);
+PyObject *bocpy_cancel(void);
+
+static struct PyModuleDef bocpy_module_def;
+
+bocpy_state *
+bocpy_state_of_module(PyObject *module)
+{
+    return PyModule_GetState(module);
+}
+
+bocpy_state *
+bocpy_state_of_type(PyTypeObject *tp)
+{
+    PyObject *module = PyType_GetModuleByDef(tp, &bocpy_module_def);
+    return module ? PyModule_GetState(module) : NULL;
+}
+
+/* ------------------------------------------------------------ functions */
+
+static PyObject *
+core_whencall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "whencall(func, args, captures=None) takes 2 or 3 arguments");
+        return NULL;
+    }
+    bocpy_state *st = bocpy_state_of_module(module);
+    PyObject *cowns = args[1];
+    if (!PyList_Check(cowns) && !PyTuple_Check(cowns)) {
+        PyErr_Format(PyExc_TypeError,
+                     "whencall() args must be a list of cowns (or lists of cowns), not '%.200s'",
+                     Py_TYPE(cowns)->tp_name);
+        return NULL;
+    }
+    PyObject *extra = NULL;
+    if (nargs == 3 && args[2] != Py_None) {
+        if (!PyList_Check(args[2]) && !PyTuple_Check(args[2])) {
+            PyErr_Format(PyExc_TypeError,
+                         "whencall() captures must be a list of values, not '%.200s'",
+                         Py_TYPE(args[2])->tp_name);
+            return NULL;
+        }
+        extra = PySequence_Tuple(args[2]);
+        if (extra == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *tuple = PySequence_Tuple(cowns);
+    PyObject *result = tuple ? bocpy_whencall(st, args[0], tuple, extra) : NULL;
+    Py_XDECREF(tuple);
+    Py_XDECREF(extra);
+    return result;
+}
+
+static PyObject *
+core_start(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_core.start(worker_count, header, values)");
+        return NULL;
+    }
+    return bocpy_start(bocpy_state_of_module(module), args[0], args[1], args[2]);
+}
+
+static PyObject *
+core_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_core.wait(timeout, stop)");
+        return NULL;
+    }
+    int stop = PyObject_IsTrue(args[1]);
+    if (stop < 0) {
+        return NULL;
+    }
+    return bocpy_wait(bocpy_state_of_module(module), args[0], stop);
+}
+
+static PyObject *
+core_cancel(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return bocpy_cancel();
+}
+
+static PyObject *
+core_rebuild_cown(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t index = PyLong_AsSsize_t(arg);
+    if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    bocpy_cown *c = bocpy_transfer_get_cown(index);
+    if (c == NULL) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_rebuild_cown() is internal to bocpy: it only works while bocpy "
+                        "unpickles a value");
+        return NULL;
+    }
+    return bocpy_cown_wrap(bocpy_state_of_module(module), c);
+}
+
+static PyObject *
+core_rebuild_function(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_rebuild_function(code_id, defaults, kwdefaults, cells)");
+        return NULL;
+    }
+    long long id = PyLong_AsLongLong(args[0]);
+    if (id == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return bocpy_build_function(bocpy_state_of_module(module), id, args[1], args[2], args[3]);
+}
+
+static PyObject *
+core_register_code(PyObject *module, PyObject *func)
+{
+    if (!PyFunction_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "_register_code() needs a function, not '%.200s'",
+                     Py_TYPE(func)->tp_name);
+        return NULL;
+    }
+    int64_t id = bocpy_registry_id_for(bocpy_state_of_module(module), func);
+    return id < 0 ? NULL : PyLong_FromLongLong(id);
+}
+
+static PyObject *
+core_bootstrap_header(PyObject *module, PyObject *unused)
+{
+    (void)unused;
+    const bocpy_bootstrap *boot = bocpy_current_bootstrap();
+    if (boot->header == NULL) {
+        Py_RETURN_NONE;
+    }
+    return bocpy_deserialize(bocpy_state_of_module(module), boot->header);
+}
+
+static PyObject *
+core_bootstrap_value(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t index = PyLong_AsSsize_t(arg);
+    if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const bocpy_bootstrap *boot = bocpy_current_bootstrap();
+    if (index < 0 || (size_t)index >= boot->nvalues || boot->values[index] == NULL) {
+        PyErr_Format(PyExc_LookupError, "no bootstrap value %zd", index);
+        return NULL;
+    }
+    return bocpy_deserialize(bocpy_state_of_module(module), boot->values[index]);
+}
+
+static PyObject *
+core_set_starter(PyObject *module, PyObject *func)
+{
+    bocpy_state *st = bocpy_state_of_module(module);
+    Py_XSETREF(st->starter, Py_NewRef(func));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_is_main_interpreter(PyObject *module, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(bocpy_state_of_module(module)->interp->is_main);
+}
+
+static PyObject *
+core_is_transferable(PyObject *module, PyObject *obj)
+{
+    bocpy_state *st = bocpy_state_of_module(module);
+    if (bocpy_is_plain_immutable(st, obj)) {
+        Py_RETURN_TRUE;
+    }
+    bocpy_blob *blob = bocpy_serialize(st, obj);
+    if (blob == NULL) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    bocpy_blob_free(blob);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+core_runtime_info(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    boc_runtime *rt = bocpy_runtime();
+    if (rt == NULL) {
+        return Py_BuildValue("(OII)", Py_False, 0u, 0u);
+    }
+    return Py_BuildValue("(OIK)", Py_True, boc_runtime_worker_count(rt),
+                         (unsigned long long)boc_runtime_live(rt));
+}
+
+PyDoc_STRVAR(when_doc,
+             "when(*cowns)\n--\n\n"
+             "Decorator: schedule the function as a behavior that runs once it has "
+             "exclusive access to every cown (a list is a group of cowns, passed as a "
+             "list).  The decorated name becomes the result Cown.");
+
+static PyMethodDef core_methods[] = {
+    {"when", (PyCFunction)(void (*)(void))bocpy_when, METH_FASTCALL, when_doc},
+    {"whencall", (PyCFunction)(void (*)(void))core_whencall, METH_FASTCALL,
+     "whencall(func, args, captures=None): schedule func on the cowns in args."},
+    {"start", (PyCFunction)(void (*)(void))core_start, METH_FASTCALL, NULL},
+    {"wait", (PyCFunction)(void (*)(void))core_wait, METH_FASTCALL, NULL},
+    {"_cancel", core_cancel, METH_NOARGS, NULL},
+    {"_rebuild_cown", core_rebuild_cown, METH_O, NULL},
+    {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL,
+     NULL},
+    {"_register_code", core_register_code, METH_O, NULL},
+    {"_bootstrap_header", core_bootstrap_header, METH_NOARGS, NULL},
+    {"_bootstrap_value", core_bootstrap_value, METH_O, NULL},
+    {"_set_starter", core_set_starter, METH_O, NULL},
+    {"_is_main_interpreter", core_is_main_interpreter, METH_NOARGS, NULL},
+    {"_is_transferable", core_is_transferable, METH_O, NULL},
+    {"_runtime_info", core_runtime_info, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ----------------------------------------------------------- lifecycle */
+
+static int
+core_exec(PyObject *module)
+{
+    bocpy_state *st = bocpy_state_of_module(module);
+    st->module = module;
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    st->interp = bocpy_interp_acquire_record(interp, interp == PyInterpreterState_Main());
+    if (st->interp == NULL) {
+        return -1;
+    }
+    st->interp->state = st;
+
+    st->cown_type = (PyTypeObject *)bocpy_cown_type_spec_create(module);
+    if (st->cown_type == NULL || PyModule_AddType(module, st->cown_type) < 0) {
+        return -1;
+    }
+    st->when_type = (PyTypeObject *)bocpy_when_type_create(module);
+    if (st->when_type == NULL) {
+        return -1;
+    }
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    if (pickle == NULL) {
+        return -1;
+    }
+    st->dumps = PyObject_GetAttrString(pickle, "dumps");
+    st->loads = PyObject_GetAttrString(pickle, "loads");
+    st->protocol = PyObject_GetAttrString(pickle, "HIGHEST_PROTOCOL");
+    Py_DECREF(pickle);
+    PyObject *marshal = PyImport_ImportModule("marshal");
+    if (marshal == NULL) {
+        return -1;
+    }
+    st->marshal_dumps = PyObject_GetAttrString(marshal, "dumps");
+    st->marshal_loads = PyObject_GetAttrString(marshal, "loads");
+    Py_DECREF(marshal);
+    st->rebuild_cown = PyObject_GetAttrString(module, "_rebuild_cown");
+    if (st->dumps == NULL || st->loads == NULL || st->protocol == NULL ||
+        st->marshal_dumps == NULL || st->marshal_loads == NULL || st->rebuild_cown == NULL) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+core_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    bocpy_state *st = bocpy_state_of_module(module);
+    Py_VISIT(st->cown_type);
+    Py_VISIT(st->when_type);
+    Py_VISIT(st->starter);
+    Py_VISIT(st->fallback_dumps);
+    return 0;
+}
+
+static int
+core_clear(PyObject *module)
+{
+    bocpy_state *st = bocpy_state_of_module(module);
+    Py_CLEAR(st->cown_type);
+    Py_CLEAR(st->when_type);
+    Py_CLEAR(st->dumps);
+    Py_CLEAR(st->loads);
+    Py_CLEAR(st->protocol);
+    Py_CLEAR(st->marshal_dumps);
+    Py_CLEAR(st->marshal_loads);
+    Py_CLEAR(st->fallback_dumps);
+    Py_CLEAR(st->rebuild_cown);
+    Py_CLEAR(st->starter);
+    bocpy_registry_clear_state(st);
+    return 0;
+}
+
+static void
+core_free(void *module)
+{
+    bocpy_state *st = bocpy_state_of_module(module);
+    core_clear(module);
+    if (st->interp != NULL) {
+        bocpy_interp_release_record(st->interp);
+        st->interp = NULL;
+    }
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+    {0, NULL},
+};
+
+static struct PyModuleDef bocpy_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "bocpy._core",
+    .m_doc = "The C core of bocpy: cowns, behaviors and worker sub-interpreters.",
+    .m_size = sizeof(bocpy_state),
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&bocpy_module_def);
+}

@@ -1,0 +1,413 @@
+/*
+ * registry.c: how behavior code reaches the interpreter that runs it.
+ *
+ * A behavior names its function by a registry id.  The process-wide
+ * registry maps an id to the function's marshalled code object and the name
+ * of its defining module; it only grows, and entries are never moved or
+ * freed, so a looked-up entry stays valid without the lock.  Equal code from
+ * the same module gets the same id, whichever interpreter registers it.
+ *
+ * Each interpreter caches, in its module state:
+ *   codemap    code object (by identity) -> id, so that the hot path of
+ *              @when costs one pointer hash lookup;
+ *   functions  id -> a function built from the code against this
+ *              interpreter's import of the defining module (a worker never
+ *              re-runs a `__main__` script: it gets the image that
+ *              bocpy._worker applied to its own `__main__`).
+ */
+#include "bocpy.h"
+
+#include <string.h>
+
+typedef struct registry_entry {
+    char *code;
+    size_t code_size;
+    char *module;
+    uint64_t hash;
+} registry_entry;
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Entries live in fixed-size chunks so that a pointer to one never moves. */
+#define REGISTRY_CHUNK 1024
+static registry_entry **registry_chunks;
+static size_t registry_chunk_count;
+static atomic_size_t registry_len;
+/* Open-addressing index: hash -> id + 1 (0 is empty). */
+static int64_t *registry_index;
+static size_t registry_index_cap;
+
+static uint64_t
+hash_bytes(uint64_t h, const char *p, size_t n)
+{
+    /* FNV-1a: plenty for de-duplication, and collisions are checked. */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static registry_entry *
+registry_get(int64_t id)
+{
+    return &registry_chunks[id / REGISTRY_CHUNK][id % REGISTRY_CHUNK];
+}
+
+static int
+registry_index_insert(int64_t *index, size_t cap, uint64_t hash, int64_t id)
+{
+    for (size_t i = hash & (cap - 1);; i = (i + 1) & (cap - 1)) {
+        if (index[i] == 0) {
+            index[i] = id + 1;
+            return 0;
+        }
+    }
+}
+
+/* Returns the id of (code, module), adding it if new; -1 on memory error. */
+static int64_t
+registry_intern(const char *code, size_t code_size, const char *module)
+{
+    uint64_t hash = hash_bytes(0xcbf29ce484222325ULL, code, code_size);
+    hash = hash_bytes(hash, module, strlen(module) + 1);
+    pthread_mutex_lock(&registry_lock);
+    size_t len = atomic_load_explicit(&registry_len, memory_order_relaxed);
+    if (registry_index_cap > 0) {
+        for (size_t i = hash & (registry_index_cap - 1); registry_index[i] != 0;
+             i = (i + 1) & (registry_index_cap - 1)) {
+            registry_entry *e = registry_get(registry_index[i] - 1);
+            if (e->hash == hash && e->code_size == code_size && strcmp(e->module, module) == 0 &&
+                memcmp(e->code, code, code_size) == 0) {
+                int64_t id = registry_index[i] - 1;
+                pthread_mutex_unlock(&registry_lock);
+                return id;
+            }
+        }
+    }
+    if (2 * (len + 1) > registry_index_cap) {
+        size_t cap = registry_index_cap ? registry_index_cap * 2 : 256;
+        int64_t *index = calloc(cap, sizeof(*index));
+        if (index == NULL) {
+            goto oom;
+        }
+        for (size_t id = 0; id < len; id++) {
+            registry_index_insert(index, cap, registry_get((int64_t)id)->hash, (int64_t)id);
+        }
+        free(registry_index);
+        registry_index = index;
+        registry_index_cap = cap;
+    }
+    if (len / REGISTRY_CHUNK == registry_chunk_count) {
+        registry_entry **chunks =
+            realloc(registry_chunks, (registry_chunk_count + 1) * sizeof(*chunks));
+        if (chunks == NULL) {
+            goto oom;
+        }
+        registry_chunks = chunks;
+        registry_chunks[registry_chunk_count] = calloc(REGISTRY_CHUNK, sizeof(registry_entry));
+        if (registry_chunks[registry_chunk_count] == NULL) {
+            goto oom;
+        }
+        registry_chunk_count++;
+    }
+    registry_entry *e = registry_get((int64_t)len);
+    e->code = malloc(code_size);
+    e->module = strdup(module);
+    if (e->code == NULL || e->module == NULL) {
+        free(e->code);
+        free(e->module);
+        goto oom;
+    }
+    memcpy(e->code, code, code_size);
+    e->code_size = code_size;
+    e->hash = hash;
+    registry_index_insert(registry_index, registry_index_cap, hash, (int64_t)len);
+    /* release: a reader that sees the new length also sees the entry. */
+    atomic_store_explicit(&registry_len, len + 1, memory_order_release);
+    pthread_mutex_unlock(&registry_lock);
+    return (int64_t)len;
+oom:
+    pthread_mutex_unlock(&registry_lock);
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* ------------------------------------------------------ per-interpreter */
+
+static size_t
+codemap_slot(PyObject *code, size_t cap)
+{
+    uintptr_t p = (uintptr_t)code;
+    p ^= p >> 17;
+    p *= 0x9E3779B97F4A7C15ULL;
+    return (size_t)(p >> 20) & (cap - 1);
+}
+
+static int64_t
+codemap_find(bocpy_state *st, PyObject *code)
+{
+    if (st->codemap_cap == 0) {
+        return -1;
+    }
+    for (size_t i = codemap_slot(code, st->codemap_cap); st->codemap[i].code != NULL;
+         i = (i + 1) & (st->codemap_cap - 1)) {
+        if (st->codemap[i].code == code) {
+            return st->codemap[i].id;
+        }
+    }
+    return -1;
+}
+
+static int
+codemap_add(bocpy_state *st, PyObject *code, int64_t id)
+{
+    if (2 * (st->codemap_len + 1) > st->codemap_cap) {
+        size_t cap = st->codemap_cap ? st->codemap_cap * 2 : 64;
+        bocpy_codemap_entry *map = PyMem_Calloc(cap, sizeof(*map));
+        if (map == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t i = 0; i < st->codemap_cap; i++) {
+            bocpy_codemap_entry *old = &st->codemap[i];
+            if (old->code != NULL) {
+                size_t j = codemap_slot(old->code, cap);
+                while (map[j].code != NULL) {
+                    j = (j + 1) & (cap - 1);
+                }
+                map[j] = *old;
+            }
+        }
+        PyMem_Free(st->codemap);
+        st->codemap = map;
+        st->codemap_cap = cap;
+    }
+    size_t i = codemap_slot(code, st->codemap_cap);
+    while (st->codemap[i].code != NULL) {
+        i = (i + 1) & (st->codemap_cap - 1);
+    }
+    st->codemap[i].code = Py_NewRef(code);
+    st->codemap[i].id = id;
+    st->codemap_len++;
+    return 0;
+}
+
+static int
+functions_set(bocpy_state *st, int64_t id, PyObject *func)
+{
+    if ((size_t)id >= st->functions_cap) {
+        size_t cap = st->functions_cap ? st->functions_cap : 64;
+        while (cap <= (size_t)id) {
+            cap *= 2;
+        }
+        PyObject **grown = PyMem_Realloc(st->functions, cap * sizeof(*grown));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(grown + st->functions_cap, 0, (cap - st->functions_cap) * sizeof(*grown));
+        st->functions = grown;
+        st->functions_cap = cap;
+    }
+    Py_XSETREF(st->functions[id], Py_NewRef(func));
+    return 0;
+}
+
+/* The module whose globals functions with this code should see. */
+static PyObject *
+module_name_of(PyObject *func)
+{
+    PyObject *name = PyFunction_GetModule(func);
+    if (name != NULL && PyUnicode_Check(name)) {
+        return Py_NewRef(name);
+    }
+    PyObject *globals = PyFunction_GET_GLOBALS(func);
+    name = PyDict_GetItemString(globals, "__name__");
+    if (name != NULL && PyUnicode_Check(name)) {
+        return Py_NewRef(name);
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "behavior %R has no defining module (__module__ is not a str); define "
+                 "behaviors in a module or script so that workers can import it",
+                 func);
+    return NULL;
+}
+
+int64_t
+bocpy_registry_id_for(bocpy_state *st, PyObject *func)
+{
+    PyObject *code = PyFunction_GET_CODE(func);
+    int64_t id = codemap_find(st, code);
+    if (id >= 0) {
+        return id;
+    }
+    PyObject *module = module_name_of(func);
+    if (module == NULL) {
+        return -1;
+    }
+    PyObject *bytes = PyObject_CallOneArg(st->marshal_dumps, code);
+    if (bytes == NULL) {
+        Py_DECREF(module);
+        return -1;
+    }
+    const char *modname = PyUnicode_AsUTF8(module);
+    if (modname != NULL) {
+        id = registry_intern(PyBytes_AS_STRING(bytes), (size_t)PyBytes_GET_SIZE(bytes), modname);
+    }
+    Py_DECREF(bytes);
+    Py_DECREF(module);
+    if (id < 0) {
+        return -1;
+    }
+    /* The function as this interpreter would build it: same code, same
+     * globals, no defaults or closure (those travel with each behavior). */
+    PyObject *template = PyFunction_New(code, PyFunction_GET_GLOBALS(func));
+    if (template == NULL) {
+        return -1;
+    }
+    int rc = codemap_add(st, code, id);
+    if (rc == 0 && (id >= (int64_t)st->functions_cap || st->functions[id] == NULL)) {
+        rc = functions_set(st, id, template);
+    }
+    Py_DECREF(template);
+    return rc < 0 ? -1 : id;
+}
+
+static PyObject *
+globals_for(const char *module)
+{
+    PyObject *mod;
+    if (strcmp(module, "__main__") == 0) {
+        mod = PyImport_AddModule("__main__"); /* borrowed */
+        Py_XINCREF(mod);
+    }
+    else {
+        mod = PyImport_ImportModule(module);
+    }
+    if (mod == NULL) {
+        PyObject *cause = PyErr_GetRaisedException();
+        PyErr_Format(PyExc_ImportError,
+                     "the module '%s' that defines this behavior could not be imported in "
+                     "the worker (%S); make sure it is importable from sys.path",
+                     module, cause);
+        PyObject *exc = PyErr_GetRaisedException();
+        PyException_SetCause(exc, cause);
+        PyErr_SetRaisedException(exc);
+        return NULL;
+    }
+    PyObject *globals = PyModule_GetDict(mod); /* borrowed */
+    Py_XINCREF(globals);
+    Py_DECREF(mod);
+    return globals;
+}
+
+PyObject *
+bocpy_registry_function(bocpy_state *st, int64_t id)
+{
+    if (id >= 0 && (size_t)id < st->functions_cap && st->functions[id] != NULL) {
+        return st->functions[id];
+    }
+    /* acquire pairs with registry_intern's release of the length. */
+    if (id < 0 || (size_t)id >= atomic_load_explicit(&registry_len, memory_order_acquire)) {
+        PyErr_Format(PyExc_ValueError, "unknown behavior code id %lld", (long long)id);
+        return NULL;
+    }
+    registry_entry *e = registry_get(id);
+    PyObject *bytes = PyBytes_FromStringAndSize(e->code, (Py_ssize_t)e->code_size);
+    if (bytes == NULL) {
+        return NULL;
+    }
+    PyObject *code = PyObject_CallOneArg(st->marshal_loads, bytes);
+    Py_DECREF(bytes);
+    if (code == NULL) {
+        return NULL;
+    }
+    PyObject *globals = globals_for(e->module);
+    PyObject *func = globals ? PyFunction_New(code, globals) : NULL;
+    Py_XDECREF(globals);
+    int rc = func ? codemap_add(st, code, id) : -1;
+    Py_DECREF(code);
+    if (rc == 0) {
+        rc = functions_set(st, id, func);
+    }
+    Py_XDECREF(func);
+    return rc < 0 ? NULL : st->functions[id];
+}
+
+void
+bocpy_registry_clear_state(bocpy_state *st)
+{
+    for (size_t i = 0; i < st->codemap_cap; i++) {
+        Py_CLEAR(st->codemap[i].code);
+    }
+    PyMem_Free(st->codemap);
+    st->codemap = NULL;
+    st->codemap_cap = st->codemap_len = 0;
+    for (size_t i = 0; i < st->functions_cap; i++) {
+        Py_CLEAR(st->functions[i]);
+    }
+    PyMem_Free(st->functions);
+    st->functions = NULL;
+    st->functions_cap = 0;
+}
+
+PyObject *
+bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults, PyObject *kwdefaults,
+                     PyObject *cells)
+{
+    PyObject *template = bocpy_registry_function(st, id);
+    if (template == NULL) {
+        return NULL;
+    }
+    PyObject *code = PyFunction_GET_CODE(template);
+    Py_ssize_t nfree = PyCode_GetNumFree((PyCodeObject *)code);
+    Py_ssize_t ncells = PyTuple_Check(cells) ? PyTuple_GET_SIZE(cells) : 0;
+    if (nfree != ncells) {
+        /* Calling code with free variables but no closure would crash. */
+        PyErr_Format(PyExc_RuntimeError,
+                     "behavior code %lld expects %zd closure variables but %zd were sent",
+                     (long long)id, nfree, ncells);
+        return NULL;
+    }
+    if (nfree == 0 && defaults == Py_None && kwdefaults == Py_None) {
+        return Py_NewRef(template);
+    }
+    PyObject *func = PyFunction_New(code, PyFunction_GET_GLOBALS(template));
+    if (func == NULL) {
+        return NULL;
+    }
+    if (defaults != Py_None && PyFunction_SetDefaults(func, defaults) < 0) {
+        goto fail;
+    }
+    if (kwdefaults != Py_None && PyFunction_SetKwDefaults(func, kwdefaults) < 0) {
+        goto fail;
+    }
+    if (nfree > 0) {
+        PyObject *closure = PyTuple_New(nfree);
+        if (closure == NULL) {
+            goto fail;
+        }
+        for (Py_ssize_t i = 0; i < nfree; i++) {
+            PyObject *entry = PyTuple_GET_ITEM(cells, i);
+            PyObject *content = NULL;
+            if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
+                content = PyTuple_GET_ITEM(entry, 1);
+            }
+            PyObject *cell = PyCell_New(content);
+            if (cell == NULL) {
+                Py_DECREF(closure);
+                goto fail;
+            }
+            PyTuple_SET_ITEM(closure, i, cell);
+        }
+        int rc = PyFunction_SetClosure(func, closure);
+        Py_DECREF(closure);
+        if (rc < 0) {
+            goto fail;
+        }
+    }
+    return func;
+fail:
+    Py_DECREF(func);
+    return NULL;
+}

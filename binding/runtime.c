@@ -1,0 +1,296 @@
+/*
+ * runtime.c: the one bocpy runtime of the process -- starting it, waiting
+ * for it to go quiet, and tearing it down.
+ *
+ * The runtime is started and stopped only by the main interpreter, with its
+ * GIL held, so those transitions are serialised.  Other threads (workers
+ * scheduling nested behaviors) only read the pointer, and a worker can only
+ * be running while the runtime it belongs to is alive.  Every wait here is
+ * sliced (at most 50 ms at a time with the GIL released) so that Ctrl-C and
+ * timeouts are noticed promptly.
+ */
+#include "bocpy.h"
+
+#include <math.h>
+#include <string.h>
+
+atomic_bool bocpy_cancelling;
+char bocpy_start_error[512];
+
+/* acquire/release: a thread that sees the runtime also sees it started. */
+static _Atomic(boc_runtime *) current_runtime;
+static bocpy_bootstrap bootstrap;
+static bocpy_interp **worker_records;
+static unsigned worker_records_len;
+
+#define WAIT_SLICE_NS (50 * 1000 * 1000)
+
+boc_runtime *
+bocpy_runtime(void)
+{
+    return atomic_load_explicit(&current_runtime, memory_order_acquire);
+}
+
+const bocpy_bootstrap *
+bocpy_current_bootstrap(void)
+{
+    return &bootstrap;
+}
+
+void
+bocpy_worker_started(unsigned index, bocpy_interp *record)
+{
+    if (index < worker_records_len) {
+        worker_records[index] = record;
+    }
+}
+
+static void
+bootstrap_clear(void)
+{
+    bocpy_blob_free(bootstrap.header);
+    for (size_t i = 0; i < bootstrap.nvalues; i++) {
+        bocpy_blob_free(bootstrap.values[i]);
+    }
+    free(bootstrap.values);
+    memset(&bootstrap, 0, sizeof(bootstrap));
+    free(worker_records);
+    worker_records = NULL;
+    worker_records_len = 0;
+}
+
+int
+bocpy_ensure_runtime(bocpy_state *st)
+{
+    if (bocpy_runtime() != NULL) {
+        return 0;
+    }
+    if (!st->interp->is_main || st->starter == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the bocpy runtime is not running; import bocpy in the main "
+                        "interpreter and schedule behaviors from there");
+        return -1;
+    }
+    PyObject *rv = PyObject_CallNoArgs(st->starter);
+    Py_XDECREF(rv);
+    return rv == NULL ? -1 : 0;
+}
+
+static int
+check_main(bocpy_state *st, const char *name)
+{
+    if (!st->interp->is_main) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "bocpy.%s() can only be called from the main interpreter, not from "
+                     "inside a behavior",
+                     name);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *
+bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, PyObject *values)
+{
+    if (check_main(st, "start") < 0) {
+        return NULL;
+    }
+    if (!PyLong_Check(count_obj) || PyBool_Check(count_obj)) {
+        PyErr_Format(PyExc_TypeError, "worker_count must be an int, not '%.200s'",
+                     Py_TYPE(count_obj)->tp_name);
+        return NULL;
+    }
+    long long count = PyLong_AsLongLong(count_obj);
+    if (count == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (count < 1 || count > 1024) {
+        PyErr_Format(PyExc_ValueError,
+                     "worker_count must be between 1 and 1024, got %lld (None means "
+                     "bocpy.WORKER_COUNT)",
+                     count);
+        return NULL;
+    }
+    boc_runtime *rt = bocpy_runtime();
+    if (rt != NULL) {
+        if ((unsigned)count != boc_runtime_worker_count(rt)) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "bocpy is already running with %u workers; call bocpy.wait() before "
+                         "starting it again with %lld",
+                         boc_runtime_worker_count(rt), count);
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "start(): values must be a list");
+        return NULL;
+    }
+    bootstrap_clear();
+    bootstrap.header = bocpy_serialize(st, header);
+    if (bootstrap.header == NULL) {
+        return NULL;
+    }
+    Py_ssize_t nvalues = PyList_GET_SIZE(values);
+    bootstrap.values = calloc((size_t)nvalues + 1, sizeof(*bootstrap.values));
+    worker_records = calloc((size_t)count, sizeof(*worker_records));
+    if (bootstrap.values == NULL || worker_records == NULL) {
+        bootstrap_clear();
+        return PyErr_NoMemory();
+    }
+    worker_records_len = (unsigned)count;
+    for (Py_ssize_t i = 0; i < nvalues; i++) {
+        /* A value that cannot be sent is simply absent in workers. */
+        bootstrap.values[i] = bocpy_serialize(st, PyList_GET_ITEM(values, i));
+        if (bootstrap.values[i] == NULL) {
+            PyErr_Clear();
+        }
+    }
+    bootstrap.nvalues = (size_t)nvalues;
+
+    bocpy_start_error[0] = '\0';
+    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+    rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);
+    if (rt == NULL) {
+        bootstrap_clear();
+        return PyErr_NoMemory();
+    }
+    int rc;
+    /* Workers need the main GIL while they create their interpreters. */
+    Py_BEGIN_ALLOW_THREADS
+    rc = boc_runtime_start(rt);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        boc_runtime_free(rt);
+        bootstrap_clear();
+        PyErr_Format(PyExc_RuntimeError, "bocpy could not start its workers: %s",
+                     bocpy_start_error[0] ? bocpy_start_error : "thread creation failed");
+        return NULL;
+    }
+    atomic_store_explicit(&current_runtime, rt, memory_order_release);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+collect_stats(boc_runtime *rt)
+{
+    unsigned n = boc_runtime_worker_count(rt);
+    PyObject *list = PyList_New(n);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        boc_worker_stats ws;
+        boc_runtime_stats(rt, i, &ws);
+        bocpy_interp *rec = i < worker_records_len ? worker_records[i] : NULL;
+        unsigned long long received =
+            rec ? atomic_load_explicit(&rec->stats.migrations_in, memory_order_relaxed) : 0;
+        unsigned long long fetched =
+            rec ? atomic_load_explicit(&rec->stats.foreign_pickles, memory_order_relaxed) : 0;
+        PyObject *d = Py_BuildValue(
+            "{s:I,s:K,s:K,s:K,s:K,s:K,s:K}", "worker", i, "behaviors_run",
+            (unsigned long long)ws.behaviors_run, "pushed_local",
+            (unsigned long long)ws.pushed_local, "steals", (unsigned long long)ws.steals, "parks",
+            (unsigned long long)ws.parks, "values_received", received, "values_sent_from_here",
+            fetched);
+        if (d == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, d);
+    }
+    return list;
+}
+
+static void
+stop_runtime(boc_runtime *rt)
+{
+    atomic_store_explicit(&current_runtime, NULL, memory_order_release);
+    Py_BEGIN_ALLOW_THREADS
+    /* A thread that picked up the pointer just before we cleared it may
+     * still be scheduling: let that work finish before the workers go. */
+    while (boc_runtime_wait_quiescent(rt, WAIT_SLICE_NS) != 0) {
+    }
+    boc_runtime_stop(rt);
+    Py_END_ALLOW_THREADS
+    boc_runtime_free(rt);
+    bootstrap_clear();
+    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+}
+
+PyObject *
+bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop)
+{
+    if (check_main(st, stop ? "wait" : "quiesce") < 0) {
+        return NULL;
+    }
+    double timeout = -1.0;
+    if (timeout_obj != Py_None) {
+        timeout = PyFloat_AsDouble(timeout_obj);
+        if (timeout == -1.0 && PyErr_Occurred()) {
+            PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds or None, not "
+                         "'%.200s'", Py_TYPE(timeout_obj)->tp_name);
+            return NULL;
+        }
+        if (!(timeout >= 0.0) || isinf(timeout)) {
+            PyErr_Format(PyExc_ValueError,
+                         "timeout must be a finite number of seconds >= 0, or None to wait "
+                         "as long as it takes; got %R",
+                         timeout_obj);
+            return NULL;
+        }
+    }
+    boc_runtime *rt = bocpy_runtime();
+    if (rt == NULL) {
+        bocpy_garbage_drain(st->interp);
+        return PyList_New(0);
+    }
+    if (bocpy_main_holds() > 0 && boc_runtime_live(rt) > 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the main thread still holds acquired cowns while behaviors are in "
+                        "flight; release() them (or leave their 'with' block) before waiting");
+        return NULL;
+    }
+    uint64_t start = boc_now_ns();
+    uint64_t budget = timeout < 0 ? UINT64_MAX : (uint64_t)(timeout * 1e9);
+    for (;;) {
+        uint64_t elapsed = boc_now_ns() - start;
+        uint64_t left = budget == UINT64_MAX ? UINT64_MAX : (elapsed >= budget ? 0 : budget - elapsed);
+        int64_t slice = left < WAIT_SLICE_NS ? (int64_t)left : WAIT_SLICE_NS;
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = boc_runtime_wait_quiescent(rt, slice);
+        Py_END_ALLOW_THREADS
+        bocpy_garbage_drain(st->interp);
+        if (r == 0) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL; /* Ctrl-C: the runtime keeps running */
+        }
+        if (left == 0) {
+            PyErr_Format(PyExc_TimeoutError,
+                         "%llu behaviors were still in flight after %.3g s; the runtime keeps "
+                         "running: call %s() again to keep waiting",
+                         (unsigned long long)boc_runtime_live(rt), timeout,
+                         stop ? "wait" : "quiesce");
+            return NULL;
+        }
+    }
+    PyObject *stats = collect_stats(rt);
+    if (stats == NULL) {
+        return NULL;
+    }
+    if (stop) {
+        stop_runtime(rt);
+        bocpy_garbage_drain(st->interp);
+    }
+    return stats;
+}
+
+PyObject *
+bocpy_cancel(void)
+{
+    atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed);
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,422 @@
+/*
+ * worker.c: worker sub-interpreters, and running one behavior.
+ *
+ * Each libboc worker thread gets its own sub-interpreter with its own GIL
+ * (PEP 684), created on that thread in worker_start and ended there in
+ * worker_stop.  The thread keeps its interpreter's GIL while it has local
+ * work, and lets go of it when it goes idle (to steal or park) and between
+ * behaviors when another thread is waiting to enter (see interp.c), so that
+ * its objects can be reached without waiting for a switch interval.
+ *
+ * Running a behavior: make every requested cown's value live here, build
+ * the function from the registry with its captured defaults and closure,
+ * call it with one Cown (or list of Cowns) per @when argument, and store
+ * the return value -- or the exception, with the behavior's traceback as a
+ * note -- on the result cown.  Nothing a body does can end the worker.
+ */
+#include "bocpy.h"
+
+#include <sched.h>
+#include <string.h>
+
+/* A worker thread's view of itself. */
+typedef struct worker_context {
+    unsigned index;
+    PyThreadState *main_tstate;   /* this thread in the main interpreter */
+    PyThreadState *worker_tstate; /* this thread in its own interpreter */
+    bool has_gil;
+    bocpy_interp *record;
+    bocpy_state *state;
+} worker_context;
+
+extern atomic_bool bocpy_cancelling;
+extern char bocpy_start_error[512];
+void bocpy_worker_started(unsigned index, bocpy_interp *record);
+
+/* ------------------------------------------------------ one behavior */
+
+static PyObject *
+capture_exception(void)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *tb = PyException_GetTraceback(exc);
+    if (tb == NULL) {
+        return exc;
+    }
+    /* The traceback object cannot cross interpreters; its text can, as a
+     * note that unwrap() and the result's repr show. */
+    PyObject *traceback = PyImport_ImportModule("traceback");
+    PyObject *lines = traceback ? PyObject_CallMethod(traceback, "format_tb", "O", tb) : NULL;
+    PyObject *empty = lines ? PyUnicode_FromString("") : NULL;
+    PyObject *text = empty ? PyUnicode_Join(empty, lines) : NULL;
+    PyObject *note = text ? PyUnicode_FromFormat(
+                                "Behavior traceback (most recent call last):\n%U", text)
+                          : NULL;
+    PyObject *rv = note ? PyObject_CallMethod(exc, "add_note", "O", note) : NULL;
+    if (rv == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(note);
+    Py_XDECREF(text);
+    Py_XDECREF(empty);
+    Py_XDECREF(lines);
+    Py_XDECREF(traceback);
+    Py_DECREF(tb);
+    return exc;
+}
+
+/* Sets `*blob` to a serialised copy of the result, or -- when the result
+ * cannot leave this interpreter -- replaces it by an exception that says so
+ * (an unpicklable exception keeps its type name and text). */
+static void
+seal_result(bocpy_state *st, PyObject **value, bool *is_exception, bocpy_blob **blob)
+{
+    if (!*is_exception && bocpy_is_plain_immutable(st, *value)) {
+        return;
+    }
+    *blob = bocpy_serialize(st, *value);
+    if (*blob != NULL) {
+        return;
+    }
+    PyObject *replacement = PyErr_GetRaisedException();
+    if (*is_exception) {
+        Py_DECREF(replacement);
+        PyObject *text = PyObject_Str(*value);
+        PyErr_Clear();
+        PyErr_Format(PyExc_RuntimeError,
+                     "%.200s: %S (the original exception could not be sent between "
+                     "interpreters)",
+                     Py_TYPE(*value)->tp_name, text ? text : Py_None);
+        Py_XDECREF(text);
+        replacement = PyErr_GetRaisedException();
+    }
+    Py_SETREF(*value, replacement);
+    *is_exception = true;
+    *blob = bocpy_serialize(st, *value);
+    PyErr_Clear();
+}
+
+static PyObject *
+dropped_error(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "this behavior did not run: bocpy shut down before it could start "
+                    "(the program was interrupted or exited with an error)");
+    return PyErr_GetRaisedException();
+}
+
+#define SMALL 8
+
+void
+bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled)
+{
+    bocpy_payload *p = boc_behavior_payload(b);
+    uintptr_t token = bocpy_thread_token();
+    PyObject *result = NULL;
+    bool is_exception = false;
+    PyObject *before_small[SMALL], *argv_small[SMALL];
+    PyObject **before = before_small, **argv = argv_small;
+    PyObject *snapshot = NULL, *func = NULL;
+    uint32_t held = 0;
+    Py_ssize_t built = 0;
+
+    if (cancelled) {
+        result = dropped_error();
+        is_exception = true;
+        goto store;
+    }
+    if (p->ncowns > SMALL) {
+        before = PyMem_Calloc(p->ncowns, sizeof(*before));
+        if (before == NULL) {
+            before = before_small;
+            PyErr_NoMemory();
+            goto failed;
+        }
+    }
+    for (; held < p->ncowns; held++) {
+        bocpy_cown *c = p->cowns[held];
+        if (bocpy_cown_materialize(c, here) < 0) {
+            goto failed;
+        }
+        before[held] = Py_XNewRef(c->obj);
+        atomic_store_explicit(&c->holder, token, memory_order_relaxed);
+    }
+
+    PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
+    if (p->captures != NULL) {
+        snapshot = bocpy_deserialize(st, p->captures);
+        if (snapshot == NULL) {
+            goto failed;
+        }
+        extra = PyTuple_GET_ITEM(snapshot, 0);
+        defaults = PyTuple_GET_ITEM(snapshot, 1);
+        kwdefaults = PyTuple_GET_ITEM(snapshot, 2);
+        cells = PyTuple_GET_ITEM(snapshot, 3);
+        if (extra == Py_None) {
+            extra = NULL;
+        }
+    }
+    func = bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells);
+    if (func == NULL) {
+        goto failed;
+    }
+    Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
+    Py_ssize_t total = (Py_ssize_t)p->nargs + nextra;
+    if (total > SMALL) {
+        argv = PyMem_Calloc((size_t)total, sizeof(*argv));
+        if (argv == NULL) {
+            argv = argv_small;
+            PyErr_NoMemory();
+            goto failed;
+        }
+    }
+    uint32_t slot = 0;
+    for (uint32_t i = 0; i < p->nargs; i++, built++) {
+        PyObject *arg;
+        if (p->groups[i] < 0) {
+            arg = bocpy_cown_wrap(st, p->cowns[slot++]);
+        }
+        else {
+            arg = PyList_New(p->groups[i]);
+            for (int32_t j = 0; arg != NULL && j < p->groups[i]; j++) {
+                PyObject *item = bocpy_cown_wrap(st, p->cowns[slot++]);
+                if (item == NULL) {
+                    Py_CLEAR(arg);
+                    break;
+                }
+                PyList_SET_ITEM(arg, j, item);
+            }
+        }
+        if (arg == NULL) {
+            goto failed;
+        }
+        argv[built] = arg;
+    }
+    for (Py_ssize_t i = 0; i < nextra; i++, built++) {
+        argv[built] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
+    }
+    result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
+    if (result != NULL) {
+        goto settle;
+    }
+failed:
+    result = capture_exception();
+    is_exception = true;
+settle:
+    for (uint32_t i = 0; i < held; i++) {
+        bocpy_cown *c = p->cowns[i];
+        if (bocpy_cown_settle(st, c, here, before[i]) < 0) {
+            /* The body stored something that cannot cross: the cown kept
+             * its last good value; the behavior's result says why. */
+            Py_XSETREF(result, capture_exception());
+            is_exception = true;
+        }
+    }
+    for (uint32_t i = 0; i < held; i++) {
+        atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
+        Py_XDECREF(before[i]);
+    }
+store:;
+    bocpy_blob *blob = NULL;
+    seal_result(st, &result, &is_exception, &blob);
+    bocpy_cown_store(p->result, here, result, is_exception);
+    p->result->blob = blob;
+    Py_DECREF(result);
+    for (Py_ssize_t i = 0; i < built; i++) {
+        Py_DECREF(argv[i]);
+    }
+    if (argv != argv_small) {
+        PyMem_Free(argv);
+    }
+    if (before != before_small) {
+        PyMem_Free(before);
+    }
+    Py_XDECREF(func);
+    Py_XDECREF(snapshot);
+}
+
+/* ----------------------------------------------------------- the hooks */
+
+static void
+take_gil(worker_context *ctx)
+{
+    if (!ctx->has_gil) {
+        PyEval_RestoreThread(ctx->worker_tstate);
+        ctx->has_gil = true;
+    }
+}
+
+static void
+drop_gil(worker_context *ctx)
+{
+    if (ctx->has_gil) {
+        bocpy_garbage_drain(ctx->record);
+        PyEval_SaveThread();
+        ctx->has_gil = false;
+    }
+}
+
+static void
+report_start_error(unsigned index, const char *what)
+{
+    /* First error wins; later workers usually fail the same way. */
+    if (bocpy_start_error[0] == '\0') {
+        snprintf(bocpy_start_error, sizeof(bocpy_start_error), "worker %u: %s", index, what);
+    }
+}
+
+static void
+report_python_error(unsigned index)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *text = exc ? PyObject_Repr(exc) : NULL;
+    const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
+    report_start_error(index, utf8 ? utf8 : "unknown error");
+    PyErr_Clear();
+    Py_XDECREF(text);
+    Py_XDECREF(exc);
+}
+
+static void *
+worker_start(void *user, unsigned index, bool *failed)
+{
+    (void)user;
+    worker_context *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        report_start_error(index, "out of memory");
+        *failed = true;
+        return NULL;
+    }
+    ctx->index = index;
+    /* Sub-interpreters are created from a thread that holds the main
+     * interpreter's GIL; this thread gets a main thread state for that. */
+    ctx->main_tstate = PyThreadState_New(PyInterpreterState_Main());
+    if (ctx->main_tstate == NULL) {
+        report_start_error(index, "could not create a thread state");
+        free(ctx);
+        *failed = true;
+        return NULL;
+    }
+    PyEval_RestoreThread(ctx->main_tstate);
+    const PyInterpreterConfig config = {
+        .use_main_obmalloc = 0,
+        .allow_fork = 0,
+        .allow_exec = 0,
+        .allow_threads = 1,
+        .allow_daemon_threads = 0,
+        .check_multi_interp_extensions = 1,
+        .gil = PyInterpreterConfig_OWN_GIL,
+    };
+    PyStatus status = Py_NewInterpreterFromConfig(&ctx->worker_tstate, &config);
+    if (PyStatus_Exception(status) || ctx->worker_tstate == NULL) {
+        report_start_error(index, status.err_msg ? status.err_msg : "interpreter creation failed");
+        PyThreadState_Clear(ctx->main_tstate);
+        PyThreadState_DeleteCurrent();
+        free(ctx);
+        *failed = true;
+        return NULL;
+    }
+    ctx->has_gil = true;
+    /* Now inside the worker's interpreter, holding its GIL. */
+    PyObject *core = PyImport_ImportModule("bocpy._core");
+    PyObject *boot = core ? PyImport_ImportModule("bocpy._worker") : NULL;
+    PyObject *rv = boot ? PyObject_CallMethod(boot, "bootstrap", NULL) : NULL;
+    if (rv == NULL) {
+        report_python_error(index);
+        Py_XDECREF(boot);
+        Py_XDECREF(core);
+        Py_EndInterpreter(ctx->worker_tstate);
+        PyEval_RestoreThread(ctx->main_tstate);
+        PyThreadState_Clear(ctx->main_tstate);
+        PyThreadState_DeleteCurrent();
+        free(ctx);
+        *failed = true;
+        return NULL;
+    }
+    Py_DECREF(rv);
+    Py_DECREF(boot);
+    ctx->state = bocpy_state_of_module(core);
+    ctx->record = ctx->state->interp;
+    ctx->record->worker_index = (int)index;
+    Py_DECREF(core); /* sys.modules keeps it, and so the state, alive */
+    bocpy_worker_started(index, ctx->record);
+    drop_gil(ctx);
+    return ctx;
+}
+
+static void
+worker_busy(void *user, void *arg)
+{
+    (void)user;
+    worker_context *ctx = arg;
+    take_gil(ctx);
+    bocpy_garbage_drain(ctx->record);
+}
+
+static void
+worker_idle(void *user, void *arg)
+{
+    (void)user;
+    drop_gil(arg);
+}
+
+static void
+worker_run(void *user, boc_behavior *b, void *arg)
+{
+    (void)user;
+    worker_context *ctx = arg;
+    take_gil(ctx);
+    bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
+    bocpy_run_behavior(ctx->state, ctx->record, b, cancelled);
+    bocpy_garbage_drain(ctx->record);
+    if (atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0) {
+        /* Someone waits to enter this interpreter (to pickle a value that
+         * lives here): let them in now rather than after a switch interval.
+         * They decrement gil_wanted once they hold our GIL. */
+        PyThreadState *ts = PyEval_SaveThread();
+        for (int spins = 0; spins < 1000 &&
+                            atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0;
+             spins++) {
+            sched_yield();
+        }
+        PyEval_RestoreThread(ts);
+    }
+}
+
+static void
+worker_stop(void *user, unsigned index, void *arg)
+{
+    (void)user;
+    (void)index;
+    worker_context *ctx = arg;
+    take_gil(ctx);
+    /* Values still living here must outlive the interpreter. */
+    bocpy_cown_evacuate_all(ctx->state, ctx->record);
+    bocpy_garbage_drain(ctx->record);
+    Py_EndInterpreter(ctx->worker_tstate);
+    PyEval_RestoreThread(ctx->main_tstate);
+    PyThreadState_Clear(ctx->main_tstate);
+    PyThreadState_DeleteCurrent();
+    free(ctx);
+}
+
+static void
+behavior_done(void *user, boc_behavior *b)
+{
+    (void)user;
+    bocpy_payload *p = boc_behavior_payload(b);
+    bocpy_blob_free(p->captures);
+    p->captures = NULL;
+}
+
+const boc_runtime_ops bocpy_runtime_ops = {
+    .worker_start = worker_start,
+    .worker_stop = worker_stop,
+    .run = worker_run,
+    .worker_idle = worker_idle,
+    .worker_busy = worker_busy,
+    .behavior_done = behavior_done,
+    .pinned_ready = NULL,
+    .quiescent = NULL,
+};

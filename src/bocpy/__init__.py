@@ -1,0 +1,156 @@
+"""bocpy: Behavior-Oriented Concurrency for Python.
+
+Wrap shared data in cowns, schedule behaviors with ``@when(a, b)``, and
+they run in parallel on worker sub-interpreters -- each with its own GIL --
+with exclusive access to the cowns they name: no locks, no data races and
+no deadlock, by construction::
+
+    from bocpy import Cown, when, wait
+
+    a, b = Cown(100), Cown(0)
+
+    @when(a, b)
+    def transfer(a, b, amount=40):
+        a.value -= amount
+        b.value += amount
+
+    wait()
+
+The runtime itself is C (``bocpy._core``); this module is the thin layer
+that gives it its Python shape.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+from . import _core
+from ._core import Cown, when
+
+__all__ = [
+    "Cown",
+    "WORKER_COUNT",
+    "quiesce",
+    "start",
+    "wait",
+    "when",
+    "whencall",
+]
+
+T = TypeVar("T")
+
+
+def _default_worker_count() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+#: Workers started by default: one per core the process may use, less the
+#: main thread's, and at least one.
+WORKER_COUNT: int = _default_worker_count()
+
+
+def whencall(
+    func: Callable[..., T],
+    args: list[Cown[Any] | list[Cown[Any]]],
+    captures: list[Any] | None = None,
+) -> Cown[T]:
+    """Schedule ``func`` on the cowns in ``args``, like ``@when(*args)``.
+
+    ``captures`` are extra values passed after the cowns; they are copied
+    now, when the behavior is scheduled.  Returns the result cown.
+    """
+    return _core.whencall(func, args, captures)
+
+
+def start(worker_count: int | None = None) -> None:
+    """Start the worker pool; the first ``@when`` does this implicitly.
+
+    Idempotent: starting a running runtime with the same worker count does
+    nothing.  ``worker_count`` defaults to ``WORKER_COUNT``.
+    """
+    if worker_count is None:
+        worker_count = WORKER_COUNT
+    if _core._runtime_info()[0]:
+        _core.start(worker_count, None, [])  # checks the count only
+        return
+    from . import _worker
+
+    header, values = _worker.build_bootstrap()
+    _core.start(worker_count, header, values)
+
+
+def wait(timeout: float | None = None, *, stats: bool = False) -> list[dict[str, int]] | None:
+    """Block until every behavior has run, then tear the runtime down.
+
+    The next ``@when`` starts a fresh runtime; existing cowns keep their
+    values.  Raises ``TimeoutError`` if the work is not done within
+    ``timeout`` seconds (the runtime keeps running and a later ``wait()``
+    finishes the job).  With ``stats=True``, returns one dict of counters
+    per worker.
+    """
+    result = _core.wait(timeout, True)
+    return result if stats else None
+
+
+def quiesce(timeout: float | None = None, *, stats: bool = False) -> list[dict[str, int]] | None:
+    """Block until every behavior has run, leaving the runtime running.
+
+    Afterwards every cown can be acquired on the main thread.  Raises
+    ``TimeoutError`` on timeout.
+    """
+    result = _core.wait(timeout, False)
+    return result if stats else None
+
+
+# --------------------------------------------------------------- process exit
+
+_crashed = False
+
+
+def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
+    def excepthook(*args: Any) -> Any:
+        global _crashed
+        _crashed = True
+        return hook(*args)
+
+    return excepthook
+
+
+def _at_exit() -> None:
+    """Finish scheduled work when a script ends; stop promptly when it died.
+
+    A script that ends normally without calling ``wait()`` still runs its
+    behaviors.  One that ends on an uncaught exception (Ctrl-C included)
+    only lets running bodies finish: queued behaviors are dropped, with an
+    exception on their result cowns, and if a body does not finish within a
+    few seconds the process exits anyway.
+    """
+    if not _core._runtime_info()[0]:
+        return
+    try:
+        if not _crashed:
+            _core.wait(None, True)
+            return
+    except KeyboardInterrupt:
+        pass
+    _core._cancel()
+    try:
+        _core.wait(5.0, True)
+    except BaseException:
+        sys.stdout.flush()
+        sys.stderr.write("bocpy: behaviors still running at exit; exiting without them\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+if _core._is_main_interpreter():
+    _core._set_starter(start)
+    sys.excepthook = _note_crash(sys.excepthook)
+    atexit.register(_at_exit)

@@ -1,0 +1,573 @@
+"""Rebuild a user's ``__main__`` namespace inside worker sub-interpreters.
+
+Behavior bodies run in worker sub-interpreters.  Code written in the user's
+``__main__`` script (run as ``python script.py`` or ``python -m pkg.mod``)
+refers to that script's imports, functions, classes and constants, so every
+worker needs a ``__main__`` namespace that provides them.  Re-running the
+script in a worker is not an option: its top-level statements (prints,
+scheduling of behaviors, creation of resources, the body of an
+``if __name__ == "__main__":`` guard or, in unguarded scripts, the whole
+program) must run exactly once, in the main interpreter.
+
+This module therefore builds an *image* of the main module in the main
+interpreter (:func:`build_image`) and replays it in a worker
+(:func:`apply_image`).  An image is an ordered list of steps:
+
+``("exec", filename, code_bytes)``
+    ``marshal.dumps`` of a code object compiled from one *filtered* top-level
+    statement of the script.  Filtering keeps only definitions (imports,
+    ``def``, ``class``, ``type`` aliases, constant assignments, and ``if`` /
+    ``try`` blocks reduced to those), so executing the step re-creates names
+    without re-running the program.  Code is compiled with the script's real
+    filename and line numbers, and with the script's ``from __future__``
+    flags.
+
+``("bind", name, value)``
+    Bind ``name`` to ``value``, a value taken from the main module's
+    ``__dict__`` when the image was built.  Used for names assigned by
+    top-level code that cannot or must not be re-run (results of calls,
+    cowns returned by ``@when``-decorated functions, ...), provided the
+    value can be transferred to another interpreter.
+
+The image always starts with a bind of ``__file__`` (and of ``__package__``
+when the script was run with ``-m`` from a package), so the caller does not
+need to set them.  ``__name__`` is never bound: :func:`apply_image` keeps it
+at ``"__main__"``.
+
+Known, accepted differences from the main interpreter:
+
+* a bind carries the *final* value of a name at build time, placed at the
+  position of the name's first assignment (binds for names assigned inside
+  a kept ``if``/``try`` block are placed just before that block);
+* names assigned inside skipped top-level ``with``/``for``/``while``/``match``
+  blocks are bound when transferable; names assigned only inside the body of
+  the ``__main__`` guard are not;
+* decorators, default arguments, class bodies and the tests of top-level
+  ``if`` statements are evaluated again in the worker;
+* the ``else`` branch of an ``if __name__ == "__main__":`` guard (the branch
+  that did *not* run in the main interpreter) is filtered and kept.
+"""
+
+import __future__
+
+import ast
+import marshal
+import tokenize
+import types
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SCHEDULING_DECORATORS", "apply_image", "build_image"]
+
+#: Decorator names that schedule a behavior when the decorated function is
+#: defined.  A top-level ``def``/``class`` decorated with ``@when(...)`` or
+#: ``@anything.when(...)`` is never re-executed in a worker.
+SCHEDULING_DECORATORS: frozenset[str] = frozenset({"when"})
+
+#: Names that an image never assigns, whatever the script does with them.
+_PROTECTED_NAMES: frozenset[str] = frozenset(
+    {
+        "__name__",
+        "__builtins__",
+        "__spec__",
+        "__loader__",
+        "__cached__",
+        "__file__",
+        "__package__",
+    }
+)
+
+#: Nodes whose presence in an expression means evaluating it runs code that
+#: the filter must not repeat.
+_SIDE_EFFECT_NODES: tuple[type[ast.AST], ...] = (
+    ast.Call,
+    ast.Await,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.NamedExpr,
+)
+
+#: Top-level statements that are skipped, but whose assigned names are bound.
+_SKIPPED_BLOCKS: tuple[type[ast.stmt], ...] = (
+    ast.With,
+    ast.AsyncWith,
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.Match,
+)
+
+#: Statements kept as they are.
+_KEPT_STATEMENTS: tuple[type[ast.stmt], ...] = (
+    ast.Import,
+    ast.ImportFrom,
+    ast.TypeAlias,
+)
+
+_TRY_NODES: tuple[type[ast.stmt], ...] = (ast.Try, ast.TryStar)
+
+Step = tuple[Any, ...]
+"""One image step: ``("exec", filename, code_bytes)`` or ``("bind", name, value)``."""
+
+
+@dataclass(frozen=True)
+class _Bind:
+    """Marker produced by the filter: bind ``name`` from the main module."""
+
+    name: str
+
+
+_Item = ast.stmt | _Bind
+
+
+# --------------------------------------------------------------------------
+# Building (main interpreter)
+# --------------------------------------------------------------------------
+
+
+def build_image(
+    module: types.ModuleType, is_transferable: Callable[[object], bool]
+) -> list[Step]:
+    """Build the image of ``module`` (normally ``sys.modules["__main__"]``).
+
+    Runs in the main interpreter, after (part of) the script has executed.
+
+    :param module: The main module.  Its source is read from ``__file__``
+        (falling back to the module's loader).
+    :param is_transferable: Predicate telling whether a value can be sent to
+        a worker interpreter.  An exception raised by it counts as ``False``.
+    :return: The ordered list of steps; it starts with a bind of
+        ``__file__`` (and of ``__package__`` when it is a non-empty string).
+        Empty if the module has no usable source: no ``__file__`` (REPL,
+        ``-c``, stdin, frozen), unreadable file, or a syntax error.
+    """
+    filename = getattr(module, "__file__", None)
+    if not isinstance(filename, str):
+        return []
+    source = _read_source(module, filename)
+    if source is None:
+        return []
+    try:
+        tree = ast.parse(source, filename)
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+
+    builder = _Builder(
+        namespace=vars(module),
+        is_transferable=is_transferable,
+        filename=filename,
+        flags=_future_flags(tree),
+    )
+    steps: list[Step] = [("bind", "__file__", filename)]
+    package = getattr(module, "__package__", None)
+    if isinstance(package, str) and package:
+        steps.append(("bind", "__package__", package))
+    steps.extend(builder.build(tree.body))
+    return steps
+
+
+def _read_source(module: types.ModuleType, filename: str) -> str | None:
+    """Return the source of ``module``, or ``None`` if it cannot be read."""
+    try:
+        with tokenize.open(filename) as stream:
+            return stream.read()
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        pass
+    # Zip applications and other loaders: ask the loader.
+    spec = getattr(module, "__spec__", None)
+    loader = getattr(spec, "loader", None) or getattr(module, "__loader__", None)
+    get_source = getattr(loader, "get_source", None)
+    if get_source is None:
+        return None
+    name = getattr(spec, "name", None) or module.__name__
+    try:
+        source = get_source(name)
+    except Exception:  # noqa: BLE001 - any loader failure means "no source"
+        return None
+    return source if isinstance(source, str) else None
+
+
+def _future_flags(tree: ast.Module) -> int:
+    """Return the compiler flags of the ``from __future__`` imports in ``tree``."""
+    flags = 0
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            for alias in node.names:
+                feature = getattr(__future__, alias.name, None)
+                flags |= getattr(feature, "compiler_flag", 0)
+    return flags
+
+
+@dataclass
+class _Builder:
+    """Filters the statements of one module and turns them into steps."""
+
+    namespace: dict[str, Any]
+    is_transferable: Callable[[object], bool]
+    filename: str
+    flags: int
+    _bound: set[str] = field(default_factory=set)
+    _transferable: dict[str, bool] = field(default_factory=dict)
+
+    # -- steps --------------------------------------------------------------
+
+    def build(self, body: list[ast.stmt]) -> list[Step]:
+        """Return the steps for the top-level statements ``body``."""
+        steps: list[Step] = []
+        for node in body:
+            for item in self._filter_stmt(node):
+                if isinstance(item, _Bind):
+                    steps.append(("bind", item.name, self.namespace[item.name]))
+                else:
+                    code = self._compile(item)
+                    if code is not None:
+                        steps.append(("exec", self.filename, marshal.dumps(code)))
+        return steps
+
+    def _compile(self, node: ast.stmt) -> types.CodeType | None:
+        """Compile one (filtered) statement, keeping its line numbers."""
+        module = ast.Module(body=[node], type_ignores=[])
+        ast.fix_missing_locations(module)
+        try:
+            return compile(
+                module, self.filename, "exec", flags=self.flags, dont_inherit=True
+            )
+        except (SyntaxError, ValueError, TypeError):
+            return None
+
+    # -- binds --------------------------------------------------------------
+
+    def _bindable(self, name: str) -> bool:
+        """Whether ``name`` exists in the main module and can be transferred."""
+        if name in _PROTECTED_NAMES or name not in self.namespace:
+            return False
+        if name not in self._transferable:
+            try:
+                ok = bool(self.is_transferable(self.namespace[name]))
+            except Exception:  # noqa: BLE001 - a failing predicate means "no"
+                ok = False
+            self._transferable[name] = ok
+        return self._transferable[name]
+
+    def _binds(self, names: Iterable[str]) -> list[_Item]:
+        """Return bind markers for the bindable ``names`` not yet bound."""
+        items: list[_Item] = []
+        for name in names:
+            if name not in self._bound and self._bindable(name):
+                self._bound.add(name)
+                items.append(_Bind(name))
+        return items
+
+    # -- filtering ----------------------------------------------------------
+
+    def _filter_stmt(self, node: ast.stmt) -> list[_Item]:
+        """Filter one statement into kept statements and binds, in order."""
+        if isinstance(node, _KEPT_STATEMENTS):
+            if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+                return []  # applied as a compile flag to every step
+            return [node]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if any(_is_scheduling(d) for d in node.decorator_list):
+                return self._binds([node.name])
+            return [node]
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            return self._filter_assignment(node)
+        if isinstance(node, ast.If):
+            return self._filter_if(node)
+        if isinstance(node, _TRY_NODES):
+            return self._filter_try(node)
+        if isinstance(node, _SKIPPED_BLOCKS):
+            return self._binds(_assigned_names(node))
+        # Expressions (calls, docstrings), del, global, assert, raise, ...
+        return []
+
+    def _filter_block(self, body: list[ast.stmt]) -> tuple[list[ast.stmt], list[_Item]]:
+        """Filter a nested block; binds are hoisted out of it."""
+        kept: list[ast.stmt] = []
+        binds: list[_Item] = []
+        for node in body:
+            for item in self._filter_stmt(node):
+                if isinstance(item, _Bind):
+                    binds.append(item)
+                else:
+                    kept.append(item)
+        return kept, binds
+
+    def _filter_assignment(
+        self, node: ast.Assign | ast.AnnAssign | ast.AugAssign
+    ) -> list[_Item]:
+        """Filter a top-level assignment.
+
+        Names with a transferable value are bound.  If some names are not,
+        the statement is executed instead when it is a constant expression
+        assigning plain names only.
+        """
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        else:
+            targets = [node.target]
+        value = node.value
+        if value is None:  # bare annotation ``x: int``
+            return []
+        names: list[str] = []
+        plain = True
+        for target in targets:
+            plain &= _collect_target_names(target, names)
+        walrus = [n.target.id for n in ast.walk(value) if isinstance(n, ast.NamedExpr)]
+        expressions: list[ast.expr] = [value]
+        if isinstance(node, ast.AnnAssign) and not (
+            self.flags & __future__.annotations.compiler_flag
+        ):
+            expressions.append(node.annotation)
+
+        items: list[_Item] = []
+        unbindable = [n for n in names if not self._bindable(n)]
+        if (
+            unbindable
+            and plain
+            and not _PROTECTED_NAMES.intersection(names)
+            and all(_is_constant_expression(e) for e in expressions)
+        ):
+            items.append(node)
+        items.extend(self._binds(names + walrus))
+        return items
+
+    def _filter_if(self, node: ast.If) -> list[_Item]:
+        """Filter an ``if``; a ``__main__`` guard keeps only its other branch."""
+        guard = _main_guard_branch(node.test)
+        if guard is not None:
+            other = node.orelse if guard else node.body
+            items: list[_Item] = []
+            for child in other:
+                items.extend(self._filter_stmt(child))
+            return items
+        body, binds = self._filter_block(node.body)
+        orelse, else_binds = self._filter_block(node.orelse)
+        binds += else_binds
+        if not body and not orelse:
+            return binds
+        new = ast.If(test=node.test, body=body or _pass(node), orelse=orelse)
+        return [*binds, ast.copy_location(new, node)]
+
+    def _filter_try(self, node: ast.Try | ast.TryStar) -> list[_Item]:
+        """Filter a ``try`` (or ``try*``) statement, block by block."""
+        body, binds = self._filter_block(node.body)
+        handlers: list[ast.ExceptHandler] = []
+        any_kept = bool(body)
+        for handler in node.handlers:
+            kept, handler_binds = self._filter_block(handler.body)
+            binds += handler_binds
+            any_kept |= bool(kept)
+            new_handler = ast.ExceptHandler(
+                type=handler.type, name=handler.name, body=kept or _pass(handler)
+            )
+            handlers.append(ast.copy_location(new_handler, handler))
+        orelse, else_binds = self._filter_block(node.orelse)
+        final, final_binds = self._filter_block(node.finalbody)
+        binds += else_binds + final_binds
+        if not (any_kept or orelse or final):
+            return binds
+        new = type(node)(
+            body=body or _pass(node),
+            handlers=handlers,
+            orelse=orelse,
+            finalbody=final,
+        )
+        return [*binds, ast.copy_location(new, node)]
+
+
+def _pass(node: ast.AST) -> list[ast.stmt]:
+    """Return a block made of one ``pass`` located at ``node``."""
+    return [ast.copy_location(ast.Pass(), node)]
+
+
+def _is_scheduling(decorator: ast.expr) -> bool:
+    """Whether ``decorator`` is ``when(...)``, ``x.when(...)`` (or bare ``when``)."""
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    if isinstance(target, ast.Name):
+        return target.id in SCHEDULING_DECORATORS
+    if isinstance(target, ast.Attribute):
+        return target.attr in SCHEDULING_DECORATORS
+    return False
+
+
+def _main_guard_branch(test: ast.expr) -> bool | None:
+    """Classify an ``if`` test against ``__name__ == "__main__"``.
+
+    :return: ``True`` for ``__name__ == "__main__"`` (either order),
+        ``False`` for ``__name__ != "__main__"``, ``None`` otherwise.
+    """
+    if not (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], (ast.Eq, ast.NotEq))
+    ):
+        return None
+    sides = (test.left, test.comparators[0])
+    has_name = any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+    has_main = any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)
+    if not (has_name and has_main):
+        return None
+    return isinstance(test.ops[0], ast.Eq)
+
+
+def _collect_target_names(target: ast.expr, names: list[str]) -> bool:
+    """Append the plain names assigned by ``target`` to ``names``.
+
+    :return: ``True`` if ``target`` assigns plain names only (no attribute
+        or subscript targets).
+    """
+    if isinstance(target, ast.Name):
+        names.append(target.id)
+        return True
+    if isinstance(target, ast.Starred):
+        return _collect_target_names(target.value, names)
+    if isinstance(target, (ast.Tuple, ast.List)):
+        plain = True
+        for element in target.elts:
+            plain &= _collect_target_names(element, names)
+        return plain
+    return False
+
+
+def _assigned_names(node: ast.AST) -> list[str]:
+    """Names assigned by assignments and walruses in ``node``.
+
+    Function and class bodies are not entered: their names are local.
+    """
+    names: list[str] = []
+    for child in _walk_module_scope(node):
+        if isinstance(child, ast.Assign):
+            for target in child.targets:
+                _collect_target_names(target, names)
+        elif isinstance(child, (ast.AnnAssign, ast.AugAssign)):
+            if child.value is not None or isinstance(child, ast.AugAssign):
+                _collect_target_names(child.target, names)
+        elif isinstance(child, ast.NamedExpr):
+            names.append(child.target.id)
+    return names
+
+
+def _walk_module_scope(node: ast.AST) -> Iterator[ast.AST]:
+    """Like :func:`ast.walk`, without entering nested scopes' bodies."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(
+            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+        ):
+            continue
+        yield from _walk_module_scope(child)
+
+
+def _is_constant_expression(node: ast.AST) -> bool:
+    """Whether evaluating ``node`` calls nothing.
+
+    Literals, names, attributes, subscripts, operators, containers,
+    comprehensions and f-strings qualify as long as they contain no call,
+    ``await``, ``yield`` or walrus.  A ``lambda`` qualifies if its default
+    values do: its body only runs when it is called.
+    """
+    if isinstance(node, _SIDE_EFFECT_NODES):
+        return False
+    if isinstance(node, ast.Lambda):
+        defaults = [*node.args.defaults, *node.args.kw_defaults]
+        return all(d is None or _is_constant_expression(d) for d in defaults)
+    return all(_is_constant_expression(c) for c in ast.iter_child_nodes(node))
+
+
+# --------------------------------------------------------------------------
+# Applying (worker interpreter)
+# --------------------------------------------------------------------------
+
+
+def apply_image(
+    image: list[Step],
+    namespace: dict[str, Any],
+    load: Callable[[Any], Any] | None = None,
+) -> list[str]:
+    """Replay ``image`` into ``namespace`` (a worker's ``__main__`` dict).
+
+    Steps run in order.  A failing step is skipped without aborting the
+    rest; failed steps are retried once, in order, after the first pass
+    (they may depend on a name provided by a later step).  With ``load``,
+    each bind's value is passed through it when the bind is applied: the
+    worker unpickles bind values one at a time, at their place in the
+    image, so a value of a class the script defines finds that class.
+    ``namespace["__name__"]`` is set to ``"__main__"`` first and restored
+    after any step that changes it.
+
+    :return: One warning per step that still failed, such as
+        ``"line 12: NameError: name 'x' is not defined"``.
+    """
+    namespace["__name__"] = "__main__"
+    failed: list[tuple[int, Step, str]] = []
+    for index, step in enumerate(image):
+        error = _apply_step(step, namespace, load)
+        if error is not None:
+            failed.append((index, step, error))
+
+    warnings: list[str] = []
+    for index, step, error in failed:
+        if _step_kind(step) is not None:
+            error = _apply_step(step, namespace, load)
+            if error is None:
+                continue
+        warnings.append(error or f"step {index}: failed")
+    return warnings
+
+
+def _step_kind(step: object) -> str | None:
+    """Return the kind of ``step`` (``"exec"``/``"bind"``) if well formed."""
+    if isinstance(step, tuple) and len(step) == 3 and step[0] in ("exec", "bind"):
+        return step[0]
+    return None
+
+
+def _apply_step(
+    step: Step, namespace: dict[str, Any], load: Callable[[Any], Any] | None = None
+) -> str | None:
+    """Apply one step; return a warning string on failure, else ``None``."""
+    kind = _step_kind(step)
+    try:
+        if kind == "bind":
+            _, name, value = step
+            if name in _PROTECTED_NAMES - {"__file__", "__package__"}:
+                return f"bind {name!r}: refusing to bind a protected name"
+            namespace[name] = load(value) if load is not None else value
+            return None
+        if kind != "exec":
+            return f"malformed step: {step!r:.60}"
+        _, filename, code_bytes = step
+        code = marshal.loads(code_bytes)
+    except Exception as exc:  # noqa: BLE001 - report, never abort
+        return f"{_describe(step)}: {type(exc).__name__}: {exc}"
+
+    if not isinstance(code, types.CodeType):
+        return f"{filename}: step is not a code object"
+    try:
+        exec(code, namespace)  # noqa: S102 - replaying filtered user definitions
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - report, never abort
+        return f"line {_failing_line(exc, code)}: {type(exc).__name__}: {exc}"
+    finally:
+        if namespace.get("__name__") != "__main__":
+            namespace["__name__"] = "__main__"
+    return None
+
+
+def _describe(step: object) -> str:
+    """Short description of a step for warnings about malformed steps."""
+    if isinstance(step, tuple) and len(step) == 3 and step[0] == "bind":
+        return f"bind {step[1]!r}"
+    return "exec step"
+
+
+def _failing_line(exc: BaseException, code: types.CodeType) -> int | str:
+    """Line of the step's statement that raised ``exc``."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code and tb.tb_lineno is not None:
+            return tb.tb_lineno
+        tb = tb.tb_next
+    lines = [line for _, _, line in code.co_lines() if line is not None]
+    return min(lines) if lines else "?"

@@ -1,0 +1,60 @@
+"""The extended pickler bocpy falls back on when the C pickler refuses a value.
+
+The standard pickler sends functions by reference (module + qualified
+name), so it refuses lambdas and functions defined inside other functions.
+bocpy can do better: behavior code already travels through its code
+registry, so such a function is sent as its registry id plus its defaults
+and closure values, and rebuilt in the receiving interpreter against that
+interpreter's import of the defining module.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import types
+from typing import Any
+
+from . import _core
+
+
+def _importable(func: types.FunctionType) -> bool:
+    """True if pickling ``func`` by reference would find this very object."""
+    module = sys.modules.get(func.__module__ or "")
+    target: Any = module
+    for part in func.__qualname__.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return False
+    return target is func
+
+
+def _cells(func: types.FunctionType) -> tuple[tuple[Any, ...], ...] | None:
+    if func.__closure__ is None:
+        return None
+    cells = []
+    for cell in func.__closure__:
+        try:
+            cells.append((True, cell.cell_contents))
+        except ValueError:  # an empty cell
+            cells.append((False,))
+    return tuple(cells)
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType and not _importable(obj):
+            code_id = _core._register_code(obj)
+            return (
+                _core._rebuild_function,
+                (code_id, obj.__defaults__, obj.__kwdefaults__, _cells(obj)),
+            )
+        return NotImplemented
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj``, sending local functions and lambdas by code."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
