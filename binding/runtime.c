@@ -269,10 +269,12 @@ bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop)
             return NULL; /* Ctrl-C: the runtime keeps running */
         }
         if (left == 0) {
+            char seconds[32]; /* PyErr_Format has no floating-point conversions */
+            snprintf(seconds, sizeof(seconds), "%.3g", timeout);
             PyErr_Format(PyExc_TimeoutError,
-                         "%llu behaviors were still in flight after %.3g s; the runtime keeps "
+                         "%llu behaviors were still in flight after %s s; the runtime keeps "
                          "running: call %s() again to keep waiting",
-                         (unsigned long long)boc_runtime_live(rt), timeout,
+                         (unsigned long long)boc_runtime_live(rt), seconds,
                          stop ? "wait" : "quiesce");
             return NULL;
         }

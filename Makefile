@@ -1,0 +1,50 @@
+# bocpy developer entry points.  Everything goes through a virtual
+# environment made from the Python >= 3.12 that scripts/ensure-python.sh
+# finds (or builds), so a fresh machine needs nothing but this repository.
+#
+#   make demo    run the parallel demo (speedup over all cores, checked)
+#   make test    every test: the C runtime (plain, TSan, ASan+UBSan), lint,
+#                and the Python suite
+#   make bench   the core benchmark (figures quoted in README.md)
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: all venv build demo test test-c test-python lint bench clean
+
+all: build
+
+$(VENV)/.ready: scripts/ensure-python.sh pyproject.toml
+	@base="$$(bash scripts/ensure-python.sh --quiet)" && \
+	  echo "using $$base" && \
+	  "$$base" -m venv --clear $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff
+	@touch $@
+
+venv: $(VENV)/.ready
+
+build: $(VENV)/.ready
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e .
+
+demo: build
+	$(PY) -m bocpy.examples.parallel_demo
+
+test-c:
+	$(MAKE) -C libboc check
+
+lint: $(VENV)/.ready
+	$(PY) -m ruff check src tests benchmarks
+
+test-python: build
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The Python suite runs last so that its summary line closes the output.
+test: test-c lint test-python
+
+bench: build
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	$(MAKE) -C libboc clean
+	rm -rf build src/*.egg-info src/bocpy/*.so $(VENV)
