@@ -19,7 +19,7 @@ $(VENV)/.ready: scripts/ensure-python.sh pyproject.toml
 	@base="$$(bash scripts/ensure-python.sh --quiet)" && \
 	  echo "using $$base" && \
 	  "$$base" -m venv --clear $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff
+	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff mypy
 	@touch $@
 
 venv: $(VENV)/.ready
@@ -35,6 +35,7 @@ test-c:
 
 lint: $(VENV)/.ready
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy --strict src/bocpy
 
 test-python: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)

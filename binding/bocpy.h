@@ -70,6 +70,10 @@ struct bocpy_interp {
     /* Threads waiting to enter this interpreter from outside.  Its worker
      * lets go of the GIL between behaviors while this is non-zero. */
     atomic_int gil_wanted;
+    /* The worker thread's id, and whether it is inside a behavior body (so
+     * that shutting down can interrupt a long body, see bocpy_cancel). */
+    unsigned long thread_ident;
+    atomic_bool in_body;
     bocpy_interp_stats stats;
     bocpy_interp *next_record;
 };

@@ -290,9 +290,29 @@ bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop)
     return stats;
 }
 
+static void
+interrupt_body(void *arg)
+{
+    bocpy_interp *rec = arg;
+    /* Raised in the body at its next bytecode; a body blocked in C (a
+     * sleep, a lock) sees it when that call returns. */
+    if (atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+        PyThreadState_SetAsyncExc(rec->thread_ident, PyExc_KeyboardInterrupt);
+    }
+}
+
 PyObject *
 bocpy_cancel(void)
 {
+    /* From now on workers skip bodies: each queued behavior completes at
+     * once with a "did not run" exception on its result cown, which frees
+     * its cowns for the next one, so the whole graph drains quickly. */
     atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed);
+    for (unsigned i = 0; bocpy_runtime() != NULL && i < worker_records_len; i++) {
+        bocpy_interp *rec = worker_records[i];
+        if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+            bocpy_interp_call_in(rec, interrupt_body, rec);
+        }
+    }
     Py_RETURN_NONE;
 }

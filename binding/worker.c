@@ -196,7 +196,9 @@ bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool ca
     for (Py_ssize_t i = 0; i < nextra; i++, built++) {
         argv[built] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
     }
+    atomic_store_explicit(&here->in_body, true, memory_order_relaxed);
     result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
+    atomic_store_explicit(&here->in_body, false, memory_order_relaxed);
     if (result != NULL) {
         goto settle;
     }
@@ -339,6 +341,7 @@ worker_start(void *user, unsigned index, bool *failed)
     ctx->state = bocpy_state_of_module(core);
     ctx->record = ctx->state->interp;
     ctx->record->worker_index = (int)index;
+    ctx->record->thread_ident = PyThread_get_thread_ident();
     Py_DECREF(core); /* sys.modules keeps it, and so the state, alive */
     bocpy_worker_started(index, ctx->record);
     drop_gil(ctx);

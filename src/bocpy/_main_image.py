@@ -105,7 +105,6 @@ _KEPT_STATEMENTS: tuple[type[ast.stmt], ...] = (
     ast.TypeAlias,
 )
 
-_TRY_NODES: tuple[type[ast.stmt], ...] = (ast.Try, ast.TryStar)
 
 Step = tuple[Any, ...]
 """One image step: ``("exec", filename, code_bytes)`` or ``("bind", name, value)``."""
@@ -230,9 +229,10 @@ class _Builder:
         module = ast.Module(body=[node], type_ignores=[])
         ast.fix_missing_locations(module)
         try:
-            return compile(
+            code: types.CodeType = compile(
                 module, self.filename, "exec", flags=self.flags, dont_inherit=True
             )
+            return code
         except (SyntaxError, ValueError, TypeError):
             return None
 
@@ -275,7 +275,7 @@ class _Builder:
             return self._filter_assignment(node)
         if isinstance(node, ast.If):
             return self._filter_if(node)
-        if isinstance(node, _TRY_NODES):
+        if isinstance(node, (ast.Try, ast.TryStar)):
             return self._filter_try(node)
         if isinstance(node, _SKIPPED_BLOCKS):
             return self._binds(_assigned_names(node))
@@ -520,7 +520,7 @@ def apply_image(
 def _step_kind(step: object) -> str | None:
     """Return the kind of ``step`` (``"exec"``/``"bind"``) if well formed."""
     if isinstance(step, tuple) and len(step) == 3 and step[0] in ("exec", "bind"):
-        return step[0]
+        return str(step[0])
     return None
 
 

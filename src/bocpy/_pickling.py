@@ -33,7 +33,7 @@ def _importable(func: types.FunctionType) -> bool:
 def _cells(func: types.FunctionType) -> tuple[tuple[Any, ...], ...] | None:
     if func.__closure__ is None:
         return None
-    cells = []
+    cells: list[tuple[Any, ...]] = []
     for cell in func.__closure__:
         try:
             cells.append((True, cell.cell_contents))
