@@ -10,8 +10,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch])
 
-.PHONY: all venv build demo test test-c test-python lint bench clean
+.PHONY: all venv build demo test test-c test-python lint format bench clean
 
 all: build
 
@@ -19,7 +20,7 @@ $(VENV)/.ready: scripts/ensure-python.sh pyproject.toml
 	@base="$$(bash scripts/ensure-python.sh --quiet)" && \
 	  echo "using $$base" && \
 	  "$$base" -m venv --clear $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff mypy
+	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff mypy clang-format==18.1.8
 	@touch $@
 
 venv: $(VENV)/.ready
@@ -36,6 +37,11 @@ test-c:
 lint: $(VENV)/.ready
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy --strict src/bocpy
+	$(VENV)/bin/clang-format --dry-run --Werror $(C_SOURCES)
+
+format: $(VENV)/.ready
+	$(VENV)/bin/clang-format -i $(C_SOURCES)
+	$(PY) -m ruff format src tests benchmarks
 
 test-python: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)

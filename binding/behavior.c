@@ -14,14 +14,11 @@
 #include <string.h>
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *args; /* tuple: each a Cown or a list of Cowns */
+    PyObject_HEAD PyObject *args; /* tuple: each a Cown or a list of Cowns */
 } WhenObject;
 
 /* Checks one @when argument; returns its cown count or -1. */
-static Py_ssize_t
-check_argument(bocpy_state *st, PyObject *arg, Py_ssize_t position)
-{
+static Py_ssize_t check_argument(bocpy_state *st, PyObject *arg, Py_ssize_t position) {
     if (bocpy_cown_check(st, arg)) {
         return 1;
     }
@@ -47,9 +44,7 @@ check_argument(bocpy_state *st, PyObject *arg, Py_ssize_t position)
     return -1;
 }
 
-static PyObject *
-function_name(PyObject *func)
-{
+static PyObject *function_name(PyObject *func) {
     PyObject *name = PyObject_GetAttrString(func, "__qualname__");
     if (name == NULL) {
         PyErr_Clear();
@@ -58,12 +53,9 @@ function_name(PyObject *func)
     return name;
 }
 
-static int
-check_function(PyObject *func, Py_ssize_t ngiven)
-{
+static int check_function(PyObject *func, Py_ssize_t ngiven) {
     if (!PyFunction_Check(func)) {
-        PyErr_Format(PyExc_TypeError,
-                     "@when decorates a function defined with 'def', not '%.200s'",
+        PyErr_Format(PyExc_TypeError, "@when decorates a function defined with 'def', not '%.200s'",
                      Py_TYPE(func)->tp_name);
         return -1;
     }
@@ -123,9 +115,7 @@ done:
 
 /* (extra_args, defaults, kwdefaults, closure) or NULL when there is nothing
  * to capture.  Closure cells become (True, value) or (False,) when empty. */
-static PyObject *
-captures_of(PyObject *func, PyObject *extra)
-{
+static PyObject *captures_of(PyObject *func, PyObject *extra) {
     PyObject *defaults = PyFunction_GET_DEFAULTS(func);
     PyObject *kwdefaults = PyFunction_GET_KW_DEFAULTS(func);
     PyObject *closure = PyFunction_GET_CLOSURE(func);
@@ -141,15 +131,15 @@ captures_of(PyObject *func, PyObject *extra)
         }
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *content = PyCell_GET(PyTuple_GET_ITEM(closure, i));
-            PyObject *entry = content ? PyTuple_Pack(2, Py_True, content) : PyTuple_Pack(1, Py_False);
+            PyObject *entry =
+                content ? PyTuple_Pack(2, Py_True, content) : PyTuple_Pack(1, Py_False);
             if (entry == NULL) {
                 Py_DECREF(cells);
                 return NULL;
             }
             PyTuple_SET_ITEM(cells, i, entry);
         }
-    }
-    else {
+    } else {
         Py_INCREF(cells);
     }
     PyObject *snapshot = PyTuple_Pack(4, extra ? extra : Py_None, defaults ? defaults : Py_None,
@@ -162,9 +152,7 @@ captures_of(PyObject *func, PyObject *extra)
 }
 
 /* After the snapshot failed to serialise: find the culprit and say so. */
-static void
-explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *extra)
-{
+static void explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *extra) {
     PyObject *cause = PyErr_GetRaisedException();
     PyObject *name = function_name(func);
     PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(func);
@@ -223,10 +211,9 @@ explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *extra)
                      "functions) are copied when the behavior is scheduled: keep such objects "
                      "in a module, create them inside the behavior, or make them picklable",
                      name, culprit_name, Py_TYPE(culprit)->tp_name, cause);
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "the captures of behavior '%U' cannot be sent to a worker: %S",
-                     name, cause);
+    } else {
+        PyErr_Format(PyExc_TypeError,
+                     "the captures of behavior '%U' cannot be sent to a worker: %S", name, cause);
     }
     PyObject *exc = PyErr_GetRaisedException();
     PyException_SetCause(exc, cause);
@@ -237,9 +224,7 @@ explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *extra)
     Py_XDECREF(name);
 }
 
-PyObject *
-bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra)
-{
+PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra) {
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
     if (check_function(func, nargs + nextra) < 0) {
@@ -315,8 +300,7 @@ bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra)
                 p->cowns[slot] = c;
                 boc_behavior_set_cown(b, slot++, &c->base);
             }
-        }
-        else {
+        } else {
             bocpy_cown *c = ((CownObject *)arg)->cown;
             p->groups[i] = -1;
             p->cowns[slot] = c;
@@ -330,9 +314,7 @@ bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra)
 
 /* ------------------------------------------------------ the decorator */
 
-static PyObject *
-When_call(WhenObject *self, PyObject *args, PyObject *kwargs)
-{
+static PyObject *When_call(WhenObject *self, PyObject *args, PyObject *kwargs) {
     PyObject *func;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) {
         PyErr_SetString(PyExc_TypeError, "@when(...) takes the function only");
@@ -345,18 +327,14 @@ When_call(WhenObject *self, PyObject *args, PyObject *kwargs)
     return bocpy_whencall(st, func, self->args, NULL);
 }
 
-static void
-When_dealloc(WhenObject *self)
-{
+static void When_dealloc(WhenObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     Py_XDECREF(self->args);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
 
-static PyObject *
-When_repr(WhenObject *self)
-{
+static PyObject *When_repr(WhenObject *self) {
     return PyUnicode_FromFormat("<bocpy.when decorator for %zd argument(s)>",
                                 PyTuple_GET_SIZE(self->args));
 }
@@ -375,16 +353,12 @@ static PyType_Spec When_spec = {
     .slots = When_slots,
 };
 
-PyObject *
-bocpy_when_type_create(PyObject *module)
-{
+PyObject *bocpy_when_type_create(PyObject *module) {
     return PyType_FromModuleAndSpec(module, &When_spec, NULL);
 }
 
 /* when(*args): checks the arguments now, so the error points at @when. */
-PyObject *
-bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
+PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     bocpy_state *st = bocpy_state_of_module(module);
     for (Py_ssize_t i = 0; i < nargs; i++) {
         if (check_argument(st, args[i], i) < 0) {

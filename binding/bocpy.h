@@ -43,7 +43,7 @@ typedef struct bocpy_garbage {
 
 /* Per-interpreter counters reported by wait(stats=True). */
 typedef struct bocpy_interp_stats {
-    atomic_uint_fast64_t migrations_in;  /* values deserialised here */
+    atomic_uint_fast64_t migrations_in;   /* values deserialised here */
     atomic_uint_fast64_t foreign_pickles; /* values pickled by entering another interpreter */
 } bocpy_interp_stats;
 
@@ -154,8 +154,7 @@ struct bocpy_cown {
 };
 
 typedef struct {
-    PyObject_HEAD
-    bocpy_cown *cown;
+    PyObject_HEAD bocpy_cown *cown;
 } CownObject;
 
 bocpy_cown *bocpy_cown_new(void);
@@ -261,8 +260,8 @@ bocpy_state *bocpy_state_of_module(PyObject *module);
 bocpy_state *bocpy_state_current(void);
 
 /* The message for functions that only the main interpreter may call. */
-#define BOCPY_MAIN_ONLY(name)                                                              \
-    "bocpy." name "() can only be called from the main interpreter, not from inside a "    \
+#define BOCPY_MAIN_ONLY(name)                                                                      \
+    "bocpy." name "() can only be called from the main interpreter, not from inside a "            \
     "behavior"
 
 #endif /* BOCPY_H */

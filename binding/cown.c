@@ -26,25 +26,20 @@
 
 static _Thread_local char tls_token_anchor;
 
-uintptr_t
-bocpy_thread_token(void)
-{
+uintptr_t bocpy_thread_token(void) {
     /* The address of a thread-local is unique among live threads. */
     return (uintptr_t)&tls_token_anchor;
 }
 
 /* ----------------------------------------------------------- residency */
 
-static void
-resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c)
-{
+static void resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c) {
     if (!c->resident) {
         return;
     }
     if (c->res_prev != NULL) {
         c->res_prev->res_next = c->res_next;
-    }
-    else {
+    } else {
         rec->residents = c->res_next;
     }
     if (c->res_next != NULL) {
@@ -55,9 +50,7 @@ resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c)
 }
 
 /* Moves the cown's home to `rec` (the caller holds the cown). */
-static void
-set_home(bocpy_cown *c, bocpy_interp *rec)
-{
+static void set_home(bocpy_cown *c, bocpy_interp *rec) {
     bocpy_interp *old = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (old == rec) {
         return;
@@ -80,23 +73,19 @@ set_home(bocpy_cown *c, bocpy_interp *rec)
          * without the lock with acquire, sees the links made above. */
         atomic_store_explicit(&c->home, rec, memory_order_release);
         pthread_mutex_unlock(&rec->lock);
-    }
-    else {
+    } else {
         atomic_store_explicit(&c->home, rec, memory_order_release);
     }
 }
 
 /* Frees an object of `home` from any thread. */
-static void
-release_object(bocpy_interp *home, PyObject *obj)
-{
+static void release_object(bocpy_interp *home, PyObject *obj) {
     if (obj == NULL) {
         return;
     }
     if (home == NULL || bocpy_interp_is_current(home)) {
         Py_DECREF(obj);
-    }
-    else {
+    } else {
         bocpy_garbage_push(home, obj);
     }
 }
@@ -109,9 +98,7 @@ static _Thread_local bocpy_cown **tls_doomed;
 static _Thread_local size_t tls_doomed_len, tls_doomed_cap;
 static _Thread_local bool tls_destroying;
 
-static void
-destroy_one(bocpy_cown *c)
-{
+static void destroy_one(bocpy_cown *c) {
     bocpy_interp *home;
     for (;;) {
         /* acquire pairs with set_home's and evacuation's release stores. */
@@ -135,9 +122,7 @@ destroy_one(bocpy_cown *c)
     PyMem_RawFree(c);
 }
 
-static void
-cown_destroy(boc_cown *base)
-{
+static void cown_destroy(boc_cown *base) {
     bocpy_cown *c = (bocpy_cown *)base;
     if (tls_doomed_len == tls_doomed_cap) {
         size_t cap = tls_doomed_cap ? tls_doomed_cap * 2 : 16;
@@ -160,9 +145,7 @@ cown_destroy(boc_cown *base)
     tls_destroying = false;
 }
 
-bocpy_cown *
-bocpy_cown_new(void)
-{
+bocpy_cown *bocpy_cown_new(void) {
     bocpy_cown *c = PyMem_RawCalloc(1, sizeof(*c));
     if (c == NULL) {
         PyErr_NoMemory();
@@ -182,9 +165,7 @@ typedef struct foreign_pickle {
     char *error;          /* plain C copy for the caller */
 } foreign_pickle;
 
-static void
-foreign_pickle_run(void *arg)
-{
+static void foreign_pickle_run(void *arg) {
     foreign_pickle *fp = arg;
     bocpy_cown *c = fp->cown;
     fp->blob = bocpy_serialize(fp->home->state, c->obj);
@@ -206,9 +187,7 @@ foreign_pickle_run(void *arg)
     atomic_fetch_add_explicit(&fp->home->stats.foreign_pickles, 1, memory_order_relaxed);
 }
 
-int
-bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here)
-{
+int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == here) {
         return 0;
@@ -258,9 +237,7 @@ bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here)
     return 0;
 }
 
-void
-bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception)
-{
+void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception) {
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
     c->obj = obj == Py_None ? NULL : Py_NewRef(obj);
@@ -271,9 +248,7 @@ bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_excep
     release_object(home, old);
 }
 
-int
-bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before)
-{
+int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before) {
     PyObject *now = c->obj;
     if (now == NULL || bocpy_is_plain_immutable(st, now)) {
         /* Cheap to pickle when needed and unchangeable: drop a copy only if
@@ -308,9 +283,7 @@ bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *
     return 0;
 }
 
-void
-bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec)
-{
+void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
     for (;;) {
         pthread_mutex_lock(&rec->lock);
         bocpy_cown *c = rec->residents;
@@ -319,9 +292,9 @@ bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec)
          * (their destroyer is waiting for this lock and will unlink them). */
         while (c != NULL) {
             size_t n = atomic_load_explicit(&c->base.refcount, memory_order_relaxed);
-            while (n > 0 && !atomic_compare_exchange_weak_explicit(
-                                &c->base.refcount, &n, n + 1, memory_order_relaxed,
-                                memory_order_relaxed)) {
+            while (n > 0 && !atomic_compare_exchange_weak_explicit(&c->base.refcount, &n, n + 1,
+                                                                   memory_order_relaxed,
+                                                                   memory_order_relaxed)) {
             }
             if (n > 0) {
                 break;
@@ -375,22 +348,16 @@ static const char NOT_HELD[] =
     "cown.acquire() and cown.release() (or in 'with cown:') once bocpy.wait() or "
     "bocpy.quiesce() has returned";
 
-bocpy_state *
-bocpy_state_current(void)
-{
+bocpy_state *bocpy_state_current(void) {
     bocpy_interp *rec = bocpy_interp_current();
     return rec ? rec->state : NULL;
 }
 
-bool
-bocpy_cown_check(bocpy_state *st, PyObject *obj)
-{
+bool bocpy_cown_check(bocpy_state *st, PyObject *obj) {
     return PyObject_TypeCheck(obj, st->cown_type);
 }
 
-PyObject *
-bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown)
-{
+PyObject *bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown) {
     CownObject *self = PyObject_New(CownObject, st->cown_type);
     if (self == NULL) {
         return NULL;
@@ -400,9 +367,7 @@ bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown)
     return (PyObject *)self;
 }
 
-static PyObject *
-Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
+static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"value", NULL};
     PyObject *value = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Cown", kwlist, &value)) {
@@ -438,9 +403,7 @@ Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static void
-Cown_dealloc(CownObject *self)
-{
+static void Cown_dealloc(CownObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     if (self->cown != NULL) {
         boc_cown_decref(&self->cown->base);
@@ -449,15 +412,11 @@ Cown_dealloc(CownObject *self)
     Py_DECREF(tp);
 }
 
-static bool
-held_here(bocpy_cown *c)
-{
+static bool held_here(bocpy_cown *c) {
     return atomic_load_explicit(&c->holder, memory_order_relaxed) == bocpy_thread_token();
 }
 
-static PyObject *
-Cown_get_value(CownObject *self, void *closure)
-{
+static PyObject *Cown_get_value(CownObject *self, void *closure) {
     (void)closure;
     bocpy_cown *c = self->cown;
     if (!held_here(c)) {
@@ -471,9 +430,7 @@ Cown_get_value(CownObject *self, void *closure)
     return Py_NewRef(c->obj ? c->obj : Py_None);
 }
 
-static int
-Cown_set_value(CownObject *self, PyObject *value, void *closure)
-{
+static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     (void)closure;
     if (value == NULL) {
         PyErr_SetString(PyExc_TypeError, "a cown's value cannot be deleted; assign None instead");
@@ -497,24 +454,18 @@ Cown_set_value(CownObject *self, PyObject *value, void *closure)
     return 0;
 }
 
-static PyObject *
-Cown_get_acquired(CownObject *self, void *closure)
-{
+static PyObject *Cown_get_acquired(CownObject *self, void *closure) {
     (void)closure;
     return PyBool_FromLong(held_here(self->cown));
 }
 
-static PyObject *
-Cown_get_exception(CownObject *self, void *closure)
-{
+static PyObject *Cown_get_exception(CownObject *self, void *closure) {
     (void)closure;
     return PyBool_FromLong(self->cown->is_exception);
 }
 
 /* Checks shared by acquire() and unwrap(): main interpreter, quiescent. */
-static int
-check_main_quiescent(bocpy_state *st, const char *what)
-{
+static int check_main_quiescent(bocpy_state *st, const char *what) {
     if (!st->interp->is_main) {
         PyErr_Format(PyExc_RuntimeError,
                      "Cown.%s() is for the main interpreter; inside a behavior, request "
@@ -535,15 +486,9 @@ check_main_quiescent(bocpy_state *st, const char *what)
 
 static atomic_long main_holds;
 
-long
-bocpy_main_holds(void)
-{
-    return atomic_load_explicit(&main_holds, memory_order_relaxed);
-}
+long bocpy_main_holds(void) { return atomic_load_explicit(&main_holds, memory_order_relaxed); }
 
-static int
-cown_hold(bocpy_state *st, bocpy_cown *c, const char *what)
-{
+static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
     if (check_main_quiescent(st, what) < 0) {
         return -1;
     }
@@ -570,9 +515,7 @@ cown_hold(bocpy_state *st, bocpy_cown *c, const char *what)
     return 0;
 }
 
-static int
-cown_unhold(bocpy_state *st, bocpy_cown *c)
-{
+static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
     if (!held_here(c)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this cown is not acquired by this thread; call acquire() first");
@@ -588,9 +531,7 @@ cown_unhold(bocpy_state *st, bocpy_cown *c)
     return rc;
 }
 
-static PyObject *
-Cown_acquire(CownObject *self, PyObject *unused)
-{
+static PyObject *Cown_acquire(CownObject *self, PyObject *unused) {
     (void)unused;
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     if (cown_hold(st, self->cown, "acquire") < 0) {
@@ -599,9 +540,7 @@ Cown_acquire(CownObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-Cown_release(CownObject *self, PyObject *unused)
-{
+static PyObject *Cown_release(CownObject *self, PyObject *unused) {
     (void)unused;
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     if (cown_unhold(st, self->cown) < 0) {
@@ -610,9 +549,7 @@ Cown_release(CownObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-Cown_enter(CownObject *self, PyObject *unused)
-{
+static PyObject *Cown_enter(CownObject *self, PyObject *unused) {
     (void)unused;
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     if (cown_hold(st, self->cown, "acquire") < 0) {
@@ -621,9 +558,7 @@ Cown_enter(CownObject *self, PyObject *unused)
     return Py_NewRef(self);
 }
 
-static PyObject *
-Cown_exit(CownObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
+static PyObject *Cown_exit(CownObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)args;
     (void)nargs;
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
@@ -633,9 +568,7 @@ Cown_exit(CownObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_FALSE;
 }
 
-static PyObject *
-Cown_unwrap(CownObject *self, PyObject *unused)
-{
+static PyObject *Cown_unwrap(CownObject *self, PyObject *unused) {
     (void)unused;
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     bocpy_cown *c = self->cown;
@@ -658,9 +591,7 @@ Cown_unwrap(CownObject *self, PyObject *unused)
     return value;
 }
 
-static PyObject *
-Cown_repr(CownObject *self)
-{
+static PyObject *Cown_repr(CownObject *self) {
     bocpy_cown *c = self->cown;
     if (!held_here(c)) {
         return PyUnicode_FromFormat("Cown(<not acquired, id %llu>)",
@@ -673,16 +604,12 @@ Cown_repr(CownObject *self)
     return PyUnicode_FromFormat("Cown(%R)", c->obj ? c->obj : Py_None);
 }
 
-static Py_hash_t
-Cown_hash(CownObject *self)
-{
+static Py_hash_t Cown_hash(CownObject *self) {
     Py_hash_t h = (Py_hash_t)self->cown->base.id;
     return h == -1 ? -2 : h;
 }
 
-static PyObject *
-Cown_richcompare(PyObject *a, PyObject *b, int op)
-{
+static PyObject *Cown_richcompare(PyObject *a, PyObject *b, int op) {
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(a));
     if (st == NULL || !bocpy_cown_check(st, b)) {
         PyErr_Clear();
@@ -693,9 +620,7 @@ Cown_richcompare(PyObject *a, PyObject *b, int op)
     Py_RETURN_RICHCOMPARE(x, y, op);
 }
 
-static PyObject *
-Cown_reduce(CownObject *self, PyObject *unused)
-{
+static PyObject *Cown_reduce(CownObject *self, PyObject *unused) {
     (void)unused;
     Py_ssize_t index = bocpy_transfer_add_cown(self->cown);
     if (index == -2) {
@@ -712,16 +637,12 @@ Cown_reduce(CownObject *self, PyObject *unused)
     return Py_BuildValue("O(n)", st->rebuild_cown, index);
 }
 
-static PyObject *
-Cown_copy(PyObject *self, PyObject *unused)
-{
+static PyObject *Cown_copy(PyObject *self, PyObject *unused) {
     (void)unused;
     return Py_NewRef(self); /* a handle: copies are the same cown */
 }
 
-static PyObject *
-Cown_get_id(CownObject *self, void *closure)
-{
+static PyObject *Cown_get_id(CownObject *self, void *closure) {
     (void)closure;
     return PyLong_FromUnsignedLongLong(self->cown->base.id);
 }
@@ -744,12 +665,10 @@ static PyMethodDef Cown_methods[] = {
 static PyGetSetDef Cown_getset[] = {
     {"value", (getter)Cown_get_value, (setter)Cown_set_value,
      "The owned value; only while this thread holds the cown.", NULL},
-    {"acquired", (getter)Cown_get_acquired, NULL, "True while this thread holds the cown.",
-     NULL},
+    {"acquired", (getter)Cown_get_acquired, NULL, "True while this thread holds the cown.", NULL},
     {"exception", (getter)Cown_get_exception, NULL,
      "True when the value is an exception captured from a behavior.", NULL},
-    {"_id", (getter)Cown_get_id, NULL, "The cown's unique id (its place in the lock order).",
-     NULL},
+    {"_id", (getter)Cown_get_id, NULL, "The cown's unique id (its place in the lock order).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -776,8 +695,6 @@ static PyType_Spec Cown_spec = {
     .slots = Cown_slots,
 };
 
-PyObject *
-bocpy_cown_type_spec_create(PyObject *module)
-{
+PyObject *bocpy_cown_type_spec_create(PyObject *module) {
     return PyType_FromModuleAndSpec(module, &Cown_spec, NULL);
 }

@@ -25,9 +25,7 @@ static bocpy_interp *records;
 /* Per-thread cache of the last record looked up. */
 static _Thread_local bocpy_interp *tls_record;
 
-bocpy_interp *
-bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_main)
-{
+bocpy_interp *bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_main) {
     pthread_mutex_lock(&records_lock);
     bocpy_interp *rec = NULL;
     for (bocpy_interp *r = records; r != NULL; r = r->next_record) {
@@ -63,9 +61,7 @@ bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_main)
     return rec;
 }
 
-void
-bocpy_interp_release_record(bocpy_interp *rec)
-{
+void bocpy_interp_release_record(bocpy_interp *rec) {
     /* The interpreter is finalising its bocpy module: whatever garbage is
      * left belongs to it and can still be freed here (we hold its GIL). */
     bocpy_garbage_drain(rec);
@@ -78,9 +74,7 @@ bocpy_interp_release_record(bocpy_interp *rec)
     }
 }
 
-bocpy_interp *
-bocpy_interp_current(void)
-{
+bocpy_interp *bocpy_interp_current(void) {
     PyInterpreterState *interp = PyInterpreterState_Get();
     bocpy_interp *rec = tls_record;
     if (rec != NULL && rec->interp == interp) {
@@ -97,17 +91,13 @@ bocpy_interp_current(void)
     return rec;
 }
 
-bool
-bocpy_interp_is_current(const bocpy_interp *rec)
-{
+bool bocpy_interp_is_current(const bocpy_interp *rec) {
     PyThreadState *ts = bocpy_tstate_unchecked();
     /* A non-NULL current thread state means this thread holds its GIL. */
     return ts != NULL && PyThreadState_GetInterpreter(ts) == rec->interp;
 }
 
-static int
-drain_main_garbage(void *arg)
-{
+static int drain_main_garbage(void *arg) {
     (void)arg;
     bocpy_interp *rec = bocpy_interp_current();
     if (rec != NULL) {
@@ -116,9 +106,7 @@ drain_main_garbage(void *arg)
     return 0;
 }
 
-void
-bocpy_garbage_push(bocpy_interp *rec, PyObject *obj)
-{
+void bocpy_garbage_push(bocpy_interp *rec, PyObject *obj) {
     bocpy_garbage *node = malloc(sizeof(*node));
     if (node == NULL) {
         /* Leaking one object beats freeing it in the wrong interpreter. */
@@ -130,8 +118,7 @@ bocpy_garbage_push(bocpy_interp *rec, PyObject *obj)
         node->next = head;
         /* release: the drainer's acquire exchange must see node->obj/next. */
     } while (!atomic_compare_exchange_weak_explicit(&rec->garbage, &head, node,
-                                                    memory_order_release,
-                                                    memory_order_relaxed));
+                                                    memory_order_release, memory_order_relaxed));
     if (head == NULL && rec->is_main) {
         /* Nobody may drain the main interpreter for a while (it might be
          * running user code): ask its eval loop to do it.  If the pending
@@ -140,9 +127,7 @@ bocpy_garbage_push(bocpy_interp *rec, PyObject *obj)
     }
 }
 
-void
-bocpy_garbage_drain(bocpy_interp *rec)
-{
+void bocpy_garbage_drain(bocpy_interp *rec) {
     /* Cheap check first: this runs between every two behaviors. */
     if (atomic_load_explicit(&rec->garbage, memory_order_relaxed) == NULL) {
         return;
@@ -157,9 +142,7 @@ bocpy_garbage_drain(bocpy_interp *rec)
     }
 }
 
-bool
-bocpy_interp_call_in(bocpy_interp *rec, void (*fn)(void *), void *arg)
-{
+bool bocpy_interp_call_in(bocpy_interp *rec, void (*fn)(void *), void *arg) {
     PyThreadState *here = PyEval_SaveThread();
     /* Announce ourselves so that rec's worker lets go of its GIL at the end
      * of its current behavior instead of after a 5 ms switch interval.

@@ -13,24 +13,16 @@ PyObject *bocpy_cancel(void);
 
 static struct PyModuleDef bocpy_module_def;
 
-bocpy_state *
-bocpy_state_of_module(PyObject *module)
-{
-    return PyModule_GetState(module);
-}
+bocpy_state *bocpy_state_of_module(PyObject *module) { return PyModule_GetState(module); }
 
-bocpy_state *
-bocpy_state_of_type(PyTypeObject *tp)
-{
+bocpy_state *bocpy_state_of_type(PyTypeObject *tp) {
     PyObject *module = PyType_GetModuleByDef(tp, &bocpy_module_def);
     return module ? PyModule_GetState(module) : NULL;
 }
 
 /* ------------------------------------------------------------ functions */
 
-static PyObject *
-core_whencall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
+static PyObject *core_whencall(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 2 || nargs > 3) {
         PyErr_SetString(PyExc_TypeError,
                         "whencall(func, args, captures=None) takes 2 or 3 arguments");
@@ -64,9 +56,7 @@ core_whencall(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-static PyObject *
-core_start(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
+static PyObject *core_start(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "_core.start(worker_count, header, values)");
         return NULL;
@@ -74,9 +64,7 @@ core_start(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return bocpy_start(bocpy_state_of_module(module), args[0], args[1], args[2]);
 }
 
-static PyObject *
-core_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
+static PyObject *core_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "_core.wait(timeout, stop)");
         return NULL;
@@ -88,17 +76,13 @@ core_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return bocpy_wait(bocpy_state_of_module(module), args[0], stop);
 }
 
-static PyObject *
-core_cancel(PyObject *module, PyObject *unused)
-{
+static PyObject *core_cancel(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
     return bocpy_cancel();
 }
 
-static PyObject *
-core_rebuild_cown(PyObject *module, PyObject *arg)
-{
+static PyObject *core_rebuild_cown(PyObject *module, PyObject *arg) {
     Py_ssize_t index = PyLong_AsSsize_t(arg);
     if (index == -1 && PyErr_Occurred()) {
         return NULL;
@@ -113,12 +97,9 @@ core_rebuild_cown(PyObject *module, PyObject *arg)
     return bocpy_cown_wrap(bocpy_state_of_module(module), c);
 }
 
-static PyObject *
-core_rebuild_function(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
+static PyObject *core_rebuild_function(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_rebuild_function(code_id, defaults, kwdefaults, cells)");
+        PyErr_SetString(PyExc_TypeError, "_rebuild_function(code_id, defaults, kwdefaults, cells)");
         return NULL;
     }
     long long id = PyLong_AsLongLong(args[0]);
@@ -128,9 +109,7 @@ core_rebuild_function(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return bocpy_build_function(bocpy_state_of_module(module), id, args[1], args[2], args[3]);
 }
 
-static PyObject *
-core_register_code(PyObject *module, PyObject *func)
-{
+static PyObject *core_register_code(PyObject *module, PyObject *func) {
     if (!PyFunction_Check(func)) {
         PyErr_Format(PyExc_TypeError, "_register_code() needs a function, not '%.200s'",
                      Py_TYPE(func)->tp_name);
@@ -140,9 +119,7 @@ core_register_code(PyObject *module, PyObject *func)
     return id < 0 ? NULL : PyLong_FromLongLong(id);
 }
 
-static PyObject *
-core_bootstrap_header(PyObject *module, PyObject *unused)
-{
+static PyObject *core_bootstrap_header(PyObject *module, PyObject *unused) {
     (void)unused;
     const bocpy_bootstrap *boot = bocpy_current_bootstrap();
     if (boot->header == NULL) {
@@ -151,9 +128,7 @@ core_bootstrap_header(PyObject *module, PyObject *unused)
     return bocpy_deserialize(bocpy_state_of_module(module), boot->header);
 }
 
-static PyObject *
-core_bootstrap_value(PyObject *module, PyObject *arg)
-{
+static PyObject *core_bootstrap_value(PyObject *module, PyObject *arg) {
     Py_ssize_t index = PyLong_AsSsize_t(arg);
     if (index == -1 && PyErr_Occurred()) {
         return NULL;
@@ -166,24 +141,18 @@ core_bootstrap_value(PyObject *module, PyObject *arg)
     return bocpy_deserialize(bocpy_state_of_module(module), boot->values[index]);
 }
 
-static PyObject *
-core_set_starter(PyObject *module, PyObject *func)
-{
+static PyObject *core_set_starter(PyObject *module, PyObject *func) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_XSETREF(st->starter, Py_NewRef(func));
     Py_RETURN_NONE;
 }
 
-static PyObject *
-core_is_main_interpreter(PyObject *module, PyObject *unused)
-{
+static PyObject *core_is_main_interpreter(PyObject *module, PyObject *unused) {
     (void)unused;
     return PyBool_FromLong(bocpy_state_of_module(module)->interp->is_main);
 }
 
-static PyObject *
-core_is_transferable(PyObject *module, PyObject *obj)
-{
+static PyObject *core_is_transferable(PyObject *module, PyObject *obj) {
     bocpy_state *st = bocpy_state_of_module(module);
     if (bocpy_is_plain_immutable(st, obj)) {
         Py_RETURN_TRUE;
@@ -197,9 +166,7 @@ core_is_transferable(PyObject *module, PyObject *obj)
     Py_RETURN_TRUE;
 }
 
-static PyObject *
-core_runtime_info(PyObject *module, PyObject *unused)
-{
+static PyObject *core_runtime_info(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
     boc_runtime *rt = bocpy_runtime();
@@ -210,11 +177,10 @@ core_runtime_info(PyObject *module, PyObject *unused)
                          (unsigned long long)boc_runtime_live(rt));
 }
 
-PyDoc_STRVAR(when_doc,
-             "when(*cowns)\n--\n\n"
-             "Decorator: schedule the function as a behavior that runs once it has "
-             "exclusive access to every cown (a list is a group of cowns, passed as a "
-             "list).  The decorated name becomes the result Cown.");
+PyDoc_STRVAR(when_doc, "when(*cowns)\n--\n\n"
+                       "Decorator: schedule the function as a behavior that runs once it has "
+                       "exclusive access to every cown (a list is a group of cowns, passed as a "
+                       "list).  The decorated name becomes the result Cown.");
 
 static PyMethodDef core_methods[] = {
     {"when", (PyCFunction)(void (*)(void))bocpy_when, METH_FASTCALL, when_doc},
@@ -224,8 +190,7 @@ static PyMethodDef core_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))core_wait, METH_FASTCALL, NULL},
     {"_cancel", core_cancel, METH_NOARGS, NULL},
     {"_rebuild_cown", core_rebuild_cown, METH_O, NULL},
-    {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL,
-     NULL},
+    {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL, NULL},
     {"_register_code", core_register_code, METH_O, NULL},
     {"_bootstrap_header", core_bootstrap_header, METH_NOARGS, NULL},
     {"_bootstrap_value", core_bootstrap_value, METH_O, NULL},
@@ -238,9 +203,7 @@ static PyMethodDef core_methods[] = {
 
 /* ----------------------------------------------------------- lifecycle */
 
-static int
-core_exec(PyObject *module)
-{
+static int core_exec(PyObject *module) {
     bocpy_state *st = bocpy_state_of_module(module);
     st->module = module;
     PyInterpreterState *interp = PyInterpreterState_Get();
@@ -281,9 +244,7 @@ core_exec(PyObject *module)
     return 0;
 }
 
-static int
-core_traverse(PyObject *module, visitproc visit, void *arg)
-{
+static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_VISIT(st->cown_type);
     Py_VISIT(st->when_type);
@@ -292,9 +253,7 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     return 0;
 }
 
-static int
-core_clear(PyObject *module)
-{
+static int core_clear(PyObject *module) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_CLEAR(st->cown_type);
     Py_CLEAR(st->when_type);
@@ -310,9 +269,7 @@ core_clear(PyObject *module)
     return 0;
 }
 
-static void
-core_free(void *module)
-{
+static void core_free(void *module) {
     bocpy_state *st = bocpy_state_of_module(module);
     core_clear(module);
     if (st->interp != NULL) {
@@ -339,8 +296,4 @@ static struct PyModuleDef bocpy_module_def = {
     .m_free = core_free,
 };
 
-PyMODINIT_FUNC
-PyInit__core(void)
-{
-    return PyModuleDef_Init(&bocpy_module_def);
-}
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&bocpy_module_def); }

@@ -36,9 +36,7 @@ static atomic_size_t registry_len;
 static int64_t *registry_index;
 static size_t registry_index_cap;
 
-static uint64_t
-hash_bytes(uint64_t h, const char *p, size_t n)
-{
+static uint64_t hash_bytes(uint64_t h, const char *p, size_t n) {
     /* FNV-1a: plenty for de-duplication, and collisions are checked. */
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)p[i];
@@ -47,15 +45,11 @@ hash_bytes(uint64_t h, const char *p, size_t n)
     return h;
 }
 
-static registry_entry *
-registry_get(int64_t id)
-{
+static registry_entry *registry_get(int64_t id) {
     return &registry_chunks[id / REGISTRY_CHUNK][id % REGISTRY_CHUNK];
 }
 
-static int
-registry_index_insert(int64_t *index, size_t cap, uint64_t hash, int64_t id)
-{
+static int registry_index_insert(int64_t *index, size_t cap, uint64_t hash, int64_t id) {
     for (size_t i = hash & (cap - 1);; i = (i + 1) & (cap - 1)) {
         if (index[i] == 0) {
             index[i] = id + 1;
@@ -65,9 +59,7 @@ registry_index_insert(int64_t *index, size_t cap, uint64_t hash, int64_t id)
 }
 
 /* Returns the id of (code, module), adding it if new; -1 on memory error. */
-static int64_t
-registry_intern(const char *code, size_t code_size, const char *module)
-{
+static int64_t registry_intern(const char *code, size_t code_size, const char *module) {
     uint64_t hash = hash_bytes(0xcbf29ce484222325ULL, code, code_size);
     hash = hash_bytes(hash, module, strlen(module) + 1);
     pthread_mutex_lock(&registry_lock);
@@ -134,18 +126,14 @@ oom:
 
 /* ------------------------------------------------------ per-interpreter */
 
-static size_t
-codemap_slot(PyObject *code, size_t cap)
-{
+static size_t codemap_slot(PyObject *code, size_t cap) {
     uintptr_t p = (uintptr_t)code;
     p ^= p >> 17;
     p *= 0x9E3779B97F4A7C15ULL;
     return (size_t)(p >> 20) & (cap - 1);
 }
 
-static int64_t
-codemap_find(bocpy_state *st, PyObject *code)
-{
+static int64_t codemap_find(bocpy_state *st, PyObject *code) {
     if (st->codemap_cap == 0) {
         return -1;
     }
@@ -158,9 +146,7 @@ codemap_find(bocpy_state *st, PyObject *code)
     return -1;
 }
 
-static int
-codemap_add(bocpy_state *st, PyObject *code, int64_t id)
-{
+static int codemap_add(bocpy_state *st, PyObject *code, int64_t id) {
     if (2 * (st->codemap_len + 1) > st->codemap_cap) {
         size_t cap = st->codemap_cap ? st->codemap_cap * 2 : 64;
         bocpy_codemap_entry *map = PyMem_Calloc(cap, sizeof(*map));
@@ -192,9 +178,7 @@ codemap_add(bocpy_state *st, PyObject *code, int64_t id)
     return 0;
 }
 
-static int
-functions_set(bocpy_state *st, int64_t id, PyObject *func)
-{
+static int functions_set(bocpy_state *st, int64_t id, PyObject *func) {
     if ((size_t)id >= st->functions_cap) {
         size_t cap = st->functions_cap ? st->functions_cap : 64;
         while (cap <= (size_t)id) {
@@ -214,9 +198,7 @@ functions_set(bocpy_state *st, int64_t id, PyObject *func)
 }
 
 /* The module whose globals functions with this code should see. */
-static PyObject *
-module_name_of(PyObject *func)
-{
+static PyObject *module_name_of(PyObject *func) {
     PyObject *name = PyFunction_GetModule(func);
     if (name != NULL && PyUnicode_Check(name)) {
         return Py_NewRef(name);
@@ -233,9 +215,7 @@ module_name_of(PyObject *func)
     return NULL;
 }
 
-int64_t
-bocpy_registry_id_for(bocpy_state *st, PyObject *func)
-{
+int64_t bocpy_registry_id_for(bocpy_state *st, PyObject *func) {
     PyObject *code = PyFunction_GET_CODE(func);
     int64_t id = codemap_find(st, code);
     if (id >= 0) {
@@ -273,15 +253,12 @@ bocpy_registry_id_for(bocpy_state *st, PyObject *func)
     return rc < 0 ? -1 : id;
 }
 
-static PyObject *
-globals_for(const char *module)
-{
+static PyObject *globals_for(const char *module) {
     PyObject *mod;
     if (strcmp(module, "__main__") == 0) {
         mod = PyImport_AddModule("__main__"); /* borrowed */
         Py_XINCREF(mod);
-    }
-    else {
+    } else {
         mod = PyImport_ImportModule(module);
     }
     if (mod == NULL) {
@@ -301,9 +278,7 @@ globals_for(const char *module)
     return globals;
 }
 
-PyObject *
-bocpy_registry_function(bocpy_state *st, int64_t id)
-{
+PyObject *bocpy_registry_function(bocpy_state *st, int64_t id) {
     if (id >= 0 && (size_t)id < st->functions_cap && st->functions[id] != NULL) {
         return st->functions[id];
     }
@@ -334,9 +309,7 @@ bocpy_registry_function(bocpy_state *st, int64_t id)
     return rc < 0 ? NULL : st->functions[id];
 }
 
-void
-bocpy_registry_clear_state(bocpy_state *st)
-{
+void bocpy_registry_clear_state(bocpy_state *st) {
     for (size_t i = 0; i < st->codemap_cap; i++) {
         Py_CLEAR(st->codemap[i].code);
     }
@@ -351,10 +324,8 @@ bocpy_registry_clear_state(bocpy_state *st)
     st->functions_cap = 0;
 }
 
-PyObject *
-bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults, PyObject *kwdefaults,
-                     PyObject *cells)
-{
+PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
+                               PyObject *kwdefaults, PyObject *cells) {
     PyObject *template = bocpy_registry_function(st, id);
     if (template == NULL) {
         return NULL;

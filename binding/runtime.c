@@ -25,29 +25,19 @@ static unsigned worker_records_len;
 
 #define WAIT_SLICE_NS (50 * 1000 * 1000)
 
-boc_runtime *
-bocpy_runtime(void)
-{
+boc_runtime *bocpy_runtime(void) {
     return atomic_load_explicit(&current_runtime, memory_order_acquire);
 }
 
-const bocpy_bootstrap *
-bocpy_current_bootstrap(void)
-{
-    return &bootstrap;
-}
+const bocpy_bootstrap *bocpy_current_bootstrap(void) { return &bootstrap; }
 
-void
-bocpy_worker_started(unsigned index, bocpy_interp *record)
-{
+void bocpy_worker_started(unsigned index, bocpy_interp *record) {
     if (index < worker_records_len) {
         worker_records[index] = record;
     }
 }
 
-static void
-bootstrap_clear(void)
-{
+static void bootstrap_clear(void) {
     bocpy_blob_free(bootstrap.header);
     for (size_t i = 0; i < bootstrap.nvalues; i++) {
         bocpy_blob_free(bootstrap.values[i]);
@@ -59,9 +49,7 @@ bootstrap_clear(void)
     worker_records_len = 0;
 }
 
-int
-bocpy_ensure_runtime(bocpy_state *st)
-{
+int bocpy_ensure_runtime(bocpy_state *st) {
     if (bocpy_runtime() != NULL) {
         return 0;
     }
@@ -76,9 +64,7 @@ bocpy_ensure_runtime(bocpy_state *st)
     return rv == NULL ? -1 : 0;
 }
 
-static int
-check_main(bocpy_state *st, const char *name)
-{
+static int check_main(bocpy_state *st, const char *name) {
     if (!st->interp->is_main) {
         PyErr_Format(PyExc_RuntimeError,
                      "bocpy.%s() can only be called from the main interpreter, not from "
@@ -89,9 +75,7 @@ check_main(bocpy_state *st, const char *name)
     return 0;
 }
 
-PyObject *
-bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, PyObject *values)
-{
+PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, PyObject *values) {
     if (check_main(st, "start") < 0) {
         return NULL;
     }
@@ -157,10 +141,8 @@ bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, PyObject *va
     }
     int rc;
     /* Workers need the main GIL while they create their interpreters. */
-    Py_BEGIN_ALLOW_THREADS
-    rc = boc_runtime_start(rt);
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
+    Py_BEGIN_ALLOW_THREADS rc = boc_runtime_start(rt);
+    Py_END_ALLOW_THREADS if (rc < 0) {
         boc_runtime_free(rt);
         bootstrap_clear();
         PyErr_Format(PyExc_RuntimeError, "bocpy could not start its workers: %s",
@@ -171,9 +153,7 @@ bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, PyObject *va
     Py_RETURN_NONE;
 }
 
-static PyObject *
-collect_stats(boc_runtime *rt)
-{
+static PyObject *collect_stats(boc_runtime *rt) {
     unsigned n = boc_runtime_worker_count(rt);
     PyObject *list = PyList_New(n);
     if (list == NULL) {
@@ -187,12 +167,12 @@ collect_stats(boc_runtime *rt)
             rec ? atomic_load_explicit(&rec->stats.migrations_in, memory_order_relaxed) : 0;
         unsigned long long fetched =
             rec ? atomic_load_explicit(&rec->stats.foreign_pickles, memory_order_relaxed) : 0;
-        PyObject *d = Py_BuildValue(
-            "{s:I,s:K,s:K,s:K,s:K,s:K,s:K}", "worker", i, "behaviors_run",
-            (unsigned long long)ws.behaviors_run, "pushed_local",
-            (unsigned long long)ws.pushed_local, "steals", (unsigned long long)ws.steals, "parks",
-            (unsigned long long)ws.parks, "values_received", received, "values_sent_from_here",
-            fetched);
+        PyObject *d =
+            Py_BuildValue("{s:I,s:K,s:K,s:K,s:K,s:K,s:K}", "worker", i, "behaviors_run",
+                          (unsigned long long)ws.behaviors_run, "pushed_local",
+                          (unsigned long long)ws.pushed_local, "steals",
+                          (unsigned long long)ws.steals, "parks", (unsigned long long)ws.parks,
+                          "values_received", received, "values_sent_from_here", fetched);
         if (d == NULL) {
             Py_DECREF(list);
             return NULL;
@@ -202,25 +182,19 @@ collect_stats(boc_runtime *rt)
     return list;
 }
 
-static void
-stop_runtime(boc_runtime *rt)
-{
+static void stop_runtime(boc_runtime *rt) {
     atomic_store_explicit(&current_runtime, NULL, memory_order_release);
     Py_BEGIN_ALLOW_THREADS
-    /* A thread that picked up the pointer just before we cleared it may
-     * still be scheduling: let that work finish before the workers go. */
-    while (boc_runtime_wait_quiescent(rt, WAIT_SLICE_NS) != 0) {
-    }
+        /* A thread that picked up the pointer just before we cleared it may
+         * still be scheduling: let that work finish before the workers go. */
+        while (boc_runtime_wait_quiescent(rt, WAIT_SLICE_NS) != 0) {}
     boc_runtime_stop(rt);
-    Py_END_ALLOW_THREADS
-    boc_runtime_free(rt);
+    Py_END_ALLOW_THREADS boc_runtime_free(rt);
     bootstrap_clear();
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
 }
 
-PyObject *
-bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop)
-{
+PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
     if (check_main(st, stop ? "wait" : "quiesce") < 0) {
         return NULL;
     }
@@ -228,8 +202,10 @@ bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop)
     if (timeout_obj != Py_None) {
         timeout = PyFloat_AsDouble(timeout_obj);
         if (timeout == -1.0 && PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds or None, not "
-                         "'%.200s'", Py_TYPE(timeout_obj)->tp_name);
+            PyErr_Format(PyExc_TypeError,
+                         "timeout must be a number of seconds or None, not "
+                         "'%.200s'",
+                         Py_TYPE(timeout_obj)->tp_name);
             return NULL;
         }
         if (!(timeout >= 0.0) || isinf(timeout)) {
@@ -255,13 +231,12 @@ bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop)
     uint64_t budget = timeout < 0 ? UINT64_MAX : (uint64_t)(timeout * 1e9);
     for (;;) {
         uint64_t elapsed = boc_now_ns() - start;
-        uint64_t left = budget == UINT64_MAX ? UINT64_MAX : (elapsed >= budget ? 0 : budget - elapsed);
+        uint64_t left =
+            budget == UINT64_MAX ? UINT64_MAX : (elapsed >= budget ? 0 : budget - elapsed);
         int64_t slice = left < WAIT_SLICE_NS ? (int64_t)left : WAIT_SLICE_NS;
         int r;
-        Py_BEGIN_ALLOW_THREADS
-        r = boc_runtime_wait_quiescent(rt, slice);
-        Py_END_ALLOW_THREADS
-        bocpy_garbage_drain(st->interp);
+        Py_BEGIN_ALLOW_THREADS r = boc_runtime_wait_quiescent(rt, slice);
+        Py_END_ALLOW_THREADS bocpy_garbage_drain(st->interp);
         if (r == 0) {
             break;
         }
@@ -290,9 +265,7 @@ bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop)
     return stats;
 }
 
-static void
-interrupt_body(void *arg)
-{
+static void interrupt_body(void *arg) {
     bocpy_interp *rec = arg;
     /* Raised in the body at its next bytecode; a body blocked in C (a
      * sleep, a lock) sees it when that call returns. */
@@ -301,9 +274,7 @@ interrupt_body(void *arg)
     }
 }
 
-PyObject *
-bocpy_cancel(void)
-{
+PyObject *bocpy_cancel(void) {
     /* From now on workers skip bodies: each queued behavior completes at
      * once with a "did not run" exception on its result cown, which frees
      * its cowns for the next one, so the whole graph drains quickly. */

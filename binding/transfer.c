@@ -26,9 +26,7 @@ typedef struct serialise_context {
 static _Thread_local serialise_context *tls_serialising;
 static _Thread_local const bocpy_blob *tls_deserialising;
 
-Py_ssize_t
-bocpy_transfer_add_cown(bocpy_cown *cown)
-{
+Py_ssize_t bocpy_transfer_add_cown(bocpy_cown *cown) {
     serialise_context *ctx = tls_serialising;
     if (ctx == NULL) {
         return -1;
@@ -48,9 +46,7 @@ bocpy_transfer_add_cown(bocpy_cown *cown)
     return (Py_ssize_t)ctx->count++;
 }
 
-bocpy_cown *
-bocpy_transfer_get_cown(Py_ssize_t index)
-{
+bocpy_cown *bocpy_transfer_get_cown(Py_ssize_t index) {
     const bocpy_blob *blob = tls_deserialising;
     if (blob == NULL || index < 0 || (size_t)index >= blob->ncowns) {
         return NULL;
@@ -58,18 +54,14 @@ bocpy_transfer_get_cown(Py_ssize_t index)
     return blob->cowns[index];
 }
 
-static void
-context_reset(serialise_context *ctx)
-{
+static void context_reset(serialise_context *ctx) {
     for (size_t i = 0; i < ctx->count; i++) {
         boc_cown_decref(&ctx->cowns[i]->base);
     }
     ctx->count = 0;
 }
 
-static PyObject *
-fallback_dumps(bocpy_state *st)
-{
+static PyObject *fallback_dumps(bocpy_state *st) {
     if (st->fallback_dumps == NULL) {
         PyObject *mod = PyImport_ImportModule("bocpy._pickling");
         if (mod == NULL) {
@@ -82,9 +74,7 @@ fallback_dumps(bocpy_state *st)
 }
 
 /* Replaces the pending exception by the TypeError users see, chained to it. */
-static void
-raise_untransferable(PyObject *obj)
-{
+static void raise_untransferable(PyObject *obj) {
     PyObject *cause = PyErr_GetRaisedException();
     PyObject *detail = cause ? PyObject_Str(cause) : NULL;
     if (detail == NULL) {
@@ -104,9 +94,7 @@ raise_untransferable(PyObject *obj)
     }
 }
 
-bocpy_blob *
-bocpy_serialize(bocpy_state *st, PyObject *obj)
-{
+bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
     serialise_context ctx = {0};
     serialise_context *outer = tls_serialising;
     tls_serialising = &ctx;
@@ -126,8 +114,7 @@ bocpy_serialize(bocpy_state *st, PyObject *obj)
             PyErr_Clear();
             PyErr_SetRaisedException(first);
             raise_untransferable(obj);
-        }
-        else {
+        } else {
             Py_DECREF(first);
         }
     }
@@ -162,14 +149,12 @@ bocpy_serialize(bocpy_state *st, PyObject *obj)
     return blob;
 }
 
-PyObject *
-bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob)
-{
+PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob) {
     const bocpy_blob *outer = tls_deserialising;
     tls_deserialising = blob;
     /* Zero-copy view: the unpickler copies whatever it keeps. */
-    PyObject *view = PyMemoryView_FromMemory((char *)blob->data, (Py_ssize_t)blob->size,
-                                             PyBUF_READ);
+    PyObject *view =
+        PyMemoryView_FromMemory((char *)blob->data, (Py_ssize_t)blob->size, PyBUF_READ);
     PyObject *value = NULL;
     if (view != NULL) {
         value = PyObject_CallOneArg(st->loads, view);
@@ -179,9 +164,7 @@ bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob)
     return value;
 }
 
-void
-bocpy_blob_free(bocpy_blob *blob)
-{
+void bocpy_blob_free(bocpy_blob *blob) {
     if (blob == NULL) {
         return;
     }
@@ -192,12 +175,9 @@ bocpy_blob_free(bocpy_blob *blob)
     free(blob);
 }
 
-static bool
-is_plain_immutable(bocpy_state *st, PyObject *obj, int depth)
-{
-    if (obj == Py_None || PyBool_Check(obj) || PyLong_CheckExact(obj) ||
-        PyFloat_CheckExact(obj) || PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj) ||
-        PyComplex_CheckExact(obj)) {
+static bool is_plain_immutable(bocpy_state *st, PyObject *obj, int depth) {
+    if (obj == Py_None || PyBool_Check(obj) || PyLong_CheckExact(obj) || PyFloat_CheckExact(obj) ||
+        PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj) || PyComplex_CheckExact(obj)) {
         return true;
     }
     if (bocpy_cown_check(st, obj)) {
@@ -214,8 +194,6 @@ is_plain_immutable(bocpy_state *st, PyObject *obj, int depth)
     return false;
 }
 
-bool
-bocpy_is_plain_immutable(bocpy_state *st, PyObject *obj)
-{
+bool bocpy_is_plain_immutable(bocpy_state *st, PyObject *obj) {
     return is_plain_immutable(st, obj, 0);
 }

@@ -35,9 +35,7 @@ void bocpy_worker_started(unsigned index, bocpy_interp *record);
 
 /* ------------------------------------------------------ one behavior */
 
-static PyObject *
-capture_exception(void)
-{
+static PyObject *capture_exception(void) {
     PyObject *exc = PyErr_GetRaisedException();
     PyObject *tb = PyException_GetTraceback(exc);
     if (tb == NULL) {
@@ -49,9 +47,8 @@ capture_exception(void)
     PyObject *lines = traceback ? PyObject_CallMethod(traceback, "format_tb", "O", tb) : NULL;
     PyObject *empty = lines ? PyUnicode_FromString("") : NULL;
     PyObject *text = empty ? PyUnicode_Join(empty, lines) : NULL;
-    PyObject *note = text ? PyUnicode_FromFormat(
-                                "Behavior traceback (most recent call last):\n%U", text)
-                          : NULL;
+    PyObject *note =
+        text ? PyUnicode_FromFormat("Behavior traceback (most recent call last):\n%U", text) : NULL;
     PyObject *rv = note ? PyObject_CallMethod(exc, "add_note", "O", note) : NULL;
     if (rv == NULL) {
         PyErr_Clear();
@@ -69,9 +66,7 @@ capture_exception(void)
 /* Sets `*blob` to a serialised copy of the result, or -- when the result
  * cannot leave this interpreter -- replaces it by an exception that says so
  * (an unpicklable exception keeps its type name and text). */
-static void
-seal_result(bocpy_state *st, PyObject **value, bool *is_exception, bocpy_blob **blob)
-{
+static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, bocpy_blob **blob) {
     if (!*is_exception && bocpy_is_plain_immutable(st, *value)) {
         return;
     }
@@ -97,9 +92,7 @@ seal_result(bocpy_state *st, PyObject **value, bool *is_exception, bocpy_blob **
     PyErr_Clear();
 }
 
-static PyObject *
-dropped_error(void)
-{
+static PyObject *dropped_error(void) {
     PyErr_SetString(PyExc_RuntimeError,
                     "this behavior did not run: bocpy shut down before it could start "
                     "(the program was interrupted or exited with an error)");
@@ -108,9 +101,7 @@ dropped_error(void)
 
 #define SMALL 8
 
-void
-bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled)
-{
+void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled) {
     bocpy_payload *p = boc_behavior_payload(b);
     uintptr_t token = bocpy_thread_token();
     PyObject *result = NULL;
@@ -176,8 +167,7 @@ bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool ca
         PyObject *arg;
         if (p->groups[i] < 0) {
             arg = bocpy_cown_wrap(st, p->cowns[slot++]);
-        }
-        else {
+        } else {
             arg = PyList_New(p->groups[i]);
             for (int32_t j = 0; arg != NULL && j < p->groups[i]; j++) {
                 PyObject *item = bocpy_cown_wrap(st, p->cowns[slot++]);
@@ -240,18 +230,14 @@ store:;
 
 /* ----------------------------------------------------------- the hooks */
 
-static void
-take_gil(worker_context *ctx)
-{
+static void take_gil(worker_context *ctx) {
     if (!ctx->has_gil) {
         PyEval_RestoreThread(ctx->worker_tstate);
         ctx->has_gil = true;
     }
 }
 
-static void
-drop_gil(worker_context *ctx)
-{
+static void drop_gil(worker_context *ctx) {
     if (ctx->has_gil) {
         bocpy_garbage_drain(ctx->record);
         PyEval_SaveThread();
@@ -259,18 +245,14 @@ drop_gil(worker_context *ctx)
     }
 }
 
-static void
-report_start_error(unsigned index, const char *what)
-{
+static void report_start_error(unsigned index, const char *what) {
     /* First error wins; later workers usually fail the same way. */
     if (bocpy_start_error[0] == '\0') {
         snprintf(bocpy_start_error, sizeof(bocpy_start_error), "worker %u: %s", index, what);
     }
 }
 
-static void
-report_python_error(unsigned index)
-{
+static void report_python_error(unsigned index) {
     PyObject *exc = PyErr_GetRaisedException();
     PyObject *text = exc ? PyObject_Repr(exc) : NULL;
     const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
@@ -280,9 +262,7 @@ report_python_error(unsigned index)
     Py_XDECREF(exc);
 }
 
-static void *
-worker_start(void *user, unsigned index, bool *failed)
-{
+static void *worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
     worker_context *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
@@ -348,25 +328,19 @@ worker_start(void *user, unsigned index, bool *failed)
     return ctx;
 }
 
-static void
-worker_busy(void *user, void *arg)
-{
+static void worker_busy(void *user, void *arg) {
     (void)user;
     worker_context *ctx = arg;
     take_gil(ctx);
     bocpy_garbage_drain(ctx->record);
 }
 
-static void
-worker_idle(void *user, void *arg)
-{
+static void worker_idle(void *user, void *arg) {
     (void)user;
     drop_gil(arg);
 }
 
-static void
-worker_run(void *user, boc_behavior *b, void *arg)
-{
+static void worker_run(void *user, boc_behavior *b, void *arg) {
     (void)user;
     worker_context *ctx = arg;
     take_gil(ctx);
@@ -378,8 +352,8 @@ worker_run(void *user, boc_behavior *b, void *arg)
          * lives here): let them in now rather than after a switch interval.
          * They decrement gil_wanted once they hold our GIL. */
         PyThreadState *ts = PyEval_SaveThread();
-        for (int spins = 0; spins < 1000 &&
-                            atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0;
+        for (int spins = 0; spins < 1000 && atomic_load_explicit(&ctx->record->gil_wanted,
+                                                                 memory_order_relaxed) > 0;
              spins++) {
             sched_yield();
         }
@@ -387,9 +361,7 @@ worker_run(void *user, boc_behavior *b, void *arg)
     }
 }
 
-static void
-worker_stop(void *user, unsigned index, void *arg)
-{
+static void worker_stop(void *user, unsigned index, void *arg) {
     (void)user;
     (void)index;
     worker_context *ctx = arg;
@@ -404,9 +376,7 @@ worker_stop(void *user, unsigned index, void *arg)
     free(ctx);
 }
 
-static void
-behavior_done(void *user, boc_behavior *b)
-{
+static void behavior_done(void *user, boc_behavior *b) {
     (void)user;
     bocpy_payload *p = boc_behavior_payload(b);
     bocpy_blob_free(p->captures);

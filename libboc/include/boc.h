@@ -145,15 +145,14 @@ typedef struct boc_runtime_ops {
 } boc_runtime_ops;
 
 typedef struct boc_worker_stats {
-    uint64_t behaviors_run;  /* bodies run by this worker */
-    uint64_t pushed_local;   /* behaviors this worker dispatched to itself */
-    uint64_t steals;         /* behaviors taken from other workers' queues */
-    uint64_t parks;          /* times the worker went to sleep */
+    uint64_t behaviors_run; /* bodies run by this worker */
+    uint64_t pushed_local;  /* behaviors this worker dispatched to itself */
+    uint64_t steals;        /* behaviors taken from other workers' queues */
+    uint64_t parks;         /* times the worker went to sleep */
 } boc_worker_stats;
 
 /* Returns NULL on bad arguments (worker_count == 0, ops->run NULL) or OOM. */
-boc_runtime *boc_runtime_new(unsigned worker_count, const boc_runtime_ops *ops,
-                             void *user);
+boc_runtime *boc_runtime_new(unsigned worker_count, const boc_runtime_ops *ops, void *user);
 /* Spawns the workers and returns once every worker_start hook has returned.
  * 0 on success; -1 if a thread could not be created or a hook failed (then
  * no worker is left running). */
@@ -191,8 +190,7 @@ void boc_runtime_stop(boc_runtime *rt);
 /* Frees a stopped (or never started) runtime. */
 void boc_runtime_free(boc_runtime *rt);
 
-void boc_runtime_stats(const boc_runtime *rt, unsigned index,
-                       boc_worker_stats *out);
+void boc_runtime_stats(const boc_runtime *rt, unsigned index, boc_worker_stats *out);
 
 /* Index of the calling worker thread in its runtime, or -1 off-worker. */
 int boc_current_worker(void);
