@@ -224,6 +224,10 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
 
 /* Bootstrap blobs handed to every new worker. */
 typedef struct bocpy_bootstrap {
+    /* The main interpreter's sys.path, as plain strings: a worker needs it
+     * before it can import bocpy itself (and so before it can unpickle). */
+    char **sys_path;
+    size_t sys_path_len;
     bocpy_blob *header;
     size_t nvalues;
     bocpy_blob **values;

@@ -250,25 +250,32 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
 
 int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before) {
     PyObject *now = c->obj;
-    if (now == NULL || bocpy_is_plain_immutable(st, now)) {
-        /* Cheap to pickle when needed and unchangeable: drop a copy only if
-         * it belongs to an older value. */
-        if (now != before) {
+    if (c->base.flags & BOC_COWN_PINNED) {
+        return 0; /* the value never leaves the main interpreter */
+    }
+    if (now == NULL) {
+        bocpy_blob_free(c->blob);
+        c->blob = NULL;
+        return 0;
+    }
+    bool plain = bocpy_is_plain_immutable(st, now);
+    if (plain && now == before && c->blob != NULL) {
+        return 0; /* unchanged and unchangeable: the copy is still right */
+    }
+    if (!here->is_main && (plain || now == before)) {
+        /* On a worker, copy lazily: a plain value is cheap to pickle if it
+         * ever has to move, and an object kept (perhaps mutated in place)
+         * makes any older copy stale.  A chain of behaviors on one worker
+         * thus never pays for serialisation. */
+        if (now != before || !plain) {
             bocpy_blob_free(c->blob);
             c->blob = NULL;
         }
         return 0;
     }
-    if (now == before && !here->is_main) {
-        /* Same object, perhaps mutated in place: the copy may be stale.  It
-         * will be made again only if the value ever has to move. */
-        bocpy_blob_free(c->blob);
-        c->blob = NULL;
-        return 0;
-    }
-    /* A new value (or any value released by the main thread, which should
-     * never need to be entered by workers): check now that it can cross,
-     * and keep the copy. */
+    /* A new object on a worker, or any value the main thread releases (so
+     * that workers never have to enter the main interpreter for it): check
+     * now that it can cross, and keep the copy. */
     bocpy_blob *blob = bocpy_serialize(st, now);
     if (blob == NULL) {
         c->obj = Py_XNewRef(before);
@@ -382,9 +389,10 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     if (value != Py_None) {
-        if (!bocpy_is_plain_immutable(st, value)) {
+        if (st->interp->is_main || !bocpy_is_plain_immutable(st, value)) {
             /* Check now, where the user can see which value is at fault,
-             * and keep the copy: workers will start from it. */
+             * and keep the copy: workers will start from it without
+             * entering this interpreter. */
             c->blob = bocpy_serialize(st, value);
             if (c->blob == NULL) {
                 boc_cown_decref(&c->base);

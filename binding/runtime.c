@@ -38,6 +38,10 @@ void bocpy_worker_started(unsigned index, bocpy_interp *record) {
 }
 
 static void bootstrap_clear(void) {
+    for (size_t i = 0; i < bootstrap.sys_path_len; i++) {
+        free(bootstrap.sys_path[i]);
+    }
+    free(bootstrap.sys_path);
     bocpy_blob_free(bootstrap.header);
     for (size_t i = 0; i < bootstrap.nvalues; i++) {
         bocpy_blob_free(bootstrap.values[i]);
@@ -47,6 +51,35 @@ static void bootstrap_clear(void) {
     free(worker_records);
     worker_records = NULL;
     worker_records_len = 0;
+}
+
+/* Copies the main interpreter's sys.path (its str entries) into C memory. */
+static int copy_sys_path(void) {
+    PyObject *path = PySys_GetObject("path"); /* borrowed */
+    if (path == NULL || !PyList_Check(path)) {
+        return 0;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(path);
+    bootstrap.sys_path = calloc((size_t)n + 1, sizeof(char *));
+    if (bootstrap.sys_path == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PyList_GET_ITEM(path, i);
+        const char *utf8 = PyUnicode_Check(entry) ? PyUnicode_AsUTF8(entry) : NULL;
+        if (utf8 == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        char *copy = strdup(utf8);
+        if (copy == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        bootstrap.sys_path[bootstrap.sys_path_len++] = copy;
+    }
+    return 0;
 }
 
 int bocpy_ensure_runtime(bocpy_state *st) {
@@ -111,6 +144,10 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
         return NULL;
     }
     bootstrap_clear();
+    if (copy_sys_path() < 0) {
+        bootstrap_clear();
+        return NULL;
+    }
     bootstrap.header = bocpy_serialize(st, header);
     if (bootstrap.header == NULL) {
         return NULL;

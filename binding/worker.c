@@ -67,9 +67,11 @@ static PyObject *capture_exception(void) {
  * cannot leave this interpreter -- replaces it by an exception that says so
  * (an unpicklable exception keeps its type name and text). */
 static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, bocpy_blob **blob) {
-    if (!*is_exception && bocpy_is_plain_immutable(st, *value)) {
+    if (*value == Py_None) {
         return;
     }
+    /* Even a plain result gets its copy now: whoever reads it next (often
+     * another worker, or the main thread) then need not enter this one. */
     *blob = bocpy_serialize(st, *value);
     if (*blob != NULL) {
         return;
@@ -262,6 +264,30 @@ static void report_python_error(unsigned index) {
     Py_XDECREF(exc);
 }
 
+/* Gives this (new) interpreter the main interpreter's sys.path, so that it
+ * imports bocpy, and the user's modules, from the same places. */
+static int adopt_sys_path(void) {
+    const bocpy_bootstrap *boot = bocpy_current_bootstrap();
+    if (boot->sys_path == NULL) {
+        return 0;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)boot->sys_path_len);
+    if (list == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < boot->sys_path_len; i++) {
+        PyObject *entry = PyUnicode_FromString(boot->sys_path[i]);
+        if (entry == NULL) {
+            Py_DECREF(list);
+            return -1;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, entry);
+    }
+    int rc = PySys_SetObject("path", list);
+    Py_DECREF(list);
+    return rc;
+}
+
 static void *worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
     worker_context *ctx = calloc(1, sizeof(*ctx));
@@ -301,6 +327,16 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
     }
     ctx->has_gil = true;
     /* Now inside the worker's interpreter, holding its GIL. */
+    if (adopt_sys_path() < 0) {
+        report_python_error(index);
+        Py_EndInterpreter(ctx->worker_tstate);
+        PyEval_RestoreThread(ctx->main_tstate);
+        PyThreadState_Clear(ctx->main_tstate);
+        PyThreadState_DeleteCurrent();
+        free(ctx);
+        *failed = true;
+        return NULL;
+    }
     PyObject *core = PyImport_ImportModule("bocpy._core");
     PyObject *boot = core ? PyImport_ImportModule("bocpy._worker") : NULL;
     PyObject *rv = boot ? PyObject_CallMethod(boot, "bootstrap", NULL) : NULL;

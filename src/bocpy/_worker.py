@@ -1,7 +1,7 @@
 """What a worker interpreter needs from the main one, and how it gets it.
 
 The main interpreter builds a *bootstrap* when the runtime starts: its
-``sys.path`` and ``sys.argv``, and an image of the ``__main__`` module (see
+``sys.argv`` (``sys.path`` is copied by the binding itself), and an image of the ``__main__`` module (see
 ``_main_image``) whose bind values travel as separate blobs.  Each worker
 applies it to its own ``__main__`` before it runs any behavior, so behavior
 bodies defined in a script see the script's imports, functions, classes and
@@ -31,7 +31,8 @@ def build_bootstrap() -> tuple[dict[str, Any], list[Any]]:
                 steps.append(("bind", step[1], len(values) - 1))
             else:
                 steps.append(step)
-    header = {"sys_path": list(sys.path), "argv": list(sys.argv), "steps": steps}
+    # sys.path travels separately (the binding sets it before importing bocpy).
+    header = {"argv": list(sys.argv), "steps": steps}
     return header, values
 
 
@@ -40,7 +41,6 @@ def bootstrap() -> None:
     header = _core._bootstrap_header()
     if header is None:
         return
-    sys.path[:] = header["sys_path"]
     sys.argv[:] = header["argv"]
     main = sys.modules["__main__"]
     image_warnings[:] = _main_image.apply_image(
