@@ -14,6 +14,8 @@
  *   cown.c      the Cown type and the life of a cown's value
  *   behavior.c  @when / whencall: building and scheduling behaviors
  *   worker.c    worker sub-interpreters and running a behavior
+ *   pinned.c    PinnedCown, pump(), wake-ups and the starvation watchdog
+ *   runtime.c   starting, waiting for and stopping the runtime
  *   module.c    module state, start/wait/quiesce, module functions
  */
 #ifndef BOCPY_H
@@ -158,6 +160,7 @@ typedef struct {
 } CownObject;
 
 bocpy_cown *bocpy_cown_new(void);
+bocpy_cown *bocpy_cown_new_flags(uint32_t flags);
 PyObject *bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown);
 bool bocpy_cown_check(bocpy_state *st, PyObject *obj);
 uintptr_t bocpy_thread_token(void);
@@ -218,9 +221,37 @@ extern const boc_runtime_ops bocpy_runtime_ops;
 boc_runtime *bocpy_runtime(void);
 /* Starts the default runtime from the main interpreter if none runs. */
 int bocpy_ensure_runtime(bocpy_state *st);
+/* What running a behavior on the main thread reports back to pump(). */
+typedef struct bocpy_outcome {
+    bool body_raised;      /* the body raised; the exception is on the result cown */
+    PyObject *first_error; /* new reference to that exception (for raise_on_error) */
+    PyObject *propagate;   /* new reference to a BaseException that must propagate */
+} bocpy_outcome;
+
 /* Runs one behavior on the calling thread (which holds `here`'s GIL).  With
- * `cancelled`, the body is skipped and the result cown records why. */
-void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled);
+ * `cancelled`, the body is skipped and the result cown records why.  `out`
+ * may be NULL (workers capture everything). */
+void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled,
+                        bocpy_outcome *out);
+extern atomic_bool bocpy_cancelling;
+
+/* ------------------------------------------------------------------ pinned */
+
+typedef struct bocpy_pump_result {
+    uint64_t executed;
+    bool deadline_reached;
+    uint64_t raised;
+} bocpy_pump_result;
+
+void bocpy_pinned_ready_hook(void *user);
+void bocpy_quiescent_hook(void *user);
+int bocpy_pinned_init_fds(void);
+void bocpy_pinned_wait_for_wake(int64_t timeout_ms);
+bool bocpy_pumping(void);
+int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors,
+                   bool raise_on_error, bocpy_pump_result *out);
+void bocpy_pinned_runtime_gone(void);
+PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
 
 /* Bootstrap blobs handed to every new worker. */
 typedef struct bocpy_bootstrap {
@@ -243,8 +274,10 @@ typedef struct bocpy_codemap_entry {
 
 struct bocpy_state {
     PyTypeObject *cown_type;
+    PyTypeObject *pinned_type;
     PyTypeObject *when_type;
-    PyObject *module; /* borrowed: the state lives inside it */
+    PyObject *pump_result_type; /* bocpy.PumpResult (main interpreter) */
+    PyObject *module;           /* borrowed: the state lives inside it */
     PyObject *dumps, *loads, *protocol;
     PyObject *marshal_dumps, *marshal_loads;
     PyObject *fallback_dumps; /* bocpy._pickling.dumps, imported lazily */
@@ -262,10 +295,5 @@ struct bocpy_state {
 bocpy_state *bocpy_state_of_type(PyTypeObject *tp);
 bocpy_state *bocpy_state_of_module(PyObject *module);
 bocpy_state *bocpy_state_current(void);
-
-/* The message for functions that only the main interpreter may call. */
-#define BOCPY_MAIN_ONLY(name)                                                                      \
-    "bocpy." name "() can only be called from the main interpreter, not from inside a "            \
-    "behavior"
 
 #endif /* BOCPY_H */

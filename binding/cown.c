@@ -145,15 +145,17 @@ static void cown_destroy(boc_cown *base) {
     tls_destroying = false;
 }
 
-bocpy_cown *bocpy_cown_new(void) {
+bocpy_cown *bocpy_cown_new_flags(uint32_t flags) {
     bocpy_cown *c = PyMem_RawCalloc(1, sizeof(*c));
     if (c == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    boc_cown_init(&c->base, 0, cown_destroy);
+    boc_cown_init(&c->base, flags, cown_destroy);
     return c;
 }
+
+bocpy_cown *bocpy_cown_new(void) { return bocpy_cown_new_flags(0); }
 
 /* -------------------------------------------------------------- values */
 
@@ -191,6 +193,16 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == here) {
         return 0;
+    }
+    if (c->base.flags & BOC_COWN_PINNED) {
+        if (here->is_main) {
+            return 0; /* None, or the object already here */
+        }
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the value of a PinnedCown never leaves the main interpreter; schedule "
+                        "a behavior on it (@when(pinned)) and it runs on the main thread, inside "
+                        "bocpy.pump() or wait()");
+        return -1;
     }
     if (c->obj == NULL && c->blob == NULL) {
         return 0; /* the value is None */
@@ -365,7 +377,8 @@ bool bocpy_cown_check(bocpy_state *st, PyObject *obj) {
 }
 
 PyObject *bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown) {
-    CownObject *self = PyObject_New(CownObject, st->cown_type);
+    PyTypeObject *type = (cown->base.flags & BOC_COWN_PINNED) ? st->pinned_type : st->cown_type;
+    CownObject *self = PyObject_New(CownObject, type);
     if (self == NULL) {
         return NULL;
     }

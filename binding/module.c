@@ -10,6 +10,13 @@
 PyObject *bocpy_start(bocpy_state *st, PyObject *count, PyObject *header, PyObject *values);
 PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop);
 PyObject *bocpy_cancel(void);
+PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline, PyObject *max_behaviors,
+                     int raise_on_error);
+PyObject *bocpy_wake_fd(void);
+PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback);
+PyObject *bocpy_set_wait_pump_poll(PyObject *ms);
+PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_ms, PyObject *on_starve);
+PyObject *bocpy_stop_watchdog(void);
 
 static struct PyModuleDef bocpy_module_def;
 
@@ -177,6 +184,53 @@ static PyObject *core_runtime_info(PyObject *module, PyObject *unused) {
                          (unsigned long long)boc_runtime_live(rt));
 }
 
+static PyObject *core_pump(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_core.pump(deadline_ms, max_behaviors, raise_on_error)");
+        return NULL;
+    }
+    int raise_on_error = PyObject_IsTrue(args[2]);
+    if (raise_on_error < 0) {
+        return NULL;
+    }
+    return bocpy_pump(bocpy_state_of_module(module), args[0], args[1], raise_on_error);
+}
+
+static PyObject *core_wake_fd(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    return bocpy_wake_fd();
+}
+
+static PyObject *core_set_wake_callback(PyObject *module, PyObject *callback) {
+    return bocpy_set_wake_callback(bocpy_state_of_module(module), callback);
+}
+
+static PyObject *core_set_wait_pump_poll(PyObject *module, PyObject *ms) {
+    (void)module;
+    return bocpy_set_wait_pump_poll(ms);
+}
+
+static PyObject *core_set_pump_watchdog(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_core.set_pump_watchdog(warn_ms, on_starve)");
+        return NULL;
+    }
+    return bocpy_set_pump_watchdog(bocpy_state_of_module(module), args[0], args[1]);
+}
+
+static PyObject *core_stop_watchdog(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    return bocpy_stop_watchdog();
+}
+
+static PyObject *core_set_pump_result(PyObject *module, PyObject *cls) {
+    bocpy_state *st = bocpy_state_of_module(module);
+    Py_XSETREF(st->pump_result_type, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(when_doc, "when(*cowns)\n--\n\n"
                        "Decorator: schedule the function as a behavior that runs once it has "
                        "exclusive access to every cown (a list is a group of cowns, passed as a "
@@ -189,6 +243,13 @@ static PyMethodDef core_methods[] = {
     {"start", (PyCFunction)(void (*)(void))core_start, METH_FASTCALL, NULL},
     {"wait", (PyCFunction)(void (*)(void))core_wait, METH_FASTCALL, NULL},
     {"_cancel", core_cancel, METH_NOARGS, NULL},
+    {"pump", (PyCFunction)(void (*)(void))core_pump, METH_FASTCALL, NULL},
+    {"wake_fd", core_wake_fd, METH_NOARGS, NULL},
+    {"set_wake_callback", core_set_wake_callback, METH_O, NULL},
+    {"set_wait_pump_poll", core_set_wait_pump_poll, METH_O, NULL},
+    {"set_pump_watchdog", (PyCFunction)(void (*)(void))core_set_pump_watchdog, METH_FASTCALL, NULL},
+    {"_stop_watchdog", core_stop_watchdog, METH_NOARGS, NULL},
+    {"_set_pump_result", core_set_pump_result, METH_O, NULL},
     {"_rebuild_cown", core_rebuild_cown, METH_O, NULL},
     {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL, NULL},
     {"_register_code", core_register_code, METH_O, NULL},
@@ -215,6 +276,13 @@ static int core_exec(PyObject *module) {
 
     st->cown_type = (PyTypeObject *)bocpy_cown_type_spec_create(module);
     if (st->cown_type == NULL || PyModule_AddType(module, st->cown_type) < 0) {
+        return -1;
+    }
+    st->pinned_type = (PyTypeObject *)bocpy_pinned_type_create(module, (PyObject *)st->cown_type);
+    if (st->pinned_type == NULL || PyModule_AddType(module, st->pinned_type) < 0) {
+        return -1;
+    }
+    if (st->interp->is_main && bocpy_pinned_init_fds() < 0) {
         return -1;
     }
     st->when_type = (PyTypeObject *)bocpy_when_type_create(module);
@@ -247,6 +315,8 @@ static int core_exec(PyObject *module) {
 static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_VISIT(st->cown_type);
+    Py_VISIT(st->pinned_type);
+    Py_VISIT(st->pump_result_type);
     Py_VISIT(st->when_type);
     Py_VISIT(st->starter);
     Py_VISIT(st->fallback_dumps);
@@ -256,6 +326,8 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
 static int core_clear(PyObject *module) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_CLEAR(st->cown_type);
+    Py_CLEAR(st->pinned_type);
+    Py_CLEAR(st->pump_result_type);
     Py_CLEAR(st->when_type);
     Py_CLEAR(st->dumps);
     Py_CLEAR(st->loads);

@@ -178,8 +178,10 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
     }
     int rc;
     /* Workers need the main GIL while they create their interpreters. */
-    Py_BEGIN_ALLOW_THREADS rc = boc_runtime_start(rt);
-    Py_END_ALLOW_THREADS if (rc < 0) {
+    Py_BEGIN_ALLOW_THREADS
+        rc = boc_runtime_start(rt);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
         boc_runtime_free(rt);
         bootstrap_clear();
         PyErr_Format(PyExc_RuntimeError, "bocpy could not start its workers: %s",
@@ -224,15 +226,25 @@ static void stop_runtime(boc_runtime *rt) {
     Py_BEGIN_ALLOW_THREADS
         /* A thread that picked up the pointer just before we cleared it may
          * still be scheduling: let that work finish before the workers go. */
-        while (boc_runtime_wait_quiescent(rt, WAIT_SLICE_NS) != 0) {}
-    boc_runtime_stop(rt);
-    Py_END_ALLOW_THREADS boc_runtime_free(rt);
+        while (boc_runtime_wait_quiescent(rt, WAIT_SLICE_NS) != 0) {
+        }
+        boc_runtime_stop(rt);
+        bocpy_pinned_runtime_gone();
+    Py_END_ALLOW_THREADS
+    boc_runtime_free(rt);
     bootstrap_clear();
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
 }
 
 PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
     if (check_main(st, stop ? "wait" : "quiesce") < 0) {
+        return NULL;
+    }
+    if (bocpy_pumping()) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "bocpy.%s() cannot be called from inside a pinned behavior: the "
+                     "behavior itself is still running",
+                     stop ? "wait" : "quiesce");
         return NULL;
     }
     double timeout = -1.0;
@@ -267,20 +279,20 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
     uint64_t start = boc_now_ns();
     uint64_t budget = timeout < 0 ? UINT64_MAX : (uint64_t)(timeout * 1e9);
     for (;;) {
-        uint64_t elapsed = boc_now_ns() - start;
-        uint64_t left =
-            budget == UINT64_MAX ? UINT64_MAX : (elapsed >= budget ? 0 : budget - elapsed);
-        int64_t slice = left < WAIT_SLICE_NS ? (int64_t)left : WAIT_SLICE_NS;
-        int r;
-        Py_BEGIN_ALLOW_THREADS r = boc_runtime_wait_quiescent(rt, slice);
-        Py_END_ALLOW_THREADS bocpy_garbage_drain(st->interp);
-        if (r == 0) {
+        /* Pinned behaviors run here, on the main thread, while we wait. */
+        bocpy_pump_result pumped;
+        if (bocpy_pump_run(st, 0, 0, false, &pumped) < 0) {
+            return NULL; /* a pinned body raised KeyboardInterrupt or SystemExit */
+        }
+        /* acquire (inside): the work of every completed behavior is visible. */
+        if (boc_runtime_wait_quiescent(rt, 0) == 0) {
             break;
         }
         if (PyErr_CheckSignals() < 0) {
             return NULL; /* Ctrl-C: the runtime keeps running */
         }
-        if (left == 0) {
+        uint64_t elapsed = boc_now_ns() - start;
+        if (budget != UINT64_MAX && elapsed >= budget) {
             char seconds[32]; /* PyErr_Format has no floating-point conversions */
             snprintf(seconds, sizeof(seconds), "%.3g", timeout);
             PyErr_Format(PyExc_TimeoutError,
@@ -290,6 +302,14 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
                          stop ? "wait" : "quiesce");
             return NULL;
         }
+        int64_t left_ms = WAIT_SLICE_NS / 1000000;
+        if (budget != UINT64_MAX && (budget - elapsed) / 1000000 < (uint64_t)left_ms) {
+            left_ms = (int64_t)((budget - elapsed) / 1000000) + 1;
+        }
+        Py_BEGIN_ALLOW_THREADS
+            bocpy_pinned_wait_for_wake(left_ms);
+        Py_END_ALLOW_THREADS
+        bocpy_garbage_drain(st->interp);
     }
     PyObject *stats = collect_stats(rt);
     if (stats == NULL) {

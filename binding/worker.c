@@ -29,7 +29,6 @@ typedef struct worker_context {
     bocpy_state *state;
 } worker_context;
 
-extern atomic_bool bocpy_cancelling;
 extern char bocpy_start_error[512];
 void bocpy_worker_started(unsigned index, bocpy_interp *record);
 
@@ -103,7 +102,8 @@ static PyObject *dropped_error(void) {
 
 #define SMALL 8
 
-void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled) {
+void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled,
+                        bocpy_outcome *out) {
     bocpy_payload *p = boc_behavior_payload(b);
     uintptr_t token = bocpy_thread_token();
     PyObject *result = NULL;
@@ -192,6 +192,18 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
     atomic_store_explicit(&here->in_body, false, memory_order_relaxed);
     if (result != NULL) {
+        goto settle;
+    }
+    if (out != NULL) {
+        /* On the main thread, the pump reports body exceptions, and lets
+         * KeyboardInterrupt, SystemExit and GeneratorExit propagate. */
+        out->body_raised = true;
+        result = capture_exception();
+        is_exception = true;
+        out->first_error = Py_NewRef(result);
+        if (!PyObject_TypeCheck(result, (PyTypeObject *)PyExc_Exception)) {
+            out->propagate = Py_NewRef(result);
+        }
         goto settle;
     }
 failed:
@@ -381,7 +393,7 @@ static void worker_run(void *user, boc_behavior *b, void *arg) {
     worker_context *ctx = arg;
     take_gil(ctx);
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
-    bocpy_run_behavior(ctx->state, ctx->record, b, cancelled);
+    bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL);
     bocpy_garbage_drain(ctx->record);
     if (atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0) {
         /* Someone waits to enter this interpreter (to pickle a value that
@@ -426,6 +438,6 @@ const boc_runtime_ops bocpy_runtime_ops = {
     .worker_idle = worker_idle,
     .worker_busy = worker_busy,
     .behavior_done = behavior_done,
-    .pinned_ready = NULL,
-    .quiescent = NULL,
+    .pinned_ready = bocpy_pinned_ready_hook,
+    .quiescent = bocpy_quiescent_hook,
 };

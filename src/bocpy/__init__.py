@@ -25,17 +25,24 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 from . import _core
-from ._core import Cown, when
+from ._core import Cown, PinnedCown, set_wait_pump_poll, set_wake_callback, wake_fd, when
 
 __all__ = [
     "Cown",
+    "PinnedCown",
+    "PumpResult",
     "WORKER_COUNT",
+    "pump",
     "quiesce",
+    "set_pump_watchdog",
+    "set_wait_pump_poll",
+    "set_wake_callback",
     "start",
     "wait",
+    "wake_fd",
     "when",
     "whencall",
 ]
@@ -109,6 +116,53 @@ def quiesce(timeout: float | None = None, *, stats: bool = False) -> list[dict[s
     return result if stats else None
 
 
+# ---------------------------------------------------------------- pinned cowns
+
+
+class PumpResult(NamedTuple):
+    """What one :func:`pump` call did."""
+
+    #: pinned behaviors whose lifecycle (acquire, body, release) completed
+    executed: int
+    #: True iff the loop stopped because ``deadline_ms`` passed before the
+    #: queue drained
+    deadline_reached: bool
+    #: pinned behaviors whose body raised an exception (it is on their
+    #: result cown)
+    raised: int
+
+
+def pump(
+    deadline_ms: float | None = None,
+    max_behaviors: int | None = None,
+    raise_on_error: bool = False,
+) -> PumpResult:
+    """Run queued pinned behaviors on this (the main) thread; never blocks.
+
+    Each behavior runs to completion before the next starts.
+    ``deadline_ms`` gates *starting* the next behavior; ``max_behaviors`` is
+    a hard count.  Body exceptions land on result cowns and are counted in
+    ``raised``; with ``raise_on_error=True`` the first one is re-raised.
+    ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` propagate
+    once the offending behavior is cleaned up; the rest stay queued.
+    """
+    result: PumpResult = _core.pump(deadline_ms, max_behaviors, raise_on_error)
+    return result
+
+
+def set_pump_watchdog(
+    warn_ms: float | None = 1000,
+    on_starve: Callable[[int, str], Any] | None = None,
+) -> None:
+    """Warn when pinned work waits longer than ``warn_ms`` for :func:`pump`.
+
+    Silent until called.  The warning goes to the ``bocpy`` logger, or to
+    ``on_starve(nonempty_ms, message)``, which runs on the main thread (an
+    exception it raises surfaces there).  ``warn_ms=None`` disables it.
+    """
+    _core.set_pump_watchdog(warn_ms, on_starve)
+
+
 # --------------------------------------------------------------- process exit
 
 _crashed = False
@@ -152,5 +206,7 @@ def _at_exit() -> None:
 
 if _core._is_main_interpreter():
     _core._set_starter(start)
+    _core._set_pump_result(PumpResult)
+    atexit.register(_core._stop_watchdog)
     sys.excepthook = _note_crash(sys.excepthook)
     atexit.register(_at_exit)

@@ -1,0 +1,521 @@
+/*
+ * pinned.c: PinnedCown, pump(), and how the main thread learns that pinned
+ * work is waiting.
+ *
+ * A PinnedCown's value is a plain object of the main interpreter and never
+ * leaves it.  libboc routes every behavior whose request set holds a pinned
+ * cown to its pinned lane; only the main thread drains that lane, here, in
+ * pump() (called by the host's event loop) or inside wait()/quiesce().
+ *
+ * Wake-ups.  When the lane goes from empty to non-empty, libboc calls
+ * pinned_ready on whichever thread scheduled the work.  That hook must not
+ * touch Python, so it only:
+ *   - writes the public eventfd (bocpy.wake_fd()), which stays readable until
+ *     pump() clears it: event loops watch it (asyncio add_reader, Tk
+ *     createfilehandler, a Qt socket notifier);
+ *   - writes the internal eventfd that wait()/quiesce() poll (the quiescent
+ *     hook writes it too), so waiting never sleeps through work;
+ *   - if the host registered a wake callback, asks the main interpreter to
+ *     run it (Py_AddPendingCall), so it never runs in a worker's interpreter.
+ * pump() clears the public fd *before* it drains the lane, so work that
+ * arrives after the drain always re-arms it: no wake-up is lost.  If pump()
+ * stops early (deadline, max_behaviors) it re-arms the fd itself.
+ *
+ * The watchdog is a small C thread, started by set_pump_watchdog(), that
+ * looks at how long the lane has been non-empty.  It never touches Python
+ * either: it hands the warning to the main interpreter as a pending call,
+ * which runs on the main thread (even one wedged in a Python loop) and calls
+ * the host's on_starve or logs through `logging`.
+ */
+#include "bocpy.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+static int public_wake_fd = -1;
+static int internal_wake_fd = -1;
+
+/* The host's wake callback (a main-interpreter object, changed only with
+ * the main GIL held); the hook only reads whether one is set. */
+static PyObject *wake_callback;
+static atomic_bool wake_callback_set;
+static atomic_bool wake_callback_pending;
+
+/* pump() must not be re-entered from a pinned body on the same thread. */
+static _Thread_local bool tls_pumping;
+/* Threads inside pump() (one at most: see pump_enter). */
+static atomic_int pumpers;
+static atomic_long wait_poll_ms = 50;
+
+/* ---------------------------------------------------------------- hooks */
+
+static void fd_signal(int fd) {
+    if (fd >= 0) {
+        /* An eventfd write only fails when the counter would overflow, and
+         * then it is already readable: nothing is lost either way. */
+        (void)eventfd_write(fd, 1);
+    }
+}
+
+static void fd_clear(int fd) {
+    eventfd_t value;
+    if (fd >= 0) {
+        (void)eventfd_read(fd, &value); /* non-blocking: EAGAIN when clear */
+    }
+}
+
+static int run_wake_callback(void *arg) {
+    (void)arg;
+    atomic_store_explicit(&wake_callback_pending, false, memory_order_relaxed);
+    if (wake_callback == NULL) {
+        return 0;
+    }
+    PyObject *callback = Py_NewRef(wake_callback);
+    PyObject *rv = PyObject_CallNoArgs(callback);
+    Py_DECREF(callback);
+    if (rv == NULL) {
+        /* The host's callback failed: report it where it would have been
+         * seen had the host called it, without breaking unrelated code. */
+        PyErr_WriteUnraisable(wake_callback);
+        return 0;
+    }
+    Py_DECREF(rv);
+    return 0;
+}
+
+void bocpy_pinned_ready_hook(void *user) {
+    (void)user;
+    fd_signal(public_wake_fd);
+    fd_signal(internal_wake_fd);
+    if (atomic_load_explicit(&wake_callback_set, memory_order_relaxed) &&
+        !atomic_exchange_explicit(&wake_callback_pending, true, memory_order_relaxed)) {
+        if (Py_AddPendingCall(run_wake_callback, NULL) < 0) {
+            atomic_store_explicit(&wake_callback_pending, false, memory_order_relaxed);
+        }
+    }
+}
+
+void bocpy_quiescent_hook(void *user) {
+    (void)user;
+    fd_signal(internal_wake_fd);
+}
+
+int bocpy_pinned_init_fds(void) {
+    if (public_wake_fd >= 0) {
+        return 0;
+    }
+    public_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    internal_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (public_wake_fd < 0 || internal_wake_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+/* Sleeps (GIL released by the caller) until pinned work or quiescence is
+ * signalled, or `timeout_ms` passes. */
+void bocpy_pinned_wait_for_wake(int64_t timeout_ms) {
+    long poll_ms = atomic_load_explicit(&wait_poll_ms, memory_order_relaxed);
+    if (timeout_ms > poll_ms) {
+        timeout_ms = poll_ms;
+    }
+    struct pollfd pfd = {.fd = internal_wake_fd, .events = POLLIN};
+    if (poll(&pfd, 1, (int)timeout_ms) > 0) {
+        fd_clear(internal_wake_fd);
+    }
+}
+
+/* ---------------------------------------------------------------- pump */
+
+bool bocpy_pumping(void) { return tls_pumping; }
+
+/* Runs pinned behaviors on the calling (main) thread.  `deadline_ns` 0 and
+ * `max_behaviors` 0 mean unbounded.  Returns -1 with an exception set when a
+ * body raised a BaseException that must propagate, or when raise_on_error
+ * is set and a body raised. */
+int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors,
+                   bool raise_on_error, bocpy_pump_result *out) {
+    memset(out, 0, sizeof(*out));
+    boc_runtime *rt = bocpy_runtime();
+    if (rt == NULL) {
+        return 0;
+    }
+    /* One pumper at a time: the lane has a single consumer.  On free-threaded
+     * builds a second concurrent pumper is an error (a silent data race
+     * otherwise); with a GIL it can only happen while a pinned body has
+     * released the GIL, and the second caller simply finds nothing to do. */
+    int expected = 0;
+    if (!atomic_compare_exchange_strong_explicit(&pumpers, &expected, 1, memory_order_acquire,
+                                                 memory_order_relaxed)) {
+#ifdef Py_GIL_DISABLED
+        PyErr_SetString(PyExc_RuntimeError,
+                        "another thread is already running bocpy.pump(); only one thread at a "
+                        "time may pump");
+        return -1;
+#else
+        return 0;
+#endif
+    }
+    fd_clear(public_wake_fd);
+    uint64_t start = boc_now_ns();
+    PyObject *raise = NULL;
+    for (;;) {
+        if (max_behaviors != 0 && out->executed >= max_behaviors) {
+            break;
+        }
+        if (deadline_ns != 0 && boc_now_ns() - start >= deadline_ns) {
+            out->deadline_reached = boc_pinned_depth(rt) > 0;
+            break;
+        }
+        boc_behavior *b = boc_pinned_pop(rt);
+        if (b == NULL) {
+            break;
+        }
+        bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
+        bocpy_outcome outcome = {0};
+        tls_pumping = true;
+        bocpy_run_behavior(st, st->interp, b, cancelled, &outcome);
+        tls_pumping = false;
+        boc_behavior_complete(b);
+        out->executed++;
+        if (outcome.body_raised) {
+            out->raised++;
+        }
+        if (outcome.propagate != NULL) {
+            /* KeyboardInterrupt, SystemExit, GeneratorExit: cleanup done,
+             * the rest of the lane waits for the next pump. */
+            Py_XDECREF(outcome.first_error);
+            raise = outcome.propagate;
+            break;
+        }
+        if (outcome.first_error != NULL) {
+            if (raise_on_error) {
+                raise = outcome.first_error;
+                break;
+            }
+            Py_DECREF(outcome.first_error);
+        }
+    }
+    if (boc_pinned_depth(rt) > 0) {
+        fd_signal(public_wake_fd); /* still work: keep the fd readable */
+    }
+    /* release: the next pumper sees this one's pops complete.  Cleared on
+     * every exit path, BaseException propagation included. */
+    atomic_store_explicit(&pumpers, 0, memory_order_release);
+    if (raise != NULL) {
+        PyErr_SetRaisedException(raise);
+        return -1;
+    }
+    return 0;
+}
+
+static bool parse_positive(PyObject *obj, const char *name, double *out) {
+    if (obj == Py_None) {
+        *out = 0;
+        return true;
+    }
+    if (PyBool_Check(obj) || !(PyLong_Check(obj) || PyFloat_Check(obj))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a positive number or None, not '%.200s'", name,
+                     Py_TYPE(obj)->tp_name);
+        return false;
+    }
+    double value = PyFloat_AsDouble(obj);
+    if (value == -1.0 && PyErr_Occurred()) {
+        return false;
+    }
+    if (!(value > 0) || value != value) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be > 0 (got %R); pass None for no limit, or skip pump() when "
+                     "there is no time for it",
+                     name, obj);
+        return false;
+    }
+    *out = value;
+    return true;
+}
+
+PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
+                     int raise_on_error) {
+    if (!st->interp->is_main) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bocpy.pump() runs pinned behaviors on the main thread: call it from "
+                        "the main interpreter, not from inside a behavior");
+        return NULL;
+    }
+    if (tls_pumping) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bocpy.pump() is not reentrant: it was called from inside a pinned "
+                        "behavior; return from the behavior and let the running pump go on");
+        return NULL;
+    }
+    double deadline_ms, max_behaviors;
+    if (!parse_positive(deadline_obj, "deadline_ms", &deadline_ms) ||
+        !parse_positive(max_obj, "max_behaviors", &max_behaviors)) {
+        return NULL;
+    }
+    if (max_obj != Py_None && !PyLong_Check(max_obj)) {
+        PyErr_Format(PyExc_TypeError, "max_behaviors must be an int, not '%.200s'",
+                     Py_TYPE(max_obj)->tp_name);
+        return NULL;
+    }
+    bocpy_pump_result result;
+    int rc = bocpy_pump_run(st, (uint64_t)(deadline_ms * 1e6), (uint64_t)max_behaviors,
+                            raise_on_error != 0, &result);
+    bocpy_garbage_drain(st->interp);
+    if (rc < 0) {
+        return NULL;
+    }
+    return PyObject_CallFunction(st->pump_result_type, "KOK", (unsigned long long)result.executed,
+                                 result.deadline_reached ? Py_True : Py_False,
+                                 (unsigned long long)result.raised);
+}
+
+/* ------------------------------------------------------------ settings */
+
+PyObject *bocpy_wake_fd(void) { return PyLong_FromLong(public_wake_fd); }
+
+PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback) {
+    if (!st->interp->is_main) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "set_wake_callback() is for the main interpreter's event loop");
+        return NULL;
+    }
+    if (callback != Py_None && !PyCallable_Check(callback)) {
+        PyErr_Format(PyExc_TypeError, "the wake callback must be callable or None, not '%.200s'",
+                     Py_TYPE(callback)->tp_name);
+        return NULL;
+    }
+    Py_XSETREF(wake_callback, callback == Py_None ? NULL : Py_NewRef(callback));
+    atomic_store_explicit(&wake_callback_set, wake_callback != NULL, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+PyObject *bocpy_set_wait_pump_poll(PyObject *ms_obj) {
+    if (PyBool_Check(ms_obj) || !PyLong_Check(ms_obj)) {
+        PyErr_Format(PyExc_TypeError, "ms must be an int number of milliseconds, not '%.200s'",
+                     Py_TYPE(ms_obj)->tp_name);
+        return NULL;
+    }
+    long ms = PyLong_AsLong(ms_obj);
+    if (ms == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (ms < 1 || ms > 60000) {
+        PyErr_Format(PyExc_ValueError, "ms must be between 1 and 60000, got %ld", ms);
+        return NULL;
+    }
+    atomic_store_explicit(&wait_poll_ms, ms, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ watchdog */
+
+static pthread_mutex_t watchdog_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watchdog_cond = PTHREAD_COND_INITIALIZER;
+static pthread_t watchdog_thread;
+static bool watchdog_started, watchdog_stop;
+/* Milliseconds, or -1 when disabled (the default: no call, no watchdog). */
+static atomic_llong watchdog_warn_ms = -1;
+static PyObject *watchdog_on_starve; /* main interpreter; main GIL */
+/* The episode (nonempty_since) already reported, and the report to give. */
+static uint64_t watchdog_reported_since;
+static atomic_ullong watchdog_report_age_ms, watchdog_report_depth;
+static atomic_bool watchdog_report_pending;
+
+static int fire_watchdog(void *arg) {
+    (void)arg;
+    atomic_store_explicit(&watchdog_report_pending, false, memory_order_relaxed);
+    unsigned long long age = atomic_load_explicit(&watchdog_report_age_ms, memory_order_relaxed);
+    unsigned long long depth = atomic_load_explicit(&watchdog_report_depth, memory_order_relaxed);
+    if (atomic_load_explicit(&watchdog_warn_ms, memory_order_relaxed) < 0) {
+        return 0; /* disabled since the report was queued */
+    }
+    PyObject *message = PyUnicode_FromFormat(
+        "bocpy: the pinned queue has been non-empty for %llu ms (depth %llu); the main "
+        "thread is not calling bocpy.pump() often enough (is the event loop blocked?)",
+        age, depth);
+    if (message == NULL) {
+        return -1;
+    }
+    PyObject *rv;
+    if (watchdog_on_starve != NULL) {
+        PyObject *callback = Py_NewRef(watchdog_on_starve);
+        rv = PyObject_CallFunction(callback, "KO", age, message);
+        Py_DECREF(callback);
+    } else {
+        PyObject *logging = PyImport_ImportModule("logging");
+        PyObject *logger = logging ? PyObject_CallMethod(logging, "getLogger", "s", "bocpy") : NULL;
+        rv = logger ? PyObject_CallMethod(logger, "warning", "sO", "%s", message) : NULL;
+        Py_XDECREF(logger);
+        Py_XDECREF(logging);
+    }
+    Py_DECREF(message);
+    if (rv == NULL) {
+        return -1; /* the host's on_starve raised: let it reach the main thread */
+    }
+    Py_DECREF(rv);
+    return 0;
+}
+
+static void *watchdog_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&watchdog_lock);
+    while (!watchdog_stop) {
+        long long warn_ms = atomic_load_explicit(&watchdog_warn_ms, memory_order_relaxed);
+        long long period_ms = warn_ms < 0 ? 250 : warn_ms / 4;
+        period_ms = period_ms < 5 ? 5 : (period_ms > 250 ? 250 : period_ms);
+        struct timespec at;
+        clock_gettime(CLOCK_REALTIME, &at);
+        at.tv_nsec += (long)(period_ms % 1000) * 1000000L;
+        at.tv_sec += (time_t)(period_ms / 1000) + at.tv_nsec / 1000000000L;
+        at.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&watchdog_cond, &watchdog_lock, &at);
+        if (watchdog_stop || warn_ms < 0) {
+            continue;
+        }
+        /* The runtime cannot be freed while we look: stopping it takes
+         * watchdog_lock (bocpy_pinned_runtime_gone). */
+        boc_runtime *rt = bocpy_runtime();
+        uint64_t since = rt ? boc_pinned_nonempty_since(rt) : 0;
+        if (since == 0 || since == watchdog_reported_since) {
+            continue;
+        }
+        uint64_t age_ms = (boc_now_ns() - since) / 1000000u;
+        if ((long long)age_ms < warn_ms) {
+            continue;
+        }
+        watchdog_reported_since = since; /* once per non-empty episode */
+        atomic_store_explicit(&watchdog_report_age_ms, age_ms, memory_order_relaxed);
+        atomic_store_explicit(&watchdog_report_depth, boc_pinned_depth(rt), memory_order_relaxed);
+        if (!atomic_exchange_explicit(&watchdog_report_pending, true, memory_order_relaxed)) {
+            if (Py_AddPendingCall(fire_watchdog, NULL) < 0) {
+                atomic_store_explicit(&watchdog_report_pending, false, memory_order_relaxed);
+            }
+        }
+    }
+    pthread_mutex_unlock(&watchdog_lock);
+    return NULL;
+}
+
+/* Called (main thread, GIL released) before a runtime is freed. */
+void bocpy_pinned_runtime_gone(void) {
+    pthread_mutex_lock(&watchdog_lock);
+    watchdog_reported_since = 0;
+    pthread_mutex_unlock(&watchdog_lock);
+}
+
+PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_obj, PyObject *on_starve) {
+    if (!st->interp->is_main) {
+        PyErr_SetString(PyExc_RuntimeError, "set_pump_watchdog() is for the main interpreter");
+        return NULL;
+    }
+    double warn_ms = -1;
+    if (warn_obj != Py_None && !parse_positive(warn_obj, "warn_ms", &warn_ms)) {
+        return NULL;
+    }
+    if (on_starve != Py_None && !PyCallable_Check(on_starve)) {
+        PyErr_Format(PyExc_TypeError,
+                     "on_starve must be a callable taking (nonempty_ms, message), or None, "
+                     "not '%.200s'",
+                     Py_TYPE(on_starve)->tp_name);
+        return NULL;
+    }
+    Py_XSETREF(watchdog_on_starve, on_starve == Py_None ? NULL : Py_NewRef(on_starve));
+    atomic_store_explicit(&watchdog_warn_ms, warn_obj == Py_None ? -1 : (long long)warn_ms,
+                          memory_order_relaxed);
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&watchdog_lock);
+        if (!watchdog_started && warn_obj != Py_None) {
+            watchdog_stop = false;
+            rc = pthread_create(&watchdog_thread, NULL, watchdog_main, NULL);
+            watchdog_started = rc == 0;
+        }
+        pthread_cond_broadcast(&watchdog_cond);
+        pthread_mutex_unlock(&watchdog_lock);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+PyObject *bocpy_stop_watchdog(void) {
+    bool joined = false;
+    Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&watchdog_lock);
+        if (watchdog_started) {
+            watchdog_stop = true;
+            pthread_cond_broadcast(&watchdog_cond);
+            pthread_mutex_unlock(&watchdog_lock);
+            pthread_join(watchdog_thread, NULL);
+            pthread_mutex_lock(&watchdog_lock);
+            watchdog_started = false;
+            joined = true;
+        }
+        pthread_mutex_unlock(&watchdog_lock);
+    Py_END_ALLOW_THREADS(void)
+    joined;
+    Py_RETURN_NONE;
+}
+
+/* ----------------------------------------------------------- the type */
+
+static PyObject *PinnedCown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"value", NULL};
+    PyObject *value = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:PinnedCown", kwlist, &value)) {
+        return NULL;
+    }
+    bocpy_state *st = bocpy_state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (!st->interp->is_main) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a PinnedCown can only be created in the main interpreter (its value "
+                        "lives there); create it on the main thread and pass the handle to "
+                        "behaviors");
+        return NULL;
+    }
+    bocpy_cown *c = bocpy_cown_new_flags(BOC_COWN_PINNED);
+    if (c == NULL) {
+        return NULL;
+    }
+    /* No serialised copy, ever: the object itself is the value. */
+    bocpy_cown_store(c, st->interp, value, false);
+    CownObject *self = (CownObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        boc_cown_decref(&c->base);
+        return NULL;
+    }
+    self->cown = c;
+    return (PyObject *)self;
+}
+
+PyDoc_STRVAR(PinnedCown_doc,
+             "PinnedCown(value=None)\n--\n\n"
+             "A cown whose value never leaves the main interpreter.  Behaviors that request "
+             "it run on the main thread, inside bocpy.pump() or wait().");
+
+static PyType_Slot PinnedCown_slots[] = {
+    {Py_tp_new, PinnedCown_new},
+    {Py_tp_doc, (void *)PinnedCown_doc},
+    {0, NULL},
+};
+
+static PyType_Spec PinnedCown_spec = {
+    .name = "bocpy.PinnedCown",
+    .basicsize = sizeof(CownObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = PinnedCown_slots,
+};
+
+PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base) {
+    return PyType_FromModuleAndSpec(module, &PinnedCown_spec, base);
+}
