@@ -245,6 +245,9 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     if (bocpy_ensure_runtime(st) < 0) {
         return NULL;
     }
+    if (st->interp->is_main && bocpy_late_binds_refresh(st) < 0) {
+        return NULL;
+    }
     boc_runtime *rt = bocpy_runtime();
 
     bocpy_blob *captures = NULL;

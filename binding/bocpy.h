@@ -265,6 +265,14 @@ typedef struct bocpy_bootstrap {
 } bocpy_bootstrap;
 const bocpy_bootstrap *bocpy_current_bootstrap(void);
 
+/* Globals the main script assigned after the runtime started ("late
+ * binds"): workers apply the ones they have not seen before each behavior. */
+size_t bocpy_late_bind_count(void);
+/* Sets, in `namespace`, late binds [from, count); returns the new count. */
+size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from);
+/* Main interpreter, on each @when: notices new __main__ globals. */
+int bocpy_late_binds_refresh(bocpy_state *st);
+
 /* ----------------------------------------------------------- module state */
 
 typedef struct bocpy_codemap_entry {
@@ -280,9 +288,11 @@ struct bocpy_state {
     PyObject *module;           /* borrowed: the state lives inside it */
     PyObject *dumps, *loads, *protocol;
     PyObject *marshal_dumps, *marshal_loads;
-    PyObject *fallback_dumps; /* bocpy._pickling.dumps, imported lazily */
-    PyObject *rebuild_cown;   /* _core._rebuild_cown */
-    PyObject *starter;        /* bocpy._start_default (main interpreter) */
+    PyObject *fallback_dumps;  /* bocpy._pickling.dumps, imported lazily */
+    PyObject *rebuild_cown;    /* _core._rebuild_cown */
+    PyObject *starter;         /* bocpy._start_default (main interpreter) */
+    PyObject *main_dict;       /* __main__.__dict__ when the runtime started */
+    Py_ssize_t main_dict_size; /* its size when last looked at */
     bocpy_interp *interp;
     /* code object -> registry id, keyed by identity (open addressing) */
     bocpy_codemap_entry *codemap;

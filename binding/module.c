@@ -17,6 +17,7 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback);
 PyObject *bocpy_set_wait_pump_poll(PyObject *ms);
 PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_ms, PyObject *on_starve);
 PyObject *bocpy_stop_watchdog(void);
+PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value);
 
 static struct PyModuleDef bocpy_module_def;
 
@@ -225,6 +226,14 @@ static PyObject *core_stop_watchdog(PyObject *module, PyObject *unused) {
     return bocpy_stop_watchdog();
 }
 
+static PyObject *core_add_late_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_add_late_bind(name, value)");
+        return NULL;
+    }
+    return bocpy_add_late_bind(bocpy_state_of_module(module), args[0], args[1]);
+}
+
 static PyObject *core_set_pump_result(PyObject *module, PyObject *cls) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_XSETREF(st->pump_result_type, Py_NewRef(cls));
@@ -250,6 +259,7 @@ static PyMethodDef core_methods[] = {
     {"set_pump_watchdog", (PyCFunction)(void (*)(void))core_set_pump_watchdog, METH_FASTCALL, NULL},
     {"_stop_watchdog", core_stop_watchdog, METH_NOARGS, NULL},
     {"_set_pump_result", core_set_pump_result, METH_O, NULL},
+    {"_add_late_bind", (PyCFunction)(void (*)(void))core_add_late_bind, METH_FASTCALL, NULL},
     {"_rebuild_cown", core_rebuild_cown, METH_O, NULL},
     {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL, NULL},
     {"_register_code", core_register_code, METH_O, NULL},
@@ -319,6 +329,7 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->pump_result_type);
     Py_VISIT(st->when_type);
     Py_VISIT(st->starter);
+    Py_VISIT(st->main_dict);
     Py_VISIT(st->fallback_dumps);
     return 0;
 }
@@ -337,6 +348,7 @@ static int core_clear(PyObject *module) {
     Py_CLEAR(st->fallback_dumps);
     Py_CLEAR(st->rebuild_cown);
     Py_CLEAR(st->starter);
+    Py_CLEAR(st->main_dict);
     bocpy_registry_clear_state(st);
     return 0;
 }

@@ -37,7 +37,100 @@ void bocpy_worker_started(unsigned index, bocpy_interp *record) {
     }
 }
 
+typedef struct late_bind {
+    char *name;
+    bocpy_blob *blob;
+} late_bind;
+
+/* Appended by the main thread, read by workers: both under late_lock.  The
+ * count is also kept atomic so that workers can check it for free. */
+static pthread_mutex_t late_lock = PTHREAD_MUTEX_INITIALIZER;
+static late_bind *late_binds;
+static size_t late_capacity;
+static atomic_size_t late_count;
+
+static void late_binds_clear(void) {
+    pthread_mutex_lock(&late_lock);
+    size_t n = atomic_load_explicit(&late_count, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++) {
+        free(late_binds[i].name);
+        bocpy_blob_free(late_binds[i].blob);
+    }
+    free(late_binds);
+    late_binds = NULL;
+    late_capacity = 0;
+    atomic_store_explicit(&late_count, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&late_lock);
+}
+
+size_t bocpy_late_bind_count(void) {
+    /* acquire pairs with the release in add_late_bind: a worker that sees
+     * the new count finds the entry complete (it also takes the lock). */
+    return atomic_load_explicit(&late_count, memory_order_acquire);
+}
+
+PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value) {
+    const char *utf8 = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    if (utf8 == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "late bind names are str");
+        }
+        return NULL;
+    }
+    bocpy_blob *blob = bocpy_serialize(st, value);
+    char *copy = blob ? strdup(utf8) : NULL;
+    if (copy == NULL) {
+        bocpy_blob_free(blob);
+        return blob ? PyErr_NoMemory() : NULL;
+    }
+    pthread_mutex_lock(&late_lock);
+    size_t n = atomic_load_explicit(&late_count, memory_order_relaxed);
+    if (n == late_capacity) {
+        size_t capacity = late_capacity ? late_capacity * 2 : 16;
+        late_bind *grown = realloc(late_binds, capacity * sizeof(*grown));
+        if (grown == NULL) {
+            pthread_mutex_unlock(&late_lock);
+            free(copy);
+            bocpy_blob_free(blob);
+            return PyErr_NoMemory();
+        }
+        late_binds = grown;
+        late_capacity = capacity;
+    }
+    late_binds[n] = (late_bind){copy, blob};
+    atomic_store_explicit(&late_count, n + 1, memory_order_release);
+    pthread_mutex_unlock(&late_lock);
+    Py_RETURN_NONE;
+}
+
+size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from) {
+    pthread_mutex_lock(&late_lock);
+    size_t n = atomic_load_explicit(&late_count, memory_order_relaxed);
+    for (size_t i = from; i < n; i++) {
+        PyObject *value = bocpy_deserialize(st, late_binds[i].blob);
+        if (value == NULL || PyDict_SetItemString(namespace, late_binds[i].name, value) < 0) {
+            PyErr_Clear(); /* as in the image: an unusable global stays absent */
+        }
+        Py_XDECREF(value);
+    }
+    pthread_mutex_unlock(&late_lock);
+    return n;
+}
+
+int bocpy_late_binds_refresh(bocpy_state *st) {
+    if (st->main_dict == NULL || PyDict_GET_SIZE(st->main_dict) == st->main_dict_size) {
+        return 0;
+    }
+    st->main_dict_size = PyDict_GET_SIZE(st->main_dict);
+    PyObject *worker = PyImport_ImportModule("bocpy._worker");
+    PyObject *rv = worker ? PyObject_CallMethod(worker, "refresh_main", NULL) : NULL;
+    Py_XDECREF(worker);
+    Py_XDECREF(rv);
+    return rv == NULL ? -1 : 0;
+}
+
 static void bootstrap_clear(void) {
+    late_binds_clear();
     for (size_t i = 0; i < bootstrap.sys_path_len; i++) {
         free(bootstrap.sys_path[i]);
     }
@@ -188,6 +281,10 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
                      bocpy_start_error[0] ? bocpy_start_error : "thread creation failed");
         return NULL;
     }
+    PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
+    Py_XSETREF(st->main_dict, main ? Py_NewRef(PyModule_GetDict(main)) : NULL);
+    st->main_dict_size = st->main_dict ? PyDict_GET_SIZE(st->main_dict) : 0;
+    PyErr_Clear();
     atomic_store_explicit(&current_runtime, rt, memory_order_release);
     Py_RETURN_NONE;
 }

@@ -27,6 +27,7 @@ typedef struct worker_context {
     bool has_gil;
     bocpy_interp *record;
     bocpy_state *state;
+    size_t late_binds_seen;
 } worker_context;
 
 extern char bocpy_start_error[512];
@@ -392,6 +393,14 @@ static void worker_run(void *user, boc_behavior *b, void *arg) {
     (void)user;
     worker_context *ctx = arg;
     take_gil(ctx);
+    if (bocpy_late_bind_count() != ctx->late_binds_seen) {
+        PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
+        if (main != NULL) {
+            ctx->late_binds_seen =
+                bocpy_late_binds_apply(ctx->state, PyModule_GetDict(main), ctx->late_binds_seen);
+        }
+        PyErr_Clear();
+    }
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
     bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL);
     bocpy_garbage_drain(ctx->record);
@@ -414,6 +423,13 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     (void)index;
     worker_context *ctx = arg;
     take_gil(ctx);
+    PyObject *boot = PyImport_ImportModule("bocpy._worker");
+    PyObject *rv = boot ? PyObject_CallMethod(boot, "shutdown", NULL) : NULL;
+    if (rv == NULL) {
+        PyErr_WriteUnraisable(boot);
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(boot);
     /* Values still living here must outlive the interpreter. */
     bocpy_cown_evacuate_all(ctx->state, ctx->record);
     bocpy_garbage_drain(ctx->record);

@@ -30,7 +30,7 @@ def _importable(func: types.FunctionType) -> bool:
     return target is func
 
 
-def _cells(func: types.FunctionType) -> tuple[tuple[Any, ...], ...] | None:
+def _cell_values(func: types.FunctionType) -> tuple[tuple[Any, ...], ...] | None:
     if func.__closure__ is None:
         return None
     cells: list[tuple[Any, ...]] = []
@@ -42,13 +42,40 @@ def _cells(func: types.FunctionType) -> tuple[tuple[Any, ...], ...] | None:
     return tuple(cells)
 
 
+def _empty_cells(func: types.FunctionType) -> tuple[tuple[bool], ...] | None:
+    if func.__closure__ is None:
+        return None
+    return tuple((False,) for _ in func.__closure__)
+
+
+def _set_function_state(func: types.FunctionType, state: tuple[Any, ...]) -> None:
+    """Fill in a function rebuilt with empty cells (pickle's state setter).
+
+    The function is created first and memoised by the pickler, and only then
+    are its defaults and closure values pickled: a closure that refers back
+    to the function (recursion, mutual recursion) then finds it in the memo.
+    """
+    defaults, kwdefaults, cells = state
+    func.__defaults__ = defaults
+    func.__kwdefaults__ = kwdefaults
+    if cells is not None and func.__closure__ is not None:
+        for cell, entry in zip(func.__closure__, cells, strict=True):
+            if entry[0]:
+                cell.cell_contents = entry[1]
+
+
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is types.FunctionType and not _importable(obj):
             code_id = _core._register_code(obj)
+            state = (obj.__defaults__, obj.__kwdefaults__, _cell_values(obj))
             return (
                 _core._rebuild_function,
-                (code_id, obj.__defaults__, obj.__kwdefaults__, _cells(obj)),
+                (code_id, None, None, _empty_cells(obj)),
+                state,
+                None,
+                None,
+                _set_function_state,
             )
         return NotImplemented
 

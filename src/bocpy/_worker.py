@@ -18,6 +18,9 @@ from . import _core, _main_image
 #: Warnings from applying the ``__main__`` image in this worker (for debugging).
 image_warnings: list[str] = []
 
+#: Main interpreter: the ``__main__`` globals workers already know about.
+_known_main_names: set[str] = set()
+
 
 def build_bootstrap() -> tuple[dict[str, Any], list[Any]]:
     """Main interpreter: the bootstrap header and the bind values it refers to."""
@@ -25,6 +28,8 @@ def build_bootstrap() -> tuple[dict[str, Any], list[Any]]:
     steps: list[tuple[Any, ...]] = []
     values: list[Any] = []
     if main is not None:
+        _known_main_names.clear()
+        _known_main_names.update(main.__dict__)
         for step in _main_image.build_image(main, _core._is_transferable):
             if step[0] == "bind":
                 values.append(step[2])
@@ -34,6 +39,25 @@ def build_bootstrap() -> tuple[dict[str, Any], list[Any]]:
     # sys.path travels separately (the binding sets it before importing bocpy).
     header = {"argv": list(sys.argv), "steps": steps}
     return header, values
+
+
+def refresh_main() -> None:
+    """Main interpreter: send workers the ``__main__`` globals made since start.
+
+    The image is built when the runtime starts; a script may compute more
+    globals afterwards (``TABLE = build_table()`` after the first ``@when``).
+    Called by the binding whenever ``__main__``'s namespace has grown.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        return
+    for name in list(main.__dict__.keys() - _known_main_names):
+        _known_main_names.add(name)
+        value = main.__dict__[name]
+        if name.startswith("__") or isinstance(value, type(sys)):
+            continue  # dunders, and modules (the image imported those)
+        if _core._is_transferable(value):
+            _core._add_late_bind(name, value)
 
 
 def bootstrap() -> None:
@@ -46,3 +70,18 @@ def bootstrap() -> None:
     image_warnings[:] = _main_image.apply_image(
         header["steps"], main.__dict__, load=_core._bootstrap_value
     )
+
+
+def shutdown() -> None:
+    """Worker interpreter, just before it ends: leave nothing that fails late.
+
+    A behavior that used ``threading`` (directly, or through ``logging`` or
+    ``asyncio``) leaves a dummy ``Thread`` for the worker thread.  On some
+    CPython versions (before 3.13.3, gh-130522) its clean-up runs after the
+    interpreter has started to end and prints an ignored ``TypeError``;
+    dropping the reference now ends it cleanly.
+    """
+    threading = sys.modules.get("threading")
+    info = getattr(threading, "_thread_local_info", None)
+    if info is not None and hasattr(info, "_track_dummy_thread_ref"):
+        del info._track_dummy_thread_ref
