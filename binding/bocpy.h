@@ -15,6 +15,8 @@
  *   behavior.c  @when / whencall: building and scheduling behaviors
  *   worker.c    worker sub-interpreters and running a behavior
  *   pinned.c    PinnedCown, pump(), wake-ups and the starvation watchdog
+ *   noticeboard.c  the multi-version key/value board
+ *   messaging.c the send/receive channels
  *   runtime.c   starting, waiting for and stopping the runtime
  *   module.c    module state, start/wait/quiesce, module functions
  */
@@ -273,6 +275,25 @@ size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from)
 /* Main interpreter, on each @when: notices new __main__ globals. */
 int bocpy_late_binds_refresh(bocpy_state *st);
 
+/* ------------------------------------------------- noticeboard, messages */
+
+#define BOCPY_TIMEOUT_TAG "__bocpy_timeout__"
+
+void bocpy_noticeboard_behavior_begin(void);
+void bocpy_noticeboard_behavior_end(void);
+void bocpy_noticeboard_thread_exit(void);
+PyObject *bocpy_board_view_type_create(PyObject *module);
+PyObject *bocpy_removed_create(PyObject *module);
+PyObject *bocpy_noticeboard(bocpy_state *st, bool fresh);
+PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value);
+PyObject *bocpy_notice_delete(PyObject *key);
+PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyObject *dflt,
+                              PyObject *removed);
+PyObject *bocpy_notice_read(bocpy_state *st, PyObject *key, PyObject *dflt);
+PyObject *bocpy_send(bocpy_state *st, PyObject *tag, PyObject *contents);
+PyObject *bocpy_receive(bocpy_state *st, PyObject *tags, PyObject *timeout, PyObject *after);
+PyObject *bocpy_drain(PyObject *tags, bool forget);
+
 /* ----------------------------------------------------------- module state */
 
 typedef struct bocpy_codemap_entry {
@@ -284,6 +305,8 @@ struct bocpy_state {
     PyTypeObject *cown_type;
     PyTypeObject *pinned_type;
     PyTypeObject *when_type;
+    PyTypeObject *board_view_type;
+    PyObject *removed;          /* bocpy.REMOVED of this interpreter */
     PyObject *pump_result_type; /* bocpy.PumpResult (main interpreter) */
     PyObject *module;           /* borrowed: the state lives inside it */
     PyObject *dumps, *loads, *protocol;

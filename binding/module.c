@@ -240,6 +240,83 @@ static PyObject *core_set_pump_result(PyObject *module, PyObject *cls) {
     Py_RETURN_NONE;
 }
 
+static PyObject *core_notice_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "notice_write(key, value)");
+        return NULL;
+    }
+    return bocpy_notice_write(bocpy_state_of_module(module), args[0], args[1]);
+}
+
+static PyObject *core_notice_seed(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    bocpy_state *st = bocpy_state_of_module(module);
+    if (!st->interp->is_main || bocpy_pumping()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "notice_seed() is for the main thread between runs; inside a behavior "
+                        "use notice_write()");
+        return NULL;
+    }
+    return core_notice_write(module, args, nargs);
+}
+
+static PyObject *core_notice_delete(PyObject *module, PyObject *key) {
+    (void)module;
+    return bocpy_notice_delete(key);
+}
+
+static PyObject *core_notice_update(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "notice_update(key, fn, default=None)");
+        return NULL;
+    }
+    bocpy_state *st = bocpy_state_of_module(module);
+    return bocpy_notice_update(st, args[0], args[1], nargs == 3 ? args[2] : Py_None, st->removed);
+}
+
+static PyObject *core_notice_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "notice_read(key, default=None)");
+        return NULL;
+    }
+    return bocpy_notice_read(bocpy_state_of_module(module), args[0],
+                             nargs == 2 ? args[1] : Py_None);
+}
+
+static PyObject *core_noticeboard(PyObject *module, PyObject *unused) {
+    (void)unused;
+    return bocpy_noticeboard(bocpy_state_of_module(module), false);
+}
+
+static PyObject *core_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send(tag, contents)");
+        return NULL;
+    }
+    return bocpy_send(bocpy_state_of_module(module), args[0], args[1]);
+}
+
+static PyObject *core_receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_core.receive(tags, timeout, after)");
+        return NULL;
+    }
+    return bocpy_receive(bocpy_state_of_module(module), args[0], args[1], args[2]);
+}
+
+static PyObject *core_drain(PyObject *module, PyObject *tags) {
+    (void)module;
+    return bocpy_drain(tags, false);
+}
+
+static PyObject *core_set_tags(PyObject *module, PyObject *tags) {
+    bocpy_state *st = bocpy_state_of_module(module);
+    if (!st->interp->is_main) {
+        PyErr_SetString(PyExc_RuntimeError, "set_tags() is for the main interpreter");
+        return NULL;
+    }
+    return bocpy_drain(tags, true);
+}
+
 PyDoc_STRVAR(when_doc, "when(*cowns)\n--\n\n"
                        "Decorator: schedule the function as a behavior that runs once it has "
                        "exclusive access to every cown (a list is a group of cowns, passed as a "
@@ -259,6 +336,16 @@ static PyMethodDef core_methods[] = {
     {"set_pump_watchdog", (PyCFunction)(void (*)(void))core_set_pump_watchdog, METH_FASTCALL, NULL},
     {"_stop_watchdog", core_stop_watchdog, METH_NOARGS, NULL},
     {"_set_pump_result", core_set_pump_result, METH_O, NULL},
+    {"notice_write", (PyCFunction)(void (*)(void))core_notice_write, METH_FASTCALL, NULL},
+    {"notice_seed", (PyCFunction)(void (*)(void))core_notice_seed, METH_FASTCALL, NULL},
+    {"notice_delete", core_notice_delete, METH_O, NULL},
+    {"notice_update", (PyCFunction)(void (*)(void))core_notice_update, METH_FASTCALL, NULL},
+    {"notice_read", (PyCFunction)(void (*)(void))core_notice_read, METH_FASTCALL, NULL},
+    {"noticeboard", core_noticeboard, METH_NOARGS, NULL},
+    {"send", (PyCFunction)(void (*)(void))core_send, METH_FASTCALL, NULL},
+    {"receive", (PyCFunction)(void (*)(void))core_receive, METH_FASTCALL, NULL},
+    {"drain", core_drain, METH_O, NULL},
+    {"set_tags", core_set_tags, METH_O, NULL},
     {"_add_late_bind", (PyCFunction)(void (*)(void))core_add_late_bind, METH_FASTCALL, NULL},
     {"_rebuild_cown", core_rebuild_cown, METH_O, NULL},
     {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL, NULL},
@@ -295,6 +382,13 @@ static int core_exec(PyObject *module) {
     if (st->interp->is_main && bocpy_pinned_init_fds() < 0) {
         return -1;
     }
+    st->board_view_type = (PyTypeObject *)bocpy_board_view_type_create(module);
+    st->removed = bocpy_removed_create(module);
+    if (st->board_view_type == NULL || st->removed == NULL ||
+        PyModule_AddObjectRef(module, "REMOVED", st->removed) < 0 ||
+        PyModule_AddStringConstant(module, "TIMEOUT", BOCPY_TIMEOUT_TAG) < 0) {
+        return -1;
+    }
     st->when_type = (PyTypeObject *)bocpy_when_type_create(module);
     if (st->when_type == NULL) {
         return -1;
@@ -326,6 +420,8 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_VISIT(st->cown_type);
     Py_VISIT(st->pinned_type);
+    Py_VISIT(st->board_view_type);
+    Py_VISIT(st->removed);
     Py_VISIT(st->pump_result_type);
     Py_VISIT(st->when_type);
     Py_VISIT(st->starter);
@@ -338,6 +434,8 @@ static int core_clear(PyObject *module) {
     bocpy_state *st = bocpy_state_of_module(module);
     Py_CLEAR(st->cown_type);
     Py_CLEAR(st->pinned_type);
+    Py_CLEAR(st->board_view_type);
+    Py_CLEAR(st->removed);
     Py_CLEAR(st->pump_result_type);
     Py_CLEAR(st->when_type);
     Py_CLEAR(st->dumps);

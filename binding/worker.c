@@ -115,6 +115,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     uint32_t held = 0;
     Py_ssize_t built = 0;
 
+    bocpy_noticeboard_behavior_begin();
     if (cancelled) {
         result = dropped_error();
         is_exception = true;
@@ -241,6 +242,7 @@ store:;
     }
     Py_XDECREF(func);
     Py_XDECREF(snapshot);
+    bocpy_noticeboard_behavior_end();
 }
 
 /* ----------------------------------------------------------- the hooks */
@@ -437,6 +439,7 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     PyEval_RestoreThread(ctx->main_tstate);
     PyThreadState_Clear(ctx->main_tstate);
     PyThreadState_DeleteCurrent();
+    bocpy_noticeboard_thread_exit();
     free(ctx);
 }
 

@@ -25,18 +25,50 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, TypeVar
 
 from . import _core
-from ._core import Cown, PinnedCown, set_wait_pump_poll, set_wake_callback, wake_fd, when
+from ._core import (
+    REMOVED,
+    TIMEOUT,
+    Cown,
+    PinnedCown,
+    drain,
+    notice_delete,
+    notice_read,
+    notice_seed,
+    notice_update,
+    notice_write,
+    noticeboard,
+    send,
+    set_tags,
+    set_wait_pump_poll,
+    set_wake_callback,
+    wake_fd,
+    when,
+)
 
 __all__ = [
     "Cown",
     "PinnedCown",
     "PumpResult",
+    "REMOVED",
+    "TIMEOUT",
     "WORKER_COUNT",
+    "WaitResult",
+    "drain",
+    "notice_delete",
+    "notice_read",
+    "notice_seed",
+    "notice_update",
+    "notice_write",
+    "noticeboard",
     "pump",
     "quiesce",
+    "receive",
+    "send",
+    "set_tags",
     "set_pump_watchdog",
     "set_wait_pump_poll",
     "set_wake_callback",
@@ -93,27 +125,62 @@ def start(worker_count: int | None = None) -> None:
     _core.start(worker_count, header, values)
 
 
-def wait(timeout: float | None = None, *, stats: bool = False) -> list[dict[str, int]] | None:
+class WaitResult(NamedTuple):
+    """What ``wait``/``quiesce`` return when asked for stats and the board."""
+
+    stats: list[dict[str, int]]
+    noticeboard: dict[str, Any]
+
+
+def _finish(
+    stats_list: list[dict[str, int]], stats: bool, board: bool
+) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None:
+    if board:
+        snapshot: dict[str, Any] = noticeboard().to_dict()
+        return WaitResult(stats_list, snapshot) if stats else snapshot
+    return stats_list if stats else None
+
+
+def wait(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> Any:
     """Block until every behavior has run, then tear the runtime down.
 
     The next ``@when`` starts a fresh runtime; existing cowns keep their
-    values.  Raises ``TimeoutError`` if the work is not done within
-    ``timeout`` seconds (the runtime keeps running and a later ``wait()``
-    finishes the job).  With ``stats=True``, returns one dict of counters
-    per worker.
+    values.  Pinned behaviors run on this thread while it waits.  Raises
+    ``TimeoutError`` if the work is not done within ``timeout`` seconds (the
+    runtime keeps running and a later ``wait()`` finishes the job).
+
+    Returns ``None``; with ``stats=True`` one dict of counters per worker;
+    with ``noticeboard=True`` the final noticeboard as a dict; with both a
+    ``WaitResult(stats, noticeboard)``.
     """
-    result = _core.wait(timeout, True)
-    return result if stats else None
+    return _finish(_core.wait(timeout, True), stats, noticeboard)
 
 
-def quiesce(timeout: float | None = None, *, stats: bool = False) -> list[dict[str, int]] | None:
+def quiesce(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> Any:
     """Block until every behavior has run, leaving the runtime running.
 
     Afterwards every cown can be acquired on the main thread.  Raises
-    ``TimeoutError`` on timeout.
+    ``TimeoutError`` on timeout.  Returns as :func:`wait` does.
     """
-    result = _core.wait(timeout, False)
-    return result if stats else None
+    return _finish(_core.wait(timeout, False), stats, noticeboard)
+
+
+def receive(
+    tags: str | Sequence[str],
+    timeout: float = -1,
+    after: Callable[[], Any] | None = None,
+) -> Any:
+    """Block until a message with one of ``tags`` arrives; return ``[tag, contents]``.
+
+    Messages of one tag arrive in the order they were sent.  With
+    ``timeout >= 0`` (seconds), on time-out return ``after()`` if given,
+    else ``(TIMEOUT, None)``.  Ctrl-C interrupts a blocked receive.
+    """
+    return _core.receive(tags, None if timeout is None or timeout < 0 else timeout, after)
 
 
 # ---------------------------------------------------------------- pinned cowns
