@@ -123,6 +123,7 @@ def start(worker_count: int | None = None) -> None:
 
     header, values = _worker.build_bootstrap()
     _core.start(worker_count, header, values)
+    _worker.refresh_main()
 
 
 class WaitResult(NamedTuple):

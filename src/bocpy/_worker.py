@@ -27,11 +27,11 @@ def build_bootstrap() -> tuple[dict[str, Any], list[Any]]:
     main = sys.modules.get("__main__")
     steps: list[tuple[Any, ...]] = []
     values: list[Any] = []
+    _known_main_names.clear()
     if main is not None:
-        _known_main_names.clear()
-        _known_main_names.update(main.__dict__)
         for step in _main_image.build_image(main, _core._is_transferable):
             if step[0] == "bind":
+                _known_main_names.add(step[1])
                 values.append(step[2])
                 steps.append(("bind", step[1], len(values) - 1))
             else:
@@ -44,9 +44,10 @@ def build_bootstrap() -> tuple[dict[str, Any], list[Any]]:
 def refresh_main() -> None:
     """Main interpreter: send workers the ``__main__`` globals made since start.
 
-    The image is built when the runtime starts; a script may compute more
-    globals afterwards (``TABLE = build_table()`` after the first ``@when``).
-    Called by the binding whenever ``__main__``'s namespace has grown.
+    The image holds what the script's top level assigns; globals made any
+    other way (in the ``__main__`` guard, through a ``global`` statement, or
+    after the first ``@when``) are sent from here.  Called once the runtime
+    has started, and by the binding whenever ``__main__``'s namespace grows.
     """
     main = sys.modules.get("__main__")
     if main is None:
