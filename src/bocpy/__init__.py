@@ -25,8 +25,8 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from . import _core
 from ._core import (
@@ -50,12 +50,12 @@ from ._core import (
 )
 
 __all__ = [
-    "Cown",
-    "PinnedCown",
-    "PumpResult",
     "REMOVED",
     "TIMEOUT",
     "WORKER_COUNT",
+    "Cown",
+    "PinnedCown",
+    "PumpResult",
     "WaitResult",
     "drain",
     "notice_delete",
@@ -68,8 +68,8 @@ __all__ = [
     "quiesce",
     "receive",
     "send",
-    "set_tags",
     "set_pump_watchdog",
+    "set_tags",
     "set_wait_pump_poll",
     "set_wake_callback",
     "start",

@@ -182,7 +182,7 @@ def _read_source(module: types.ModuleType, filename: str) -> str | None:
     name = getattr(spec, "name", None) or module.__name__
     try:
         source = get_source(name)
-    except Exception:  # noqa: BLE001 - any loader failure means "no source"
+    except Exception:
         return None
     return source if isinstance(source, str) else None
 
@@ -245,7 +245,7 @@ class _Builder:
         if name not in self._transferable:
             try:
                 ok = bool(self.is_transferable(self.namespace[name]))
-            except Exception:  # noqa: BLE001 - a failing predicate means "no"
+            except Exception:
                 ok = False
             self._transferable[name] = ok
         return self._transferable[name]
@@ -540,14 +540,14 @@ def _apply_step(
             return f"malformed step: {step!r:.60}"
         _, filename, code_bytes = step
         code = marshal.loads(code_bytes)
-    except Exception as exc:  # noqa: BLE001 - report, never abort
+    except Exception as exc:
         return f"{_describe(step)}: {type(exc).__name__}: {exc}"
 
     if not isinstance(code, types.CodeType):
         return f"{filename}: step is not a code object"
     try:
-        exec(code, namespace)  # noqa: S102 - replaying filtered user definitions
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - report, never abort
+        exec(code, namespace)
+    except (Exception, SystemExit) as exc:
         return f"line {_failing_line(exc, code)}: {type(exc).__name__}: {exc}"
     finally:
         if namespace.get("__name__") != "__main__":

@@ -1,8 +1,9 @@
 """What a worker interpreter needs from the main one, and how it gets it.
 
 The main interpreter builds a *bootstrap* when the runtime starts: its
-``sys.argv`` (``sys.path`` is copied by the binding itself), and an image of the ``__main__`` module (see
-``_main_image``) whose bind values travel as separate blobs.  Each worker
+``sys.argv`` (the binding copies ``sys.path`` itself), and an image of the
+``__main__`` module (see ``_main_image``) whose bind values travel as
+separate blobs.  Each worker
 applies it to its own ``__main__`` before it runs any behavior, so behavior
 bodies defined in a script see the script's imports, functions, classes and
 constants -- without the script's top-level statements ever running again.
