@@ -37,6 +37,11 @@
 
 static int public_wake_fd = -1;
 static int internal_wake_fd = -1;
+/* Set (after the write) when the public fd may be readable, so that pump()
+ * only pays for a read() when there is something to clear.  If pump() runs
+ * between the write and the store, the fd stays readable a moment longer:
+ * the loop wakes once more and the next pump() clears it. */
+static atomic_bool public_wake_armed;
 
 /* The host's wake callback (a main-interpreter object, changed only with
  * the main GIL held); the hook only reads whether one is set. */
@@ -86,9 +91,14 @@ static int run_wake_callback(void *arg) {
     return 0;
 }
 
+static void public_signal(void) {
+    fd_signal(public_wake_fd);
+    atomic_store_explicit(&public_wake_armed, true, memory_order_release);
+}
+
 void bocpy_pinned_ready_hook(void *user) {
     (void)user;
-    fd_signal(public_wake_fd);
+    public_signal();
     fd_signal(internal_wake_fd);
     if (atomic_load_explicit(&wake_callback_set, memory_order_relaxed) &&
         !atomic_exchange_explicit(&wake_callback_pending, true, memory_order_relaxed)) {
@@ -160,7 +170,9 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
         return 0;
 #endif
     }
-    fd_clear(public_wake_fd);
+    if (atomic_exchange_explicit(&public_wake_armed, false, memory_order_acquire)) {
+        fd_clear(public_wake_fd);
+    }
     uint64_t start = boc_now_ns();
     PyObject *raise = NULL;
     for (;;) {
@@ -201,7 +213,7 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
         }
     }
     if (boc_pinned_depth(rt) > 0) {
-        fd_signal(public_wake_fd); /* still work: keep the fd readable */
+        public_signal(); /* still work: keep the fd readable */
     }
     /* release: the next pumper sees this one's pops complete.  Cleared on
      * every exit path, BaseException propagation included. */

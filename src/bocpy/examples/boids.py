@@ -159,7 +159,7 @@ def step_cell(
         close_x = close_y = 0.0
         sum_dx = sum_dy = sum_vx = sum_vy = 0.0
         seen = 0
-        for j, (ox, oy) in enumerate(zip(xs, ys)):
+        for j, (ox, oy) in enumerate(zip(xs, ys, strict=True)):
             if j == i:
                 continue
             dx = ox - x
@@ -601,12 +601,13 @@ def pump_until(done: Callable[[], bool], fd: int | None, timeout: float) -> int:
     Between pumps the main thread sleeps in ``select`` on the wake-up
     descriptor (readable when pinned work arrives; pumping clears it), or
     polls every half-millisecond without one.  Raises ``TimeoutError``
-    after ``timeout`` seconds.
+    after ``timeout`` seconds; an exception raised by a write-back body
+    propagates.
     """
     give_up = time.monotonic() + timeout
     executed = 0
     while True:
-        executed += pump().executed
+        executed += pump(raise_on_error=True).executed
         if done():
             return executed
         if time.monotonic() > give_up:
@@ -658,22 +659,30 @@ def run_window(config: Config, pyglet: Any, view: PygletView) -> RunResult:
     then, if that frame's write-back has run, draws it and schedules the next.
     """
     sim = Simulation(config, view.physics)
+    expected = sim.reference_step()
     start(config.workers)
     failures: list[str] = []
     frame_times: list[float] = []
-    state = {"pinned": 0, "began": time.perf_counter()}
+    counts = {"pinned": 0}
+    began = [time.perf_counter()]
 
     def update(dt: float) -> None:
-        state["pinned"] += pump().executed  # drain the prior frame's write-back
+        # Drain the prior frame's write-back (a failing one raises here).
+        counts["pinned"] += pump(raise_on_error=True).executed
         if not sim.frame_done:
             return  # the workers are still on it: try again next tick
         if sim.frames_scheduled:
             view.draw(sim.world)
-            frame_times.append(time.perf_counter() - state["began"])
+            frame_times.append(time.perf_counter() - began[0])
+            if sim.frames_scheduled == 1 and expected != (
+                sim.world.positions,
+                sim.world.velocities,
+            ):
+                failures.append("frame 1 differs from the sequential computation")
             if config.frames is not None and sim.frames_scheduled >= config.frames:
                 pyglet.app.exit()
                 return
-        state["began"] = time.perf_counter()
+        began[0] = time.perf_counter()
         sim.schedule_frame()
 
     pyglet.clock.schedule_interval(update, 1 / 60)
@@ -684,7 +693,7 @@ def run_window(config: Config, pyglet: Any, view: PygletView) -> RunResult:
         view.window.close()
         wait()
     drawn = len(view.log.drawn)
-    return finish(sim, view.log, drawn, frame_times, int(state["pinned"]), "window", failures)
+    return finish(sim, view.log, drawn, frame_times, counts["pinned"], "window", failures)
 
 
 def finish(
