@@ -3,8 +3,9 @@
 # finds (or builds), so a fresh machine needs nothing but this repository.
 #
 #   make demo    run the parallel demo (speedup over all cores, checked)
-#   make test    every test: the C runtime (plain, TSan, ASan+UBSan), lint,
-#                and the Python suite
+#   make test    every test: the C runtime (plain, TSan, ASan+UBSan, seed
+#                sweep), lint, the Python suite against an ASan+UBSan build
+#                of the extension, and the Python suite
 #   make bench   the core benchmark (figures quoted in README.md)
 
 VENV := .venv
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch])
 
-.PHONY: all venv build demo test test-c test-python lint format bench clean
+.PHONY: all venv build demo test test-c test-python test-python-asan lint format bench clean
 
 all: build
 
@@ -46,8 +47,11 @@ format: $(VENV)/.ready
 test-python: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+test-python-asan: build
+	tests/sanitizers/run-python-asan.sh -p no:cacheprovider $(PYTEST_ARGS)
+
 # The Python suite runs last so that its summary line closes the output.
-test: test-c lint test-python
+test: test-c lint test-python-asan test-python
 
 bench: build
 	$(PY) benchmarks/bench_core.py

@@ -17,6 +17,7 @@
  *   pinned.c    PinnedCown, pump(), wake-ups and the starvation watchdog
  *   noticeboard.c  the multi-version key/value board
  *   messaging.c the send/receive channels
+ *   strtable.c  the string-keyed hash table both of those use
  *   runtime.c   starting, waiting for and stopping the runtime
  *   module.c    module state, start/wait/quiesce, module functions
  */
@@ -274,6 +275,27 @@ size_t bocpy_late_bind_count(void);
 size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from);
 /* Main interpreter, on each @when: notices new __main__ globals. */
 int bocpy_late_binds_refresh(bocpy_state *st);
+
+/* ------------------------------------------------------ string tables */
+
+typedef struct bocpy_strtable_slot {
+    char *key; /* NUL-terminated copy; NULL marks an empty slot */
+    size_t len;
+    uint64_t hash;
+    void *value;
+} bocpy_strtable_slot;
+
+typedef struct bocpy_strtable {
+    bocpy_strtable_slot *slots;
+    size_t cap, used;
+} bocpy_strtable;
+
+/* The slot of `key` (made, with a NULL value, if `create`); NULL if absent,
+ * or out of memory when creating. */
+bocpy_strtable_slot *bocpy_strtable_find(bocpy_strtable *t, const char *key, size_t len,
+                                         bool create);
+/* The UTF-8 bytes of a str argument, or TypeError naming `what`. */
+int bocpy_str_arg(PyObject *obj, const char *what, const char **key, size_t *len);
 
 /* ------------------------------------------------- noticeboard, messages */
 

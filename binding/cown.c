@@ -93,10 +93,15 @@ static void release_object(bocpy_interp *home, PyObject *obj) {
 /* ------------------------------------------------------------ lifecycle */
 
 /* Destruction may cascade (a blob holds cowns whose blobs hold cowns...);
- * a per-thread work list keeps the C stack flat however long the chain. */
-static _Thread_local bocpy_cown **tls_doomed;
-static _Thread_local size_t tls_doomed_len, tls_doomed_cap;
-static _Thread_local bool tls_destroying;
+ * the outermost destroy on a thread owns a work list that nested ones push
+ * to, which keeps the C stack flat however long the chain. */
+typedef struct doomed_list {
+    bocpy_cown *small[32];
+    bocpy_cown **items;
+    size_t len, cap;
+} doomed_list;
+
+static _Thread_local doomed_list *tls_doomed;
 
 static void destroy_one(bocpy_cown *c) {
     bocpy_interp *home;
@@ -122,27 +127,45 @@ static void destroy_one(bocpy_cown *c) {
     PyMem_RawFree(c);
 }
 
+static bool doomed_push(doomed_list *list, bocpy_cown *c) {
+    if (list->len == list->cap) {
+        size_t cap = list->cap * 2;
+        bocpy_cown **grown = list->items == list->small
+                                 ? malloc(cap * sizeof(*grown))
+                                 : realloc(list->items, cap * sizeof(*grown));
+        if (grown == NULL) {
+            return false;
+        }
+        if (list->items == list->small) {
+            memcpy(grown, list->small, sizeof(list->small));
+        }
+        list->items = grown;
+        list->cap = cap;
+    }
+    list->items[list->len++] = c;
+    return true;
+}
+
 static void cown_destroy(boc_cown *base) {
     bocpy_cown *c = (bocpy_cown *)base;
-    if (tls_doomed_len == tls_doomed_cap) {
-        size_t cap = tls_doomed_cap ? tls_doomed_cap * 2 : 16;
-        bocpy_cown **grown = realloc(tls_doomed, cap * sizeof(*grown));
-        if (grown == NULL) {
+    doomed_list *outer = tls_doomed;
+    if (outer != NULL) {
+        if (!doomed_push(outer, c)) {
             destroy_one(c); /* no room to defer: recurse this once */
-            return;
         }
-        tls_doomed = grown;
-        tls_doomed_cap = cap;
+        return; /* the outermost call will get to it */
     }
-    tls_doomed[tls_doomed_len++] = c;
-    if (tls_destroying) {
-        return; /* the outer call below will get to it */
+    doomed_list list = {.len = 0, .cap = 32};
+    list.items = list.small;
+    tls_doomed = &list;
+    destroy_one(c);
+    while (list.len > 0) {
+        destroy_one(list.items[--list.len]);
     }
-    tls_destroying = true;
-    while (tls_doomed_len > 0) {
-        destroy_one(tls_doomed[--tls_doomed_len]);
+    tls_doomed = NULL;
+    if (list.items != list.small) {
+        free(list.items);
     }
-    tls_destroying = false;
 }
 
 bocpy_cown *bocpy_cown_new_flags(uint32_t flags) {

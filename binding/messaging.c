@@ -21,71 +21,26 @@ typedef struct message {
 } message;
 
 typedef struct channel {
-    char *tag;
-    uint64_t hash;
     message *head, *tail;
     size_t length;
 } channel;
 
 static pthread_mutex_t channels_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t channels_cond = PTHREAD_COND_INITIALIZER;
-static channel *channels; /* open addressing; tag == NULL is empty */
-static size_t channels_cap, channels_len;
+static bocpy_strtable channels; /* tag -> channel */
 
 #define RECEIVE_SLICE_NS (50 * 1000 * 1000)
 
-static uint64_t hash_tag(const char *tag) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (const unsigned char *p = (const unsigned char *)tag; *p; p++) {
-        h = (h ^ *p) * 0x100000001b3ULL;
-    }
-    return h;
-}
-
 /* The channel for `tag` (created if `create`), or NULL.  Lock held. */
-static channel *channel_find(const char *tag, bool create) {
-    uint64_t h = hash_tag(tag);
-    if (channels_cap > 0) {
-        for (size_t i = h & (channels_cap - 1); channels[i].tag != NULL;
-             i = (i + 1) & (channels_cap - 1)) {
-            if (channels[i].hash == h && strcmp(channels[i].tag, tag) == 0) {
-                return &channels[i];
-            }
-        }
-    }
-    if (!create) {
+static channel *channel_find(const char *tag, size_t len, bool create) {
+    bocpy_strtable_slot *slot = bocpy_strtable_find(&channels, tag, len, create);
+    if (slot == NULL) {
         return NULL;
     }
-    if (2 * (channels_len + 1) > channels_cap) {
-        size_t cap = channels_cap ? channels_cap * 2 : 64;
-        channel *grown = calloc(cap, sizeof(*grown));
-        if (grown == NULL) {
-            return NULL;
-        }
-        for (size_t i = 0; i < channels_cap; i++) {
-            if (channels[i].tag != NULL) {
-                size_t j = channels[i].hash & (cap - 1);
-                while (grown[j].tag != NULL) {
-                    j = (j + 1) & (cap - 1);
-                }
-                grown[j] = channels[i];
-            }
-        }
-        free(channels);
-        channels = grown;
-        channels_cap = cap;
+    if (slot->value == NULL) {
+        slot->value = calloc(1, sizeof(channel));
     }
-    size_t i = h & (channels_cap - 1);
-    while (channels[i].tag != NULL) {
-        i = (i + 1) & (channels_cap - 1);
-    }
-    channels[i].tag = strdup(tag);
-    if (channels[i].tag == NULL) {
-        return NULL;
-    }
-    channels[i].hash = h;
-    channels_len++;
-    return &channels[i];
+    return slot->value;
 }
 
 static void channel_clear(channel *ch) {
@@ -98,15 +53,6 @@ static void channel_clear(channel *ch) {
     }
     ch->head = ch->tail = NULL;
     ch->length = 0;
-}
-
-static const char *tag_utf8(PyObject *tag) {
-    if (!PyUnicode_Check(tag)) {
-        PyErr_Format(PyExc_TypeError, "message tags are str, not '%.200s' (%R)",
-                     Py_TYPE(tag)->tp_name, tag);
-        return NULL;
-    }
-    return PyUnicode_AsUTF8(tag);
 }
 
 /* A tuple of tag strings from a str or a sequence of str. */
@@ -126,7 +72,9 @@ static PyObject *tags_tuple(PyObject *tags) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
-        if (tag_utf8(PyTuple_GET_ITEM(tuple, i)) == NULL) {
+        const char *tag;
+        size_t len;
+        if (bocpy_str_arg(PyTuple_GET_ITEM(tuple, i), "a message tag", &tag, &len) < 0) {
             Py_DECREF(tuple);
             return NULL;
         }
@@ -145,8 +93,9 @@ static void lock_channels(void) {
 }
 
 PyObject *bocpy_send(bocpy_state *st, PyObject *tag, PyObject *contents) {
-    const char *name = tag_utf8(tag);
-    if (name == NULL) {
+    const char *name;
+    size_t len;
+    if (bocpy_str_arg(tag, "a message tag", &name, &len) < 0) {
         return NULL;
     }
     bocpy_blob *blob = bocpy_serialize(st, contents);
@@ -161,7 +110,7 @@ PyObject *bocpy_send(bocpy_state *st, PyObject *tag, PyObject *contents) {
     m->next = NULL;
     m->blob = blob;
     lock_channels();
-    channel *ch = channel_find(name, true);
+    channel *ch = channel_find(name, len, true);
     if (ch == NULL) {
         pthread_mutex_unlock(&channels_lock);
         bocpy_blob_free(blob);
@@ -185,7 +134,9 @@ PyObject *bocpy_send(bocpy_state *st, PyObject *tag, PyObject *contents) {
 static message *take(PyObject *tags, PyObject **which) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tags); i++) {
         PyObject *tag = PyTuple_GET_ITEM(tags, i);
-        channel *ch = channel_find(PyUnicode_AsUTF8(tag), false);
+        Py_ssize_t len;
+        const char *name = PyUnicode_AsUTF8AndSize(tag, &len); /* checked: tags_tuple */
+        channel *ch = channel_find(name, (size_t)len, false);
         if (ch != NULL && ch->head != NULL) {
             message *m = ch->head;
             ch->head = m->next;
@@ -228,7 +179,8 @@ PyObject *bocpy_receive(bocpy_state *st, PyObject *tags_obj, PyObject *timeout_o
         return NULL;
     }
     uint64_t start = boc_now_ns();
-    uint64_t budget = timeout < 0 ? UINT64_MAX : (uint64_t)(timeout * 1e9);
+    /* Beyond ~584 years a timeout is as good as none (and would overflow). */
+    uint64_t budget = (timeout < 0 || timeout >= 1.8e10) ? UINT64_MAX : (uint64_t)(timeout * 1e9);
     PyObject *which = NULL;
     message *m = NULL;
     lock_channels();
@@ -299,7 +251,9 @@ PyObject *bocpy_drain(PyObject *tags_obj, bool forget) {
     }
     lock_channels();
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tags); i++) {
-        channel *ch = channel_find(PyUnicode_AsUTF8(PyTuple_GET_ITEM(tags, i)), forget);
+        Py_ssize_t len;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(tags, i), &len);
+        channel *ch = channel_find(name, (size_t)len, forget);
         if (ch != NULL) {
             channel_clear(ch);
         }

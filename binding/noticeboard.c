@@ -32,12 +32,6 @@ typedef struct nb_version {
     atomic_int refs;  /* the chain's reference plus readers' */
 } nb_version;
 
-typedef struct nb_entry {
-    char *key;
-    uint64_t hash;
-    nb_version *newest;
-} nb_entry;
-
 /* A live snapshot.  Pins form a list guarded by pins_lock. */
 typedef struct nb_pin {
     struct nb_pin *prev, *next;
@@ -45,8 +39,7 @@ typedef struct nb_pin {
 } nb_pin;
 
 static pthread_rwlock_t board_lock = PTHREAD_RWLOCK_INITIALIZER;
-static nb_entry *entries;
-static size_t entries_cap, entries_used;
+static bocpy_strtable entries; /* key -> newest nb_version */
 static atomic_uint_fast64_t board_version = 1;
 static size_t live_keys;
 
@@ -174,64 +167,8 @@ void bocpy_noticeboard_thread_exit(void) {
 
 /* -------------------------------------------------------------- table */
 
-static uint64_t hash_key(const char *key) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
-        h = (h ^ *p) * 0x100000001b3ULL;
-    }
-    return h;
-}
-
-static nb_entry *entry_find(const char *key, uint64_t h) {
-    if (entries_cap == 0) {
-        return NULL;
-    }
-    for (size_t i = h & (entries_cap - 1); entries[i].key != NULL;
-         i = (i + 1) & (entries_cap - 1)) {
-        if (entries[i].hash == h && strcmp(entries[i].key, key) == 0) {
-            return &entries[i];
-        }
-    }
-    return NULL;
-}
-
-/* Write lock held.  NULL on memory error. */
-static nb_entry *entry_add(const char *key, uint64_t h) {
-    if (2 * (entries_used + 1) > entries_cap) {
-        size_t cap = entries_cap ? entries_cap * 2 : 64;
-        nb_entry *grown = calloc(cap, sizeof(*grown));
-        if (grown == NULL) {
-            return NULL;
-        }
-        for (size_t i = 0; i < entries_cap; i++) {
-            if (entries[i].key != NULL) {
-                size_t j = entries[i].hash & (cap - 1);
-                while (grown[j].key != NULL) {
-                    j = (j + 1) & (cap - 1);
-                }
-                grown[j] = entries[i];
-            }
-        }
-        free(entries);
-        entries = grown;
-        entries_cap = cap;
-    }
-    size_t i = h & (entries_cap - 1);
-    while (entries[i].key != NULL) {
-        i = (i + 1) & (entries_cap - 1);
-    }
-    entries[i].key = strdup(key);
-    if (entries[i].key == NULL) {
-        return NULL;
-    }
-    entries[i].hash = h;
-    entries[i].newest = NULL;
-    entries_used++;
-    return &entries[i];
-}
-
-static nb_version *visible(nb_entry *e, uint64_t snapshot) {
-    nb_version *v = e ? e->newest : NULL;
+static nb_version *visible(bocpy_strtable_slot *slot, uint64_t snapshot) {
+    nb_version *v = slot ? slot->value : NULL;
     while (v != NULL && v->version > snapshot) {
         v = v->older;
     }
@@ -240,19 +177,15 @@ static nb_version *visible(nb_entry *e, uint64_t snapshot) {
 
 /* Write lock held.  Adds a version for `key` (blob NULL deletes) and frees
  * the versions no snapshot can see.  Takes ownership of `blob`. */
-static int commit(const char *key, bocpy_blob *blob) {
-    uint64_t h = hash_key(key);
-    nb_entry *e = entry_find(key, h);
-    if (e == NULL) {
+static int commit(const char *key, size_t len, bocpy_blob *blob) {
+    bocpy_strtable_slot *slot = bocpy_strtable_find(&entries, key, len, blob != NULL);
+    if (slot == NULL) {
         if (blob == NULL) {
             return 0; /* deleting a key that never existed */
         }
-        e = entry_add(key, h);
-        if (e == NULL) {
-            bocpy_blob_free(blob);
-            PyErr_NoMemory();
-            return -1;
-        }
+        bocpy_blob_free(blob);
+        PyErr_NoMemory();
+        return -1;
     }
     nb_version *v = malloc(sizeof(*v));
     if (v == NULL) {
@@ -260,13 +193,14 @@ static int commit(const char *key, bocpy_blob *blob) {
         PyErr_NoMemory();
         return -1;
     }
-    bool was_live = e->newest != NULL && e->newest->blob != NULL;
+    nb_version *newest = slot->value;
+    bool was_live = newest != NULL && newest->blob != NULL;
     uint64_t version = atomic_load_explicit(&board_version, memory_order_relaxed) + 1;
     v->version = version;
     v->blob = blob;
     atomic_init(&v->refs, 1);
-    v->older = e->newest;
-    e->newest = v;
+    v->older = newest;
+    slot->value = v;
     live_keys += (blob != NULL) - was_live;
     /* Readers pin under the read lock, so none can pin while we hold the
      * write lock: the relaxed store is published by the unlock. */
@@ -290,14 +224,7 @@ static int commit(const char *key, bocpy_blob *blob) {
 
 /* ------------------------------------------------------- the functions */
 
-static const char *key_utf8(PyObject *key) {
-    if (!PyUnicode_Check(key)) {
-        PyErr_Format(PyExc_TypeError, "noticeboard keys are str, not '%.200s' (%R)",
-                     Py_TYPE(key)->tp_name, key);
-        return NULL;
-    }
-    return PyUnicode_AsUTF8(key);
-}
+#define KEY_ARG(obj, name, len) bocpy_str_arg((obj), "a noticeboard key", &(name), &(len))
 
 static int refuse_inside_update(const char *what) {
     if (tls_in_update) {
@@ -311,8 +238,9 @@ static int refuse_inside_update(const char *what) {
 }
 
 PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value) {
-    const char *name = key_utf8(key);
-    if (name == NULL || refuse_inside_update("notice_write") < 0) {
+    const char *name;
+    size_t len;
+    if (KEY_ARG(key, name, len) < 0 || refuse_inside_update("notice_write") < 0) {
         return NULL;
     }
     bocpy_blob *blob = bocpy_serialize(st, value);
@@ -320,7 +248,7 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value) {
         return NULL;
     }
     nb_lock_write();
-    int rc = commit(name, blob);
+    int rc = commit(name, len, blob);
     pthread_rwlock_unlock(&board_lock);
     if (rc < 0) {
         return NULL;
@@ -329,12 +257,13 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value) {
 }
 
 PyObject *bocpy_notice_delete(PyObject *key) {
-    const char *name = key_utf8(key);
-    if (name == NULL || refuse_inside_update("notice_delete") < 0) {
+    const char *name;
+    size_t len;
+    if (KEY_ARG(key, name, len) < 0 || refuse_inside_update("notice_delete") < 0) {
         return NULL;
     }
     nb_lock_write();
-    int rc = commit(name, NULL);
+    int rc = commit(name, len, NULL);
     pthread_rwlock_unlock(&board_lock);
     if (rc < 0) {
         return NULL;
@@ -344,8 +273,9 @@ PyObject *bocpy_notice_delete(PyObject *key) {
 
 PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyObject *dflt,
                               PyObject *removed) {
-    const char *name = key_utf8(key);
-    if (name == NULL || refuse_inside_update("notice_update") < 0) {
+    const char *name;
+    size_t len;
+    if (KEY_ARG(key, name, len) < 0 || refuse_inside_update("notice_update") < 0) {
         return NULL;
     }
     if (!PyCallable_Check(fn)) {
@@ -354,8 +284,8 @@ PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyOb
         return NULL;
     }
     nb_lock_write();
-    nb_entry *e = entry_find(name, hash_key(name));
-    nb_version *v = e ? e->newest : NULL;
+    bocpy_strtable_slot *slot = bocpy_strtable_find(&entries, name, len, false);
+    nb_version *v = slot ? slot->value : NULL;
     PyObject *current =
         (v != NULL && v->blob != NULL) ? bocpy_deserialize(st, v->blob) : Py_NewRef(dflt);
     PyObject *updated = NULL;
@@ -367,10 +297,10 @@ PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyOb
         Py_DECREF(current);
     }
     if (updated == removed) {
-        rc = commit(name, NULL);
+        rc = commit(name, len, NULL);
     } else if (updated != NULL) {
         bocpy_blob *blob = bocpy_serialize(st, updated);
-        rc = blob ? commit(name, blob) : -1;
+        rc = blob ? commit(name, len, blob) : -1;
     }
     pthread_rwlock_unlock(&board_lock);
     Py_XDECREF(updated);
@@ -381,9 +311,10 @@ PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyOb
 }
 
 /* Reads `key` at `snapshot`: a new reference, or NULL with *found false. */
-static PyObject *read_at(bocpy_state *st, const char *key, uint64_t snapshot, bool *found) {
+static PyObject *read_at(bocpy_state *st, const char *key, size_t len, uint64_t snapshot,
+                         bool *found) {
     nb_lock_read();
-    nb_version *v = visible(entry_find(key, hash_key(key)), snapshot);
+    nb_version *v = visible(bocpy_strtable_find(&entries, key, len, false), snapshot);
     if (v != NULL && v->blob != NULL) {
         atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
     } else {
@@ -407,13 +338,14 @@ static uint64_t current_snapshot(void) {
 }
 
 PyObject *bocpy_notice_read(bocpy_state *st, PyObject *key, PyObject *dflt) {
-    const char *name = key_utf8(key);
-    if (name == NULL || refuse_inside_update("notice_read") < 0) {
+    const char *name;
+    size_t len;
+    if (KEY_ARG(key, name, len) < 0 || refuse_inside_update("notice_read") < 0) {
         return NULL;
     }
     uint64_t snapshot = current_snapshot();
     bool found;
-    PyObject *value = read_at(st, name, snapshot, &found);
+    PyObject *value = read_at(st, name, len, snapshot, &found);
     if (!found && !PyErr_Occurred()) {
         return Py_NewRef(dflt);
     }
@@ -444,10 +376,11 @@ static PyObject *BoardView_keys_list(BoardView *self) {
         return NULL;
     }
     nb_lock_read();
-    for (size_t i = 0; i < entries_cap; i++) {
-        nb_version *v = visible(entries[i].key ? &entries[i] : NULL, self->version);
+    for (size_t i = 0; i < entries.cap; i++) {
+        bocpy_strtable_slot *slot = &entries.slots[i];
+        nb_version *v = visible(slot->key ? slot : NULL, self->version);
         if (v != NULL && v->blob != NULL) {
-            PyObject *k = PyUnicode_FromString(entries[i].key);
+            PyObject *k = PyUnicode_FromStringAndSize(slot->key, (Py_ssize_t)slot->len);
             if (k == NULL || PyList_Append(list, k) < 0) {
                 Py_XDECREF(k);
                 pthread_rwlock_unlock(&board_lock);
@@ -470,13 +403,14 @@ static PyObject *BoardView_get(BoardView *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
         return NULL;
     }
-    const char *name = key_utf8(args[0]);
-    if (name == NULL) {
+    const char *name;
+    size_t len;
+    if (KEY_ARG(args[0], name, len) < 0) {
         return NULL;
     }
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     bool found;
-    PyObject *value = read_at(st, name, self->version, &found);
+    PyObject *value = read_at(st, name, len, self->version, &found);
     if (!found && !PyErr_Occurred()) {
         return Py_NewRef(nargs == 2 ? args[1] : Py_None);
     }
@@ -484,12 +418,13 @@ static PyObject *BoardView_get(BoardView *self, PyObject *const *args, Py_ssize_
 }
 
 static PyObject *BoardView_subscript(BoardView *self, PyObject *key) {
-    const char *name = key_utf8(key);
-    if (name == NULL) {
+    const char *name;
+    size_t len;
+    if (KEY_ARG(key, name, len) < 0) {
         return NULL;
     }
     bool found;
-    PyObject *value = read_at(bocpy_state_of_type(Py_TYPE(self)), name, self->version, &found);
+    PyObject *value = read_at(bocpy_state_of_type(Py_TYPE(self)), name, len, self->version, &found);
     if (!found && !PyErr_Occurred()) {
         PyErr_SetObject(PyExc_KeyError, key);
     }
@@ -500,12 +435,13 @@ static int BoardView_contains(BoardView *self, PyObject *key) {
     if (!PyUnicode_Check(key)) {
         return 0;
     }
-    const char *name = PyUnicode_AsUTF8(key);
+    Py_ssize_t len;
+    const char *name = PyUnicode_AsUTF8AndSize(key, &len);
     if (name == NULL) {
         return -1;
     }
     nb_lock_read();
-    nb_version *v = visible(entry_find(name, hash_key(name)), self->version);
+    nb_version *v = visible(bocpy_strtable_find(&entries, name, (size_t)len, false), self->version);
     int present = v != NULL && v->blob != NULL;
     pthread_rwlock_unlock(&board_lock);
     return present;
