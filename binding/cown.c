@@ -637,15 +637,22 @@ static PyObject *Cown_unwrap(CownObject *self, PyObject *unused) {
 
 static PyObject *Cown_repr(CownObject *self) {
     bocpy_cown *c = self->cown;
-    if (!held_here(c)) {
-        return PyUnicode_FromFormat("Cown(<not acquired, id %llu>)",
-                                    (unsigned long long)c->base.id);
-    }
-    bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
-    if (bocpy_cown_materialize(c, st->interp) < 0) {
+    PyObject *name = PyType_GetName(Py_TYPE(self)); /* Cown, PinnedCown, subclasses */
+    if (name == NULL) {
         return NULL;
     }
-    return PyUnicode_FromFormat("Cown(%R)", c->obj ? c->obj : Py_None);
+    PyObject *repr;
+    if (!held_here(c)) {
+        repr = PyUnicode_FromFormat("%U(<not acquired, id %llu>)", name,
+                                    (unsigned long long)c->base.id);
+    } else {
+        bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
+        repr = bocpy_cown_materialize(c, st->interp) < 0
+                   ? NULL
+                   : PyUnicode_FromFormat("%U(%R)", name, c->obj ? c->obj : Py_None);
+    }
+    Py_DECREF(name);
+    return repr;
 }
 
 static Py_hash_t Cown_hash(CownObject *self) {

@@ -37,11 +37,6 @@
 
 static int public_wake_fd = -1;
 static int internal_wake_fd = -1;
-/* Set (after the write) when the public fd may be readable, so that pump()
- * only pays for a read() when there is something to clear.  If pump() runs
- * between the write and the store, the fd stays readable a moment longer:
- * the loop wakes once more and the next pump() clears it. */
-static atomic_bool public_wake_armed;
 
 /* The host's wake callback (a main-interpreter object, changed only with
  * the main GIL held); the hook only reads whether one is set. */
@@ -91,14 +86,9 @@ static int run_wake_callback(void *arg) {
     return 0;
 }
 
-static void public_signal(void) {
-    fd_signal(public_wake_fd);
-    atomic_store_explicit(&public_wake_armed, true, memory_order_release);
-}
-
 void bocpy_pinned_ready_hook(void *user) {
     (void)user;
-    public_signal();
+    fd_signal(public_wake_fd);
     fd_signal(internal_wake_fd);
     if (atomic_load_explicit(&wake_callback_set, memory_order_relaxed) &&
         !atomic_exchange_explicit(&wake_callback_pending, true, memory_order_relaxed)) {
@@ -150,6 +140,10 @@ bool bocpy_pumping(void) { return tls_pumping; }
 int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors,
                    bool raise_on_error, bocpy_pump_result *out) {
     memset(out, 0, sizeof(*out));
+    /* Clear before draining (see the top of the file).  Always: a cheap
+     * non-blocking read, and any cleverer "only if armed" flag races with a
+     * writer between its write and its flag and leaves the fd readable. */
+    fd_clear(public_wake_fd);
     boc_runtime *rt = bocpy_runtime();
     if (rt == NULL) {
         return 0;
@@ -169,9 +163,6 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
 #else
         return 0;
 #endif
-    }
-    if (atomic_exchange_explicit(&public_wake_armed, false, memory_order_acquire)) {
-        fd_clear(public_wake_fd);
     }
     uint64_t start = boc_now_ns();
     PyObject *raise = NULL;
@@ -213,7 +204,7 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
         }
     }
     if (boc_pinned_depth(rt) > 0) {
-        public_signal(); /* still work: keep the fd readable */
+        fd_signal(public_wake_fd); /* still work: keep the fd readable */
     }
     /* release: the next pumper sees this one's pops complete.  Cleared on
      * every exit path, BaseException propagation included. */

@@ -43,7 +43,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal, Self, TypeVar
 
 from . import Cown, PinnedCown, PumpResult, pump, wake_fd, whencall
 
@@ -64,6 +64,8 @@ DEFAULT_POLL_MS: Final = 10.0
 #: readable although :func:`bocpy.pump` finds nothing to run (see
 #: :meth:`Driver._rest`).
 _REST_MAX_S: Final = 0.05
+
+T = TypeVar("T")
 
 Mode = Literal["auto", "reader", "poll"]
 
@@ -152,8 +154,11 @@ class Driver:
 
     @property
     def installed(self) -> bool:
-        """Whether the driver is installed (its loop pumps pinned work)."""
-        return self._installed
+        """Whether the driver is installed on a loop that is not closed."""
+        if not self._installed:
+            return False
+        loop = None if self._loop_ref is None else self._loop_ref()
+        return loop is not None and not loop.is_closed()
 
     def __repr__(self) -> str:
         state = f"installed, mode={self.mode}" if self._installed else "not installed"
@@ -185,7 +190,7 @@ class Driver:
         if loop.is_closed():
             raise RuntimeError("bocpy.aio: cannot install a driver on a closed event loop")
         existing = _registry.get(loop)
-        if existing is not None and existing._installed:
+        if existing is not None and existing.installed:
             if not existing._automatic:
                 raise RuntimeError(
                     f"bocpy.aio: the loop already has a driver ({existing!r}); "
@@ -318,10 +323,12 @@ class Driver:
         """Stop watching a fd that stays readable with nothing to pump.
 
         ``pump()`` clears the wake fd, so a second wake-up in a row that finds
-        nothing to run means the fd did not clear: another thread is pumping,
-        or no runtime is running (``wait()`` tore it down right after a
-        wake-up).  Watching it would spin the loop, so the driver looks again
-        after a pause that doubles up to 50 ms, until a pump runs something.
+        nothing to run means the fd did not clear: no runtime is running
+        (``wait()`` tore it down right after a wake-up), the thread that
+        signalled has not yet marked the fd armed (``pump()`` reads it only
+        then), or another thread is pumping.  Watching it would spin the loop,
+        so the driver looks again after a pause that doubles up to 50 ms,
+        until a pump runs something.
         """
         self._unwatch()
         self._rest_s = min(_REST_MAX_S, max(0.001, self._rest_s * 2))
@@ -525,7 +532,7 @@ class _Completion:
         try:
             failed = source.exception
             value = source.value
-        except Exception as error:  # noqa: BLE001 -- any failure to read it goes to the awaiter
+        except Exception as error:  # any failure to read it goes to the awaiter
             failed, value = True, error
         if failed:
             value = _as_exception(value)
@@ -567,7 +574,7 @@ def _complete(source: Cown[Any], sink: PinnedCown[_Completion]) -> None:
     sink.value.deliver(source)
 
 
-async def result[T](cown: Cown[T]) -> T:
+async def result(cown: Cown[T]) -> T:
     """Wait, without blocking the loop, for ``cown``'s value.
 
     Returns the value once every behavior scheduled on ``cown`` so far has

@@ -25,14 +25,20 @@ keeps firing).
 Use the driver from the thread that created ``root``; that thread must
 belong to the main interpreter (pinned behaviors run there), as Tk requires
 anyway.
+
+This module imports :mod:`tkinter` only when a driver is made: ``_tkinter``
+cannot be loaded in a sub-interpreter, and a module whose behaviors run on
+workers is imported by them, so ``import bocpy.tk`` must stay harmless there.
 """
 
 from __future__ import annotations
 
-import tkinter
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import PumpResult, pump, wake_fd
+
+if TYPE_CHECKING:
+    import tkinter
 
 __all__ = ["DEFAULT_FALLBACK_MS", "TkDriver", "install"]
 
@@ -148,6 +154,8 @@ class TkDriver:
 
     def _try_filehandler(self) -> str | None:
         """Register the file handler; on failure say why (``None``: it worked)."""
+        import tkinter
+
         if self._fd < 0:
             return "bocpy.wake_fd() is unavailable on this platform"
         tk = self.root.tk
@@ -187,7 +195,22 @@ class TkDriver:
             return True
         return self.max_behaviors is not None and result.executed >= self.max_behaviors
 
+    def _pump_reporting(self) -> PumpResult | None:
+        """:meth:`pump_now`, handing a body's exception to Tk (``None`` then).
+
+        With ``raise_on_error=True`` the exception goes where Tk sends errors
+        from callbacks: ``report_callback_exception`` of the root.
+        """
+        try:
+            return self.pump_now()
+        except Exception as error:
+            tk_root: Any = self.root.nametowidget(".")  # the Tk instance
+            tk_root.report_callback_exception(type(error), error, error.__traceback__)
+            return None
+
     def _root_alive(self) -> bool:
+        import tkinter
+
         try:
             return bool(self.root.winfo_exists())
         except tkinter.TclError:
@@ -201,7 +224,9 @@ class TkDriver:
             self.uninstall()
             return
         self.wakeups += 1
-        result = self.pump_now()
+        result = self._pump_reporting()
+        if result is None:
+            return  # the fd stays readable if work is left: Tk calls again
         if self._stopped_early(result):
             # Keep the rest off the file handler, or Tk would never idle
             # (redraw) while the fd stays readable.
@@ -221,9 +246,10 @@ class TkDriver:
         """Stop watching a wake fd that stays readable with nothing to pump.
 
         ``pump()`` clears the fd, so two wake-ups in a row that find nothing
-        mean it did not clear (another thread is pumping, or no runtime is
-        running); watching it would spin Tk.  Look again after a pause that
-        doubles up to 50 ms, until a pump runs something.
+        mean it did not clear (no runtime is running, the signalling thread
+        has not yet marked the fd armed, or another thread is pumping);
+        watching it would spin Tk.  Look again after a pause that doubles up
+        to 50 ms, until a pump runs something.
         """
         self._unwatch()
         self._rest_ms = min(_REST_MAX_MS, max(1, self._rest_ms * 2))
@@ -241,24 +267,27 @@ class TkDriver:
             if self._empty_wakes >= 2:
                 self._watch()  # a rest ends: the handler fires if still readable
                 return
-            result = self.pump_now()  # continuing a pump stopped early
-            if self._stopped_early(result):
+            result = self._pump_reporting()  # continuing a pump stopped early
+            if not self._installed:
+                return  # a pinned body uninstalled the driver
+            if result is not None and self._stopped_early(result):
                 self._after(_CONTINUE_MS)
             else:
                 self._watch()
             return
-        try:
-            result = self.pump_now()
-        finally:
-            if self._installed and self._after_id is None:
-                self._after(self.fallback_ms)
-        if self._installed and self._stopped_early(result):
-            self._cancel_after()
+        result = self._pump_reporting()
+        if not self._installed:
+            return  # a pinned body uninstalled the driver
+        if result is not None and self._stopped_early(result):
             self._after(_CONTINUE_MS)
+        else:
+            self._after(self.fallback_ms)
 
     # ------------------------------------------------------------- plumbing
 
     def _watch(self) -> None:
+        import tkinter
+
         if self._handler_set:
             return
         self.root.tk.createfilehandler(self._fd, tkinter.READABLE, self._on_readable)
@@ -266,6 +295,8 @@ class TkDriver:
         _watching[self._fd] = self
 
     def _unwatch(self) -> None:
+        import tkinter
+
         if not self._handler_set:
             return
         self._handler_set = False
@@ -277,12 +308,16 @@ class TkDriver:
             pass
 
     def _after(self, ms: int) -> None:
+        import tkinter
+
         try:
             self._after_id = self.root.after(ms, self._on_timer)
         except tkinter.TclError:
             self._after_id = None  # the application is gone
 
     def _cancel_after(self) -> None:
+        import tkinter
+
         if self._after_id is None:
             return
         after_id, self._after_id = self._after_id, None
