@@ -165,6 +165,12 @@ typedef struct {
 bocpy_cown *bocpy_cown_new(void);
 bocpy_cown *bocpy_cown_new_flags(uint32_t flags);
 PyObject *bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown);
+/* Cown(value=None)-style constructors: parses the value; the module state,
+ * or NULL with an exception. */
+bocpy_state *bocpy_cown_parse_new(PyTypeObject *type, PyObject *args, PyObject *kwds,
+                                  const char *format, PyObject **value);
+/* A new `type` object for `c`, taking over the caller's reference to it. */
+PyObject *bocpy_cown_object_new(PyTypeObject *type, bocpy_cown *c);
 bool bocpy_cown_check(bocpy_state *st, PyObject *obj);
 uintptr_t bocpy_thread_token(void);
 /* Makes the value live in `here` (whose GIL the caller holds). */
@@ -349,6 +355,5 @@ struct bocpy_state {
 
 bocpy_state *bocpy_state_of_type(PyTypeObject *tp);
 bocpy_state *bocpy_state_of_module(PyObject *module);
-bocpy_state *bocpy_state_current(void);
 
 #endif /* BOCPY_H */

@@ -390,11 +390,6 @@ static const char NOT_HELD[] =
     "cown.acquire() and cown.release() (or in 'with cown:') once bocpy.wait() or "
     "bocpy.quiesce() has returned";
 
-bocpy_state *bocpy_state_current(void) {
-    bocpy_interp *rec = bocpy_interp_current();
-    return rec ? rec->state : NULL;
-}
-
 bool bocpy_cown_check(bocpy_state *st, PyObject *obj) {
     return PyObject_TypeCheck(obj, st->cown_type);
 }
@@ -410,13 +405,29 @@ PyObject *bocpy_cown_wrap(bocpy_state *st, bocpy_cown *cown) {
     return (PyObject *)self;
 }
 
-static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+bocpy_state *bocpy_cown_parse_new(PyTypeObject *type, PyObject *args, PyObject *kwds,
+                                  const char *format, PyObject **value) {
     static char *kwlist[] = {"value", NULL};
-    PyObject *value = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Cown", kwlist, &value)) {
+    *value = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, value)) {
         return NULL;
     }
-    bocpy_state *st = bocpy_state_of_type(type);
+    return bocpy_state_of_type(type);
+}
+
+PyObject *bocpy_cown_object_new(PyTypeObject *type, bocpy_cown *c) {
+    CownObject *self = (CownObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        boc_cown_decref(&c->base);
+        return NULL;
+    }
+    self->cown = c; /* takes over the caller's reference */
+    return (PyObject *)self;
+}
+
+static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *value;
+    bocpy_state *st = bocpy_cown_parse_new(type, args, kwds, "|O:Cown", &value);
     if (st == NULL) {
         return NULL;
     }
@@ -438,13 +449,7 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         c->obj = Py_NewRef(value);
         set_home(c, st->interp);
     }
-    CownObject *self = (CownObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        boc_cown_decref(&c->base);
-        return NULL;
-    }
-    self->cown = c;
-    return (PyObject *)self;
+    return bocpy_cown_object_new(type, c);
 }
 
 static void Cown_dealloc(CownObject *self) {

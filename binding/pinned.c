@@ -449,7 +449,6 @@ PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_obj, PyObject 
 }
 
 PyObject *bocpy_stop_watchdog(void) {
-    bool joined = false;
     Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&watchdog_lock);
         if (watchdog_started) {
@@ -459,23 +458,17 @@ PyObject *bocpy_stop_watchdog(void) {
             pthread_join(watchdog_thread, NULL);
             pthread_mutex_lock(&watchdog_lock);
             watchdog_started = false;
-            joined = true;
         }
         pthread_mutex_unlock(&watchdog_lock);
-    Py_END_ALLOW_THREADS(void)
-    joined;
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 /* ----------------------------------------------------------- the type */
 
 static PyObject *PinnedCown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"value", NULL};
-    PyObject *value = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:PinnedCown", kwlist, &value)) {
-        return NULL;
-    }
-    bocpy_state *st = bocpy_state_of_type(type);
+    PyObject *value;
+    bocpy_state *st = bocpy_cown_parse_new(type, args, kwds, "|O:PinnedCown", &value);
     if (st == NULL) {
         return NULL;
     }
@@ -492,13 +485,7 @@ static PyObject *PinnedCown_new(PyTypeObject *type, PyObject *args, PyObject *kw
     }
     /* No serialised copy, ever: the object itself is the value. */
     bocpy_cown_store(c, st->interp, value, false);
-    CownObject *self = (CownObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        boc_cown_decref(&c->base);
-        return NULL;
-    }
-    self->cown = c;
-    return (PyObject *)self;
+    return bocpy_cown_object_new(type, c);
 }
 
 PyDoc_STRVAR(PinnedCown_doc,

@@ -303,6 +303,20 @@ static int adopt_sys_path(void) {
     return rc;
 }
 
+/* Undoes a worker_start that failed: ends the worker's interpreter if it was
+ * made, and this thread's main-interpreter state. */
+static void *abandon_worker(worker_context *ctx, bool interpreter_made, bool *failed) {
+    if (interpreter_made) {
+        Py_EndInterpreter(ctx->worker_tstate);
+        PyEval_RestoreThread(ctx->main_tstate);
+    }
+    PyThreadState_Clear(ctx->main_tstate);
+    PyThreadState_DeleteCurrent();
+    free(ctx);
+    *failed = true;
+    return NULL;
+}
+
 static void *worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
     worker_context *ctx = calloc(1, sizeof(*ctx));
@@ -334,23 +348,13 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
     PyStatus status = Py_NewInterpreterFromConfig(&ctx->worker_tstate, &config);
     if (PyStatus_Exception(status) || ctx->worker_tstate == NULL) {
         report_start_error(index, status.err_msg ? status.err_msg : "interpreter creation failed");
-        PyThreadState_Clear(ctx->main_tstate);
-        PyThreadState_DeleteCurrent();
-        free(ctx);
-        *failed = true;
-        return NULL;
+        return abandon_worker(ctx, false, failed);
     }
     ctx->has_gil = true;
     /* Now inside the worker's interpreter, holding its GIL. */
     if (adopt_sys_path() < 0) {
         report_python_error(index);
-        Py_EndInterpreter(ctx->worker_tstate);
-        PyEval_RestoreThread(ctx->main_tstate);
-        PyThreadState_Clear(ctx->main_tstate);
-        PyThreadState_DeleteCurrent();
-        free(ctx);
-        *failed = true;
-        return NULL;
+        return abandon_worker(ctx, true, failed);
     }
     PyObject *core = PyImport_ImportModule("bocpy._core");
     PyObject *boot = core ? PyImport_ImportModule("bocpy._worker") : NULL;
@@ -359,13 +363,7 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         report_python_error(index);
         Py_XDECREF(boot);
         Py_XDECREF(core);
-        Py_EndInterpreter(ctx->worker_tstate);
-        PyEval_RestoreThread(ctx->main_tstate);
-        PyThreadState_Clear(ctx->main_tstate);
-        PyThreadState_DeleteCurrent();
-        free(ctx);
-        *failed = true;
-        return NULL;
+        return abandon_worker(ctx, true, failed);
     }
     Py_DECREF(rv);
     Py_DECREF(boot);
