@@ -36,7 +36,7 @@ def picklable(value: object) -> bool:
     """Transferability stand-in: the value survives ``pickle.dumps``."""
     try:
         pickle.dumps(value)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return True
 
@@ -53,7 +53,7 @@ def run_script(
     if package is not None:
         module.__package__ = package
     code = compile(path.read_text(encoding="utf-8"), str(path), "exec")
-    exec(code, module.__dict__)  # noqa: S102
+    exec(code, module.__dict__)
     return module
 
 
