@@ -32,23 +32,22 @@ See ``benchmarks/README.md`` for what each line means.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import multiprocessing
 import os
-import platform
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import bocpy  # installed, or on PYTHONPATH (workers import it before they see sys.path)
-from bocpy import WORKER_COUNT, Cown, start, wait, when
+import _common
+from _common import Table, bench_parser, print_header, timed
+
+# bocpy: installed, or on PYTHONPATH (workers import it before they see sys.path)
+from bocpy import Cown, start, wait, when
 
 #: Number of independent chains in the chain benchmarks (1), (2) and (3).
 CHAINS = 16
@@ -96,7 +95,7 @@ def calibrate() -> int:
     """Return the ``spin`` iteration count that takes about ``WORK_UNIT_SECONDS``."""
     iterations = 20_000
     while True:
-        best = min(_timed(functools.partial(spin, iterations)) for _ in range(5))
+        best = min(timed(functools.partial(spin, iterations)) for _ in range(5))
         if best >= 0.02:
             return max(1, round(iterations * WORK_UNIT_SECONDS / best))
         iterations *= 2
@@ -158,28 +157,11 @@ def warm_up_pool(pool: ProcessPoolExecutor, processes: int) -> None:
 # ---------------------------------------------------------------- measuring
 
 
-def _timed(action: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    action()
-    return time.perf_counter() - began
-
-
 @dataclass
-class Sample:
+class Sample(_common.Sample):
     """The repeated timings of one measurement, plus worker counters from its last run."""
 
-    times: list[float]
-    stats: list[dict[str, int]]
-
-    @property
-    def median(self) -> float:
-        """The median of the timings, in seconds."""
-        return statistics.median(self.times)
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median, as a fraction."""
-        return (max(self.times) - min(self.times)) / self.median
+    stats: list[dict[str, int]] = field(default_factory=list)
 
     def total(self, counter: str) -> int:
         """Sum a counter from ``wait(stats=True)`` over the workers of the last run."""
@@ -224,7 +206,7 @@ def chains(initial: object, launch: Callable[[Cown[Any]], None]) -> Setup:
 
 def measure_plain(action: Callable[[], object], repeats: int) -> Sample:
     """Time ``action()`` ``repeats`` times."""
-    return Sample([_timed(action) for _ in range(repeats)], [])
+    return Sample([timed(action) for _ in range(repeats)])
 
 
 def run_threads(total_units: int, iterations: int, threads: int) -> None:
@@ -252,22 +234,6 @@ def run_processes(pool: ProcessPoolExecutor, total_units: int, iterations: int) 
 # ------------------------------------------------------------------- report
 
 
-class Table:
-    """Prints the result table one row at a time, as measurements finish."""
-
-    def __init__(self) -> None:
-        print(f"{'#':<3} {'measurement':<46} {'median':>10} {'spread':>7}  result")
-        print("-" * 100)
-
-    def row(self, key: str, label: str, sample: Sample | None, result: str) -> None:
-        """Print one row: its timing columns are blank when ``sample`` is None."""
-        if sample is None:
-            timing = f"{'':>10} {'':>7}"
-        else:
-            timing = f"{sample.median:>9.3f}s {sample.spread:>6.0%}"
-        print(f"{key:<3} {label:<46} {timing}  {result}", flush=True)
-
-
 def per_step_us(sample: Sample, steps: int) -> float:
     """Median microseconds per step."""
     return sample.median / steps * 1e6
@@ -275,22 +241,8 @@ def per_step_us(sample: Sample, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes: a few seconds in all, for CI smoke runs"
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=3,
-        help="runs per measurement; the median is reported (default 3)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="workers (threads, processes) for the parallel rows (default 2)",
-    )
+    workers_help = "workers (threads, processes) for the parallel rows (default 2)"
+    parser = bench_parser(__doc__, workers=2, workers_help=workers_help)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.workers < 2:
         parser.error("need at least 1 repeat and at least 2 workers")
@@ -298,32 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats
     parallel = args.workers
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    gil = "GIL enabled"
-    if hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled():
-        gil = "free-threaded"
-    print(
-        f"bocpy core benchmark{' (--quick)' if args.quick else ''}: "
-        f"median of {repeats} run(s) per line"
-    )
-    print(
-        f"Python {platform.python_version()} ({platform.python_implementation()}, {gil}) "
-        f"on {platform.system()} {platform.machine()}"
-    )
-    print(
-        f"cores: {os.cpu_count()} in the machine, {usable} usable by this process; "
-        f"bocpy WORKER_COUNT = {WORKER_COUNT}; bocpy from {Path(bocpy.__file__).parent}"
-    )
+    print_header("bocpy core benchmark", args.quick, f"median of {repeats} run(s) per line")
     iterations = calibrate()
     print(
         f"CPU work unit: spin({iterations:,}), calibrated to about "
         f"{WORK_UNIT_SECONDS * 1e3:.0f} ms on the main thread"
     )
     print()
-    table = Table()
+    table = Table(label=46, rule=100, digits=3)
 
     # (1) trivial chain, counter in the cown.
     steps = CHAINS * sizes.chain_steps

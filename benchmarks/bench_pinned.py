@@ -43,9 +43,6 @@ Run it from the repository root, with bocpy installed or built in place::
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import random
 import select
 import statistics
@@ -53,9 +50,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import bocpy  # installed, or on PYTHONPATH (workers import it before they see sys.path)
+from _common import Sample, Table, bench_parser, print_header
+
+# bocpy: installed, or on PYTHONPATH (workers import it before they see sys.path)
 from bocpy import (
     WORKER_COUNT,
     Cown,
@@ -152,23 +150,6 @@ def kick(sink: PinnedCown[list[int]], delay: float) -> Cown[int]:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-@dataclass
-class Sample:
-    """The repeated timings of one measurement."""
-
-    times: list[float]
-
-    @property
-    def median(self) -> float:
-        """The median of the timings, in seconds."""
-        return statistics.median(self.times)
-
-    @property
-    def spread(self) -> float:
-        """(max - min) / median, as a fraction."""
-        return (max(self.times) - min(self.times)) / self.median if self.median else 0.0
 
 
 def drain_rate(behaviors: int, workers: int, max_behaviors: int | None) -> tuple[float, float]:
@@ -272,22 +253,6 @@ def percentile(values: list[int], fraction: float) -> float:
 # ------------------------------------------------------------------- report
 
 
-class Table:
-    """Prints the result table one row at a time, as measurements finish."""
-
-    def __init__(self) -> None:
-        print(f"{'#':<3} {'measurement':<52} {'median':>10} {'spread':>7}  result")
-        print("-" * 110)
-
-    def row(self, key: str, label: str, sample: Sample | None, result: str) -> None:
-        """Print one row: its timing columns are blank when ``sample`` is None."""
-        if sample is None:
-            timing = f"{'':>10} {'':>7}"
-        else:
-            timing = f"{sample.median:>9.4f}s {sample.spread:>6.0%}"
-        print(f"{key:<3} {label:<52} {timing}  {result}", flush=True)
-
-
 def verdict(met: bool) -> str:
     """How a result compares with its target."""
     return "target met" if met else "BELOW TARGET"
@@ -295,19 +260,8 @@ def verdict(met: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run every benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes: a few seconds in all, for CI smoke runs"
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="runs per measurement (default 3; median reported)"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=WORKER_COUNT,
-        help=f"bocpy workers (default WORKER_COUNT = {WORKER_COUNT})",
-    )
+    workers_help = f"bocpy workers (default WORKER_COUNT = {WORKER_COUNT})"
+    parser = bench_parser(__doc__, workers=WORKER_COUNT, workers_help=workers_help)
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.workers < 1:
@@ -315,27 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     repeats, workers = args.repeats, args.workers
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    gil = "GIL enabled"
-    if hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled():
-        gil = "free-threaded"
-    print(
-        f"bocpy pinned-cown benchmark{' (--quick)' if args.quick else ''}: "
-        f"median of {repeats} run(s) per timed line, {workers} worker(s)"
-    )
-    print(
-        f"Python {platform.python_version()} ({platform.python_implementation()}, {gil}) "
-        f"on {platform.system()} {platform.machine()}"
-    )
-    print(
-        f"cores: {os.cpu_count()} in the machine, {usable} usable by this process; "
-        f"bocpy WORKER_COUNT = {WORKER_COUNT}; bocpy from {Path(bocpy.__file__).parent}"
+    print_header(
+        "bocpy pinned-cown benchmark",
+        args.quick,
+        f"median of {repeats} run(s) per timed line, {workers} worker(s)",
     )
     print()
-    table = Table()
+    table = Table(label=52, rule=110, digits=4)
     failed = False
 
     # (a) pump throughput.

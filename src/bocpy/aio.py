@@ -43,9 +43,10 @@ import threading
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar, Unpack
 
-from . import Cown, PinnedCown, PumpResult, pump, wake_fd, whencall
+from . import Cown, PinnedCown, wake_fd, whencall
+from ._driver import PumpOptions, WakeFdDriver
 
 __all__ = [
     "DEFAULT_POLL_MS",
@@ -60,20 +61,23 @@ __all__ = [
 #: How often a driver in ``"poll"`` mode pumps, in milliseconds.
 DEFAULT_POLL_MS: Final = 10.0
 
-#: Longest pause, in seconds, between two looks at a wake fd that stays
-#: readable although :func:`bocpy.pump` finds nothing to run (see
-#: :meth:`Driver._rest`).
-_REST_MAX_S: Final = 0.05
-
 T = TypeVar("T")
 
 Mode = Literal["auto", "reader", "poll"]
+
+
+class _Options(PumpOptions, total=False):
+    """The keywords of :class:`Driver`, for :func:`install` and :func:`driver`."""
+
+    mode: Mode
+    poll_ms: float
+
 
 #: How a driver refers to its loop: weakly where the loop allows it.
 _LoopRef = Callable[[], asyncio.AbstractEventLoop | None]
 
 
-class Driver:
+class Driver(WakeFdDriver):
     """Runs bocpy's pinned behaviors from an asyncio event loop.
 
     ``mode`` picks how the driver learns about pinned work:
@@ -100,6 +104,8 @@ class Driver:
     ``executed``, ``raised``) say what the driver has done since it was made.
     """
 
+    _int_only = True  # max_behaviors=True or 2.5 fails here, not at the first pump
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -120,27 +126,19 @@ class Driver:
             raise ValueError(f"mode must be 'auto', 'reader' or 'poll', not {mode!r}")
         if not poll_ms > 0:
             raise ValueError(f"poll_ms must be > 0, got {poll_ms!r}")
-        self._check_pump_arguments(deadline_ms, max_behaviors)
+        super().__init__(
+            deadline_ms=deadline_ms, max_behaviors=max_behaviors, raise_on_error=raise_on_error
+        )
         self._loop_ref: _LoopRef | None = None if loop is None else _ref(loop)
-        self.deadline_ms = deadline_ms
-        self.max_behaviors = max_behaviors
-        self.raise_on_error = raise_on_error
         self.requested_mode: Mode = mode
         self.poll_ms = poll_ms
         #: ``"reader"`` or ``"poll"`` once installed; ``None`` before.
         self.mode: Literal["reader", "poll"] | None = None
-        self.wakeups = 0
-        self.pumps = 0
-        self.executed = 0
-        self.raised = 0
-        self._installed = False
         self._automatic = False
         self._fd = -1
         self._watching = False  # the reader is registered
         self._later: asyncio.Handle | None = None  # the next scheduled pump
         self._later_is_continuation = False
-        self._empty_wakes = 0
-        self._rest_s = 0.0
 
     # ------------------------------------------------------------ properties
 
@@ -161,11 +159,7 @@ class Driver:
         return loop is not None and not loop.is_closed()
 
     def __repr__(self) -> str:
-        state = f"installed, mode={self.mode}" if self._installed else "not installed"
-        return (
-            f"<bocpy.aio.Driver {state}, deadline_ms={self.deadline_ms}, "
-            f"wakeups={self.wakeups}, pumps={self.pumps}, executed={self.executed}>"
-        )
+        return self._repr("bocpy.aio.Driver", self.mode, f"deadline_ms={self.deadline_ms}")
 
     # ------------------------------------------------------- install/remove
 
@@ -204,8 +198,7 @@ class Driver:
         if mode == "reader" and self._fd < 0:
             raise RuntimeError("bocpy.aio: bocpy.wake_fd() is unavailable; use mode='poll'")
         self._installed = True
-        self._empty_wakes = 0
-        self._rest_s = 0.0
+        self._calm()
         if mode == "reader":
             try:
                 self._watch()
@@ -251,30 +244,6 @@ class Driver:
 
     # ---------------------------------------------------------------- pumping
 
-    def pump_now(self) -> PumpResult:
-        """Run one pump with this driver's limits, now, and count it.
-
-        With ``raise_on_error=True`` a body's exception propagates from here.
-        """
-        self.pumps += 1
-        try:
-            result = pump(self.deadline_ms, self.max_behaviors, self.raise_on_error)
-        except Exception:
-            # raise_on_error: a body raised (behaviors run before it in the
-            # same pump are not counted)
-            self.executed += 1
-            self.raised += 1
-            raise
-        self.executed += result.executed
-        self.raised += result.raised
-        return result
-
-    def _stopped_early(self, result: PumpResult) -> bool:
-        """Whether ``result`` says the pump left work it was not allowed to run."""
-        if result.deadline_reached:
-            return True
-        return self.max_behaviors is not None and result.executed >= self.max_behaviors
-
     def _on_readable(self) -> None:
         """The wake fd is readable: pinned work arrived (or still waits)."""
         if not self._installed:
@@ -297,6 +266,8 @@ class Driver:
         self._pump_once(from_wake=False)
 
     def _pump_once(self, *, from_wake: bool) -> None:
+        # With raise_on_error a body's exception propagates out of this loop
+        # callback, and asyncio hands it to the loop's exception handler.
         try:
             result = self.pump_now()
         finally:
@@ -306,47 +277,23 @@ class Driver:
                 self._schedule(self.poll_ms / 1000.0, continuation=False)
         if not self._installed:
             return
-        if self._stopped_early(result):
-            self._empty_wakes = 0
-            self._rest_s = 0.0
-            self._cancel_later()
-            self._schedule(0.0, continuation=True)
-        elif result.executed > 0 or not from_wake:
-            self._empty_wakes = 0
-            self._rest_s = 0.0
-        elif self.mode == "reader":
-            self._empty_wakes += 1
-            if self._empty_wakes >= 2:
-                self._rest()
+        self._after_pump(result, woken=from_wake)
 
-    def _rest(self) -> None:
-        """Stop watching a fd that stays readable with nothing to pump.
+    def _continue_soon(self) -> None:
+        """Continue a pump stopped by its budget from ``loop.call_soon``."""
+        self._cancel_later()
+        self._schedule(0.0, continuation=True)
 
-        ``pump()`` clears the wake fd, so a second wake-up in a row that finds
-        nothing to run means the fd did not clear: no runtime is running
-        (``wait()`` tore it down right after a wake-up), the thread that
-        signalled has not yet marked the fd armed (``pump()`` reads it only
-        then), or another thread is pumping.  Watching it would spin the loop,
-        so the driver looks again after a pause that doubles up to 50 ms,
-        until a pump runs something.
+    def _rest(self, delay_ms: int) -> None:
+        """Remove the reader of a wake fd that did not clear; look again later.
+
+        See :class:`~bocpy._driver.WakeFdDriver` for why.
         """
         self._unwatch()
-        self._rest_s = min(_REST_MAX_S, max(0.001, self._rest_s * 2))
         self._cancel_later()
-        self._schedule(self._rest_s, continuation=False)
+        self._schedule(delay_ms / 1000.0, continuation=False)
 
     # ------------------------------------------------------------- plumbing
-
-    @staticmethod
-    def _check_pump_arguments(deadline_ms: float | None, max_behaviors: int | None) -> None:
-        if deadline_ms is not None and not deadline_ms > 0:
-            raise ValueError(f"deadline_ms must be > 0 or None, got {deadline_ms!r}")
-        if max_behaviors is not None and (
-            isinstance(max_behaviors, bool) or not isinstance(max_behaviors, int)
-        ):
-            raise TypeError(f"max_behaviors must be an int or None, not {max_behaviors!r}")
-        if max_behaviors is not None and max_behaviors < 1:
-            raise ValueError(f"max_behaviors must be >= 1 or None, got {max_behaviors!r}")
 
     def _watch(self) -> None:
         self.loop.add_reader(self._fd, self._on_readable)
@@ -431,29 +378,16 @@ def _resolve_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEve
 # ------------------------------------------------------------ module functions
 
 
-def install(
-    loop: asyncio.AbstractEventLoop | None = None,
-    *,
-    deadline_ms: float | None = None,
-    max_behaviors: int | None = None,
-    raise_on_error: bool = False,
-    mode: Mode = "auto",
-    poll_ms: float = DEFAULT_POLL_MS,
-) -> Driver:
+def install(loop: asyncio.AbstractEventLoop | None = None, **options: Unpack[_Options]) -> Driver:
     """Install a :class:`Driver` on ``loop`` (default: the running loop).
 
-    Returns the driver; call its ``uninstall()`` (or :func:`uninstall`) to
-    stop.  Raises ``RuntimeError`` if the loop already has an explicitly
-    installed driver.
+    ``options`` are the driver's keywords: ``deadline_ms=None``,
+    ``max_behaviors=None``, ``raise_on_error=False``, ``mode="auto"``,
+    ``poll_ms=DEFAULT_POLL_MS``.  Returns the driver; call its
+    ``uninstall()`` (or :func:`uninstall`) to stop.  Raises ``RuntimeError``
+    if the loop already has an explicitly installed driver.
     """
-    return Driver(
-        loop,
-        deadline_ms=deadline_ms,
-        max_behaviors=max_behaviors,
-        raise_on_error=raise_on_error,
-        mode=mode,
-        poll_ms=poll_ms,
-    ).install()
+    return Driver(loop, **options).install()
 
 
 def uninstall(loop: asyncio.AbstractEventLoop | None = None) -> bool:
@@ -474,29 +408,15 @@ def current(loop: asyncio.AbstractEventLoop | None = None) -> Driver | None:
     return found if found is not None and found.installed else None
 
 
-def driver(
-    *,
-    deadline_ms: float | None = None,
-    max_behaviors: int | None = None,
-    raise_on_error: bool = False,
-    mode: Mode = "auto",
-    poll_ms: float = DEFAULT_POLL_MS,
-) -> Driver:
+def driver(**options: Unpack[_Options]) -> Driver:
     """A driver for ``async with``: installed on entry, uninstalled on exit.
 
-    ::
+    ``options`` are those of :func:`install`. ::
 
         async with bocpy.aio.driver(deadline_ms=5) as d:
             ...
     """
-    return Driver(
-        None,
-        deadline_ms=deadline_ms,
-        max_behaviors=max_behaviors,
-        raise_on_error=raise_on_error,
-        mode=mode,
-        poll_ms=poll_ms,
-    )
+    return Driver(None, **options)
 
 
 def _ensure_driver(loop: asyncio.AbstractEventLoop) -> Driver:

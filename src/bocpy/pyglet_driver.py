@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, Unpack
 
-from . import PumpResult, pump
+from . import PumpResult
+from ._driver import PumpDriver, PumpOptions
 
 __all__ = ["DEFAULT_INTERVAL", "Clock", "PygletDriver", "default_clock", "install"]
 
@@ -50,6 +51,12 @@ class Clock(Protocol):
         """Stop calling ``func``."""
 
 
+class _Options(PumpOptions, total=False):
+    """The keywords of :class:`PygletDriver`, for :func:`install`."""
+
+    clock: Clock | None
+
+
 def default_clock() -> Clock:
     """pyglet's default clock (the one ``pyglet.app.run()`` ticks).
 
@@ -65,7 +72,7 @@ def default_clock() -> Clock:
     return clock
 
 
-class PygletDriver:
+class PygletDriver(PumpDriver):
     """Calls :func:`bocpy.pump` from a pyglet clock.  Made by :func:`install`.
 
     ``ticks`` counts the clock's calls; ``executed`` and ``raised`` add up
@@ -86,20 +93,13 @@ class PygletDriver:
             raise TypeError(f"interval must be a number of seconds, not {interval!r}")
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
-        if deadline_ms is not None and not deadline_ms > 0:
-            raise ValueError(f"deadline_ms must be > 0 or None, got {deadline_ms!r}")
-        if max_behaviors is not None and max_behaviors < 1:
-            raise ValueError(f"max_behaviors must be >= 1 or None, got {max_behaviors!r}")
+        super().__init__(
+            deadline_ms=deadline_ms, max_behaviors=max_behaviors, raise_on_error=raise_on_error
+        )
         self.interval = float(interval)
         self._clock = clock
-        self.deadline_ms = deadline_ms
-        self.max_behaviors = max_behaviors
-        self.raise_on_error = raise_on_error
         self.ticks = 0
-        self.executed = 0
-        self.raised = 0
         self.last_result: PumpResult | None = None
-        self._installed = False
 
     @property
     def clock(self) -> Clock:
@@ -134,39 +134,22 @@ class PygletDriver:
             self.clock.unschedule(self._tick)
 
     def _tick(self, dt: float) -> None:
-        """The scheduled function: one pump."""
+        """The scheduled function: one pump.
+
+        With ``raise_on_error=True`` a body's exception propagates to pyglet's
+        clock.
+        """
         self.ticks += 1
-        try:
-            result = pump(self.deadline_ms, self.max_behaviors, self.raise_on_error)
-        except Exception:
-            # raise_on_error: a body raised (behaviors run before it in the
-            # same pump are not counted); it propagates to pyglet's clock
-            self.executed += 1
-            self.raised += 1
-            raise
-        self.last_result = result
-        self.executed += result.executed
-        self.raised += result.raised
+        self.last_result = self._pump_counted()
 
 
-def install(
-    interval: float = DEFAULT_INTERVAL,
-    *,
-    clock: Clock | None = None,
-    deadline_ms: float | None = None,
-    max_behaviors: int | None = None,
-    raise_on_error: bool = False,
-) -> PygletDriver:
+def install(interval: float = DEFAULT_INTERVAL, **options: Unpack[_Options]) -> PygletDriver:
     """Pump pinned behaviors every ``interval`` seconds of a pyglet clock.
 
+    ``options`` are the driver's keywords: ``clock=None``,
+    ``deadline_ms=None``, ``max_behaviors=None``, ``raise_on_error=False``.
     ``clock`` defaults to pyglet's default clock (``pyglet.clock``, ticked by
     ``pyglet.app.run()``).  Returns the driver; call its ``uninstall()`` to
     stop.
     """
-    return PygletDriver(
-        interval,
-        clock=clock,
-        deadline_ms=deadline_ms,
-        max_behaviors=max_behaviors,
-        raise_on_error=raise_on_error,
-    ).install()
+    return PygletDriver(interval, **options).install()

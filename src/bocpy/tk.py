@@ -33,9 +33,10 @@ workers is imported by them, so ``import bocpy.tk`` must stay harmless there.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Unpack
 
-from . import PumpResult, pump, wake_fd
+from . import wake_fd
+from ._driver import PumpOptions, WakeFdDriver
 
 if TYPE_CHECKING:
     import tkinter
@@ -48,18 +49,22 @@ DEFAULT_FALLBACK_MS: Final = 16
 #: Delay of the timer that continues a pump stopped by its budget, in ms.
 _CONTINUE_MS: Final = 1
 
-#: Longest pause (ms) between looks at a wake fd that stays readable although
-#: ``pump()`` finds nothing to run (see :meth:`TkDriver._rest`).
-_REST_MAX_MS: Final = 50
-
 Mode = Literal["auto", "filehandler", "after"]
+
+
+class _Options(PumpOptions, total=False):
+    """The keywords of :class:`TkDriver`, for :func:`install`."""
+
+    mode: Mode
+    fallback_ms: int
+
 
 #: The driver watching the wake fd in file-handler mode.  Tcl keeps one
 #: handler per fd (per thread), so a second would silently replace the first.
 _watching: dict[int, TkDriver] = {}
 
 
-class TkDriver:
+class TkDriver(WakeFdDriver):
     """Runs bocpy's pinned behaviors from a Tk event loop.
 
     Made by :func:`install`.  ``mode`` is ``"filehandler"`` or ``"after"``:
@@ -82,30 +87,19 @@ class TkDriver:
             raise ValueError(f"mode must be 'auto', 'filehandler' or 'after', not {mode!r}")
         if isinstance(fallback_ms, bool) or not isinstance(fallback_ms, int) or fallback_ms < 1:
             raise ValueError(f"fallback_ms must be an int >= 1, got {fallback_ms!r}")
-        if deadline_ms is not None and not deadline_ms > 0:
-            raise ValueError(f"deadline_ms must be > 0 or None, got {deadline_ms!r}")
-        if max_behaviors is not None and max_behaviors < 1:
-            raise ValueError(f"max_behaviors must be >= 1 or None, got {max_behaviors!r}")
+        super().__init__(
+            deadline_ms=deadline_ms, max_behaviors=max_behaviors, raise_on_error=raise_on_error
+        )
         self.root = root
         self.requested_mode: Mode = mode
         self.fallback_ms = fallback_ms
-        self.deadline_ms = deadline_ms
-        self.max_behaviors = max_behaviors
-        self.raise_on_error = raise_on_error
         #: ``"filehandler"`` or ``"after"`` once installed; ``None`` before.
         self.mode: Literal["filehandler", "after"] | None = None
         #: Why ``mode="auto"`` fell back to ``"after"`` (``None`` if it did not).
         self.fallback_reason: str | None = None
-        self.wakeups = 0
-        self.pumps = 0
-        self.executed = 0
-        self.raised = 0
-        self._installed = False
         self._fd = -1
         self._handler_set = False
         self._after_id: str | None = None
-        self._empty_wakes = 0
-        self._rest_ms = 0
 
     @property
     def installed(self) -> bool:
@@ -113,11 +107,7 @@ class TkDriver:
         return self._installed
 
     def __repr__(self) -> str:
-        state = f"installed, mode={self.mode}" if self._installed else "not installed"
-        return (
-            f"<bocpy.tk.TkDriver {state}, wakeups={self.wakeups}, pumps={self.pumps}, "
-            f"executed={self.executed}>"
-        )
+        return self._repr("bocpy.tk.TkDriver", self.mode)
 
     # ------------------------------------------------------- install/remove
 
@@ -127,8 +117,7 @@ class TkDriver:
             return self
         self._fd = wake_fd()
         self._installed = True
-        self._empty_wakes = 0
-        self._rest_ms = 0
+        self._calm()
         mode: Literal["filehandler", "after"] = "after"
         if self.requested_mode != "after":
             reason = self._try_filehandler()
@@ -172,41 +161,13 @@ class TkDriver:
 
     # ---------------------------------------------------------------- pumping
 
-    def pump_now(self) -> PumpResult:
-        """Run one pump with this driver's limits, now, and count it.
+    def _report_error(self, error: Exception) -> None:
+        """Send a body's exception where Tk sends errors from callbacks.
 
-        With ``raise_on_error=True`` a body's exception propagates from here.
+        That is ``report_callback_exception`` of the root (``raise_on_error=True``).
         """
-        self.pumps += 1
-        try:
-            result = pump(self.deadline_ms, self.max_behaviors, self.raise_on_error)
-        except Exception:
-            # raise_on_error: a body raised (behaviors run before it in the
-            # same pump are not counted)
-            self.executed += 1
-            self.raised += 1
-            raise
-        self.executed += result.executed
-        self.raised += result.raised
-        return result
-
-    def _stopped_early(self, result: PumpResult) -> bool:
-        if result.deadline_reached:
-            return True
-        return self.max_behaviors is not None and result.executed >= self.max_behaviors
-
-    def _pump_reporting(self) -> PumpResult | None:
-        """:meth:`pump_now`, handing a body's exception to Tk (``None`` then).
-
-        With ``raise_on_error=True`` the exception goes where Tk sends errors
-        from callbacks: ``report_callback_exception`` of the root.
-        """
-        try:
-            return self.pump_now()
-        except Exception as error:
-            tk_root: Any = self.root.nametowidget(".")  # the Tk instance
-            tk_root.report_callback_exception(type(error), error, error.__traceback__)
-            return None
+        tk_root: Any = self.root.nametowidget(".")  # the Tk instance
+        tk_root.report_callback_exception(type(error), error, error.__traceback__)
 
     def _root_alive(self) -> bool:
         import tkinter
@@ -227,33 +188,24 @@ class TkDriver:
         result = self._pump_reporting()
         if result is None:
             return  # the fd stays readable if work is left: Tk calls again
-        if self._stopped_early(result):
-            # Keep the rest off the file handler, or Tk would never idle
-            # (redraw) while the fd stays readable.
-            self._empty_wakes = 0
-            self._rest_ms = 0
-            self._unwatch()
-            self._after(_CONTINUE_MS)
-        elif result.executed > 0:
-            self._empty_wakes = 0
-            self._rest_ms = 0
-        else:
-            self._empty_wakes += 1
-            if self._empty_wakes >= 2:
-                self._rest()
+        self._after_pump(result, woken=True)
 
-    def _rest(self) -> None:
-        """Stop watching a wake fd that stays readable with nothing to pump.
+    def _continue_soon(self) -> None:
+        """Continue a pump stopped by its budget from ``root.after(1, ...)``.
 
-        ``pump()`` clears the fd, so two wake-ups in a row that find nothing
-        mean it did not clear (no runtime is running, the signalling thread
-        has not yet marked the fd armed, or another thread is pumping);
-        watching it would spin Tk.  Look again after a pause that doubles up
-        to 50 ms, until a pump runs something.
+        The file handler is off meanwhile, or Tk would never idle (redraw)
+        while the fd stays readable.
         """
         self._unwatch()
-        self._rest_ms = min(_REST_MAX_MS, max(1, self._rest_ms * 2))
-        self._after(self._rest_ms)
+        self._after(_CONTINUE_MS)
+
+    def _rest(self, delay_ms: int) -> None:
+        """Remove the file handler of a wake fd that did not clear; look again later.
+
+        Watching it would spin Tk; see :class:`~bocpy._driver.WakeFdDriver`.
+        """
+        self._unwatch()
+        self._after(delay_ms)
 
     def _on_timer(self) -> None:
         """An ``after`` timer: a poll tick, a continuation, or a rest's end."""
@@ -264,7 +216,7 @@ class TkDriver:
             self.uninstall()
             return
         if self.mode == "filehandler":
-            if self._empty_wakes >= 2:
+            if self._resting:
                 self._watch()  # a rest ends: the handler fires if still readable
                 return
             result = self._pump_reporting()  # continuing a pump stopped early
@@ -327,29 +279,17 @@ class TkDriver:
             pass
 
 
-def install(
-    root: tkinter.Misc,
-    *,
-    mode: Mode = "auto",
-    fallback_ms: int = DEFAULT_FALLBACK_MS,
-    deadline_ms: float | None = None,
-    max_behaviors: int | None = None,
-    raise_on_error: bool = False,
-) -> TkDriver:
+def install(root: tkinter.Misc, **options: Unpack[_Options]) -> TkDriver:
     """Pump pinned behaviors from ``root``'s Tk event loop; returns the driver.
 
-    ``mode="auto"`` watches :func:`bocpy.wake_fd` with
-    ``root.tk.createfilehandler`` and falls back to ``root.after(fallback_ms,
-    ...)`` polling where that is unavailable; ``mode="after"`` always polls;
-    ``mode="filehandler"`` raises ``RuntimeError`` instead of falling back.
-    ``deadline_ms`` / ``max_behaviors`` bound each pump.  Call the driver's
-    ``uninstall()`` to stop.
+    ``options`` are the driver's keywords: ``mode="auto"``,
+    ``fallback_ms=DEFAULT_FALLBACK_MS``, ``deadline_ms=None``,
+    ``max_behaviors=None``, ``raise_on_error=False``.  ``mode="auto"``
+    watches :func:`bocpy.wake_fd` with ``root.tk.createfilehandler`` and
+    falls back to ``root.after(fallback_ms, ...)`` polling where that is
+    unavailable; ``mode="after"`` always polls; ``mode="filehandler"`` raises
+    ``RuntimeError`` instead of falling back.  ``deadline_ms`` /
+    ``max_behaviors`` bound each pump.  Call the driver's ``uninstall()`` to
+    stop.
     """
-    return TkDriver(
-        root,
-        mode=mode,
-        fallback_ms=fallback_ms,
-        deadline_ms=deadline_ms,
-        max_behaviors=max_behaviors,
-        raise_on_error=raise_on_error,
-    ).install()
+    return TkDriver(root, **options).install()

@@ -43,25 +43,7 @@ from dataclasses import dataclass, field
 
 import bocpy.aio
 from bocpy import WORKER_COUNT, Cown, PinnedCown, start, wait, when
-
-
-def is_prime(n: int) -> bool:
-    """Tell whether ``n`` is prime, by trial division with odd divisors."""
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    divisor = 3
-    while divisor * divisor <= n:
-        if n % divisor == 0:
-            return False
-        divisor += 2
-    return True
-
-
-def count_primes(lo: int, hi: int) -> int:
-    """Count the primes ``p`` with ``lo <= p < hi``."""
-    return sum(1 for n in range(lo, hi) if is_prime(n))
+from bocpy.examples._common import count_primes  # trial division, pure Python
 
 
 def new_stats() -> dict[str, int]:

@@ -19,12 +19,12 @@ Run it with ``python -m bocpy.examples.bank [--accounts N] [--transfers N]
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
 
-from bocpy import WORKER_COUNT, Cown, start, wait, when
+from bocpy import Cown, start, wait, when
+from bocpy.examples._common import add_workers, example_parser, report_check
 
 #: Initial balances are drawn from this range (inclusive).
 INITIAL_BALANCE = (0, 200)
@@ -98,28 +98,22 @@ def run(accounts: int, transfers: int, workers: int, seed: int) -> bool:
     print(f"  succeeded: {succeeded}, failed for insufficient funds: {failed}")
     print(f"  total balance: initial {initial_total}, final {final_total}")
 
-    ok = final_total == initial_total and negative == 0 and succeeded + failed == transfers
-    if ok:
-        print("  check passed: money was conserved and no balance went negative")
-    else:
-        print(
-            f"  CHECK FAILED: {negative} negative balance(s), "
-            f"{transfers - succeeded - failed} transfer(s) without a boolean result"
-        )
-    return ok
+    return report_check(
+        final_total == initial_total and negative == 0 and succeeded + failed == transfers,
+        "money was conserved and no balance went negative",
+        f"{negative} negative balance(s), "
+        f"{transfers - succeeded - failed} transfer(s) without a boolean result",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the example and return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bocpy.examples.bank",
-        description="Random concurrent transfers between bank accounts held in cowns.",
+    parser = example_parser(
+        "bank", "Random concurrent transfers between bank accounts held in cowns."
     )
     parser.add_argument("--accounts", type=int, default=1000, help="number of accounts")
     parser.add_argument("--transfers", type=int, default=20000, help="number of transfers")
-    parser.add_argument(
-        "--workers", type=int, default=WORKER_COUNT, help=f"worker count (default {WORKER_COUNT})"
-    )
+    add_workers(parser)
     parser.add_argument("--seed", type=int, default=2023, help="random seed")
     args = parser.parse_args(argv)
     if args.accounts < 2 or args.transfers < 0 or args.workers < 1:

@@ -55,7 +55,6 @@ Run it with ``python -m bocpy.examples.boids [--boids N] [--cells C]
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import os
@@ -70,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bocpy import WORKER_COUNT, Cown, PinnedCown, pump, start, wait, wake_fd, when
+from bocpy.examples._common import add_workers, example_parser
 
 #: Side of the square world, in world units (also the window size in pixels).
 WORLD_SIZE = 800.0
@@ -799,17 +799,14 @@ def report(config: Config, result: RunResult) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the example and return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bocpy.examples.boids",
-        description="Flocking boids: parallel cell physics, one pinned write-back per frame.",
+    parser = example_parser(
+        "boids", "Flocking boids: parallel cell physics, one pinned write-back per frame."
     )
     parser.add_argument("--boids", type=int, default=300, help="number of boids (default 300)")
     parser.add_argument(
         "--cells", type=int, default=8, help="cells per side of the grid (default 8: 8x8 cells)"
     )
-    parser.add_argument(
-        "--workers", type=int, default=WORKER_COUNT, help=f"worker count (default {WORKER_COUNT})"
-    )
+    add_workers(parser)
     parser.add_argument(
         "--frames",
         type=int,

@@ -24,11 +24,11 @@ Run it with ``python -m bocpy.examples.dining_philosophers [--philosophers N]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from bocpy import WORKER_COUNT, Cown, start, wait, when
+from bocpy import Cown, start, wait, when
+from bocpy.examples._common import add_workers, example_parser, per_worker, report_check
 
 
 class Philosopher:
@@ -84,30 +84,23 @@ def run(philosophers: int, meals: int, workers: int) -> bool:
         f"  meals per philosopher: min {min(eaten)}, max {max(eaten)}; "
         f"uses per fork: min {min(uses)}, max {max(uses)}"
     )
-    print("  behaviors per worker: " + ", ".join(str(worker["behaviors_run"]) for worker in stats))
-
-    ok = all(count == meals for count in eaten) and all(count == 2 * meals for count in uses)
-    if ok:
-        print(
-            f"  check passed: everyone ate {meals} times and every fork was used "
-            f"{2 * meals} times, with no deadlock"
-        )
-    else:
-        print(f"  CHECK FAILED: meals {eaten}, fork uses {uses}")
-    return ok
+    print(f"  behaviors per worker: {per_worker(stats)}")
+    return report_check(
+        all(count == meals for count in eaten) and all(count == 2 * meals for count in uses),
+        f"everyone ate {meals} times and every fork was used {2 * meals} times, with no deadlock",
+        f"meals {eaten}, fork uses {uses}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the example and return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bocpy.examples.dining_philosophers",
-        description="Dining philosophers with forks as cowns: no deadlock by construction.",
+    parser = example_parser(
+        "dining_philosophers",
+        "Dining philosophers with forks as cowns: no deadlock by construction.",
     )
     parser.add_argument("--philosophers", type=int, default=5, help="number of philosophers")
     parser.add_argument("--meals", type=int, default=1000, help="meals each philosopher eats")
-    parser.add_argument(
-        "--workers", type=int, default=WORKER_COUNT, help=f"worker count (default {WORKER_COUNT})"
-    )
+    add_workers(parser)
     args = parser.parse_args(argv)
     if args.philosophers < 2 or args.meals < 1 or args.workers < 1:
         parser.error("need at least 2 philosophers, 1 meal and 1 worker")

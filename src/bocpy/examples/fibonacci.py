@@ -25,11 +25,11 @@ Run it with ``python -m bocpy.examples.fibonacci [-n N] [--threshold T]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from bocpy import WORKER_COUNT, Cown, start, wait, when
+from bocpy import Cown, start, wait, when
+from bocpy.examples._common import add_workers, example_parser, per_worker, report_check
 
 #: What a task's result cown holds: the number, or a cown promising it.
 type Promise = int | Cown[Promise]
@@ -101,30 +101,22 @@ def run(n: int, threshold: int, workers: int) -> bool:
     behaviors = sum(worker["behaviors_run"] for worker in stats)
     print(f"fibonacci: fib({n}) = {value} with threshold {threshold} on {workers} worker(s)")
     print(
-        f"  parallel {parallel_time:.3f} s ({behaviors} behaviors: "
-        + ", ".join(str(worker["behaviors_run"]) for worker in stats)
-        + f" per worker); sequential {sequential_time:.3f} s"
+        f"  parallel {parallel_time:.3f} s ({behaviors} behaviors: {per_worker(stats)} "
+        f"per worker); sequential {sequential_time:.3f} s"
     )
-    if value == expected:
-        print(f"  check passed: matches the sequential result {expected}")
-        return True
-    print(f"  CHECK FAILED: expected {expected}")
-    return False
+    return report_check(
+        value == expected, f"matches the sequential result {expected}", f"expected {expected}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the example and return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bocpy.examples.fibonacci",
-        description="Fibonacci as a fork/join tree of nested behaviors.",
-    )
+    parser = example_parser("fibonacci", "Fibonacci as a fork/join tree of nested behaviors.")
     parser.add_argument("-n", type=int, default=25, help="which Fibonacci number")
     parser.add_argument(
         "--threshold", type=int, default=15, help="compute sequentially at or below this n"
     )
-    parser.add_argument(
-        "--workers", type=int, default=WORKER_COUNT, help=f"worker count (default {WORKER_COUNT})"
-    )
+    add_workers(parser)
     args = parser.parse_args(argv)
     if args.n < 0 or args.threshold < 1 or args.workers < 1:
         parser.error("need n >= 0, threshold >= 1 and at least 1 worker")

@@ -29,35 +29,12 @@ Run it with ``python -m bocpy.examples.parallel_demo [--limit N] [--chunks N]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
 
 from bocpy import WORKER_COUNT, Cown, start, wait, when
-
-
-def is_prime(n: int) -> bool:
-    """Tell whether ``n`` is prime, by trial division with odd divisors."""
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    divisor = 3
-    while divisor * divisor <= n:
-        if n % divisor == 0:
-            return False
-        divisor += 2
-    return True
-
-
-def count_primes(lo: int, hi: int) -> int:
-    """Count the primes ``p`` with ``lo <= p < hi``."""
-    count = 0
-    for n in range(lo, hi):
-        if is_prime(n):
-            count += 1
-    return count
+from bocpy.examples._common import add_workers, count_primes, example_parser, report_check
 
 
 def chunk_bounds(limit: int, chunks: int) -> list[tuple[int, int]]:
@@ -103,9 +80,8 @@ def run_parallel(bounds: list[tuple[int, int]], workers: int) -> Run:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the demo and return the exit status."""
     default_workers = max(2, WORKER_COUNT)
-    parser = argparse.ArgumentParser(
-        prog="python -m bocpy.examples.parallel_demo",
-        description="Count primes with pure-Python code on 1 worker, then on several.",
+    parser = example_parser(
+        "parallel_demo", "Count primes with pure-Python code on 1 worker, then on several."
     )
     parser.add_argument(
         "--limit", type=int, default=1_500_000, help="count the primes below this number"
@@ -113,11 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunks", type=int, default=48, help="number of behaviors the range is cut into"
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=default_workers,
-        help=f"workers for the parallel run (default max(2, WORKER_COUNT) = {default_workers})",
+    add_workers(
+        parser,
+        default_workers,
+        f"workers for the parallel run (default max(2, WORKER_COUNT) = {default_workers})",
     )
     args = parser.parse_args(argv)
     if args.limit < 0 or args.chunks < 1 or args.workers < 1:
@@ -150,11 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     one, many = runs
     print(f"  speedup of {many.workers} workers over 1 worker: x{one.elapsed / many.elapsed:.2f}")
-    if ok:
-        print(f"  check passed: every run found the sequential count of {expected:,} primes")
-    else:
-        print("  CHECK FAILED: a parallel run disagrees with the sequential count")
-    return 0 if ok else 1
+    passed = f"every run found the sequential count of {expected:,} primes"
+    failed = "a parallel run disagrees with the sequential count"
+    return 0 if report_check(ok, passed, failed) else 1
 
 
 if __name__ == "__main__":
