@@ -129,7 +129,9 @@ def rho_chunk(n: int, c: int, x: int, y: int, steps: int) -> tuple[int, int, int
     return 1, x, y, done
 
 
-def first_wins(found: tuple[int, int, int], current: tuple[int, int, int] | None):
+def first_wins(
+    found: tuple[int, int, int], current: tuple[int, int, int] | None
+) -> tuple[int, int, int]:
     """``notice_update`` function: keep an existing factor, else publish ``found``."""
     return found if current is None else current
 
@@ -138,7 +140,9 @@ def schedule_chunk(search: Cown[Search], n: int, chunk: int, max_steps: int) -> 
     """Schedule the next chunk of ``search``; the chunk reschedules itself."""
 
     @when(search)
-    def run_chunk(search: Cown[Search], n: int = n, chunk: int = chunk, max_steps: int = max_steps):
+    def run_chunk(
+        search: Cown[Search], n: int = n, chunk: int = chunk, max_steps: int = max_steps
+    ) -> None:
         s = search.value
         s.chunks += 1
         s.threads.add(threading.get_native_id())
