@@ -11,8 +11,10 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -413,3 +415,21 @@ def test_importing_bocpy_tk_does_not_import_tkinter(run_script):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "40"
+
+
+def test_tk_example_counts_primes_from_the_event_loop(display: str):
+    """``python -m bocpy.examples.tk_primes --selftest`` runs its clicks and checks them."""
+    env = dict(os.environ, DISPLAY=display)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bocpy.examples.tk_primes", "--selftest", "--limit", "30000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 of 3 clicks answered" in proc.stdout
+    assert "check passed" in proc.stdout
