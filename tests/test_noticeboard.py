@@ -1083,3 +1083,22 @@ def test_prime_factor_example_default_run(run_script):
 def test_prime_factor_example_rejects_a_prime(run_script):
     proc = run_script("", module="bocpy.examples.prime_factor", args=["--n", "1000003"], timeout=60)
     assert proc.returncode != 0
+
+
+def test_notice_seed_refuses_other_threads():
+    """notice_seed is the main thread's synchronous write; other threads get a clear error."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def seed_from_thread() -> None:
+        try:
+            bocpy.notice_seed("seed-from-thread", 1)
+        except RuntimeError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=seed_from_thread)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and "main thread" in str(errors[0])
+    assert bocpy.notice_read("seed-from-thread") is None

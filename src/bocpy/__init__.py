@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -37,7 +38,6 @@ from ._core import (
     drain,
     notice_delete,
     notice_read,
-    notice_seed,
     notice_update,
     notice_write,
     noticeboard,
@@ -168,6 +168,16 @@ def quiesce(
     ``TimeoutError`` on timeout.  Returns as :func:`wait` does.
     """
     return _finish(_core.wait(timeout, False), stats, noticeboard)
+
+
+def notice_seed(key: str, value: Any) -> None:
+    """Write ``key`` synchronously, from the main thread, before or between runs."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "notice_seed() is for the main thread; from other threads or behaviors use "
+            "notice_write()"
+        )
+    _core.notice_seed(key, value)
 
 
 def receive(
