@@ -18,6 +18,7 @@
  *   noticeboard.c  the multi-version key/value board
  *   messaging.c the send/receive channels
  *   strtable.c  the string-keyed hash table both of those use
+ *   args.c      argument checks shared by the module functions
  *   runtime.c   starting, waiting for and stopping the runtime
  *   module.c    module state, start/wait/quiesce, module functions
  */
@@ -147,6 +148,11 @@ struct bocpy_cown {
     PyObject *obj;
     _Atomic(bocpy_interp *) home;
     bocpy_blob *blob;
+    /* The blob is the last transferable copy of an older version (the
+     * object was since kept, perhaps mutated in place).  Moving the value
+     * pickles the object afresh; if that fails, the cown rolls back to
+     * this copy rather than lose its value. */
+    bool blob_stale;
     bool is_exception;
     /* Resident list of `home` (guarded by home->lock). */
     bocpy_cown *res_prev, *res_next;
@@ -300,8 +306,16 @@ typedef struct bocpy_strtable {
  * or out of memory when creating. */
 bocpy_strtable_slot *bocpy_strtable_find(bocpy_strtable *t, const char *key, size_t len,
                                          bool create);
+/* ------------------------------------------------------------ arguments */
+
 /* The UTF-8 bytes of a str argument, or TypeError naming `what`. */
 int bocpy_str_arg(PyObject *obj, const char *what, const char **key, size_t *len);
+/* A real number (not bool, not NaN); huge ints are a ValueError. */
+int bocpy_float_arg(PyObject *obj, const char *what, double *out);
+/* An int (not bool) in [lo, hi]; anything else is a TypeError/ValueError. */
+int bocpy_int_arg(PyObject *obj, const char *what, long long lo, long long hi, long long *out);
+/* Seconds to nanoseconds, UINT64_MAX ("no limit") when it would overflow. */
+uint64_t bocpy_seconds_to_ns(double seconds);
 
 /* ------------------------------------------------- noticeboard, messages */
 

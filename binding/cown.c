@@ -186,8 +186,8 @@ typedef struct foreign_pickle {
     bocpy_cown *cown;
     bocpy_interp *home;
     bocpy_blob *blob;
-    PyObject *error_text; /* str of the failure, owned by `home`: freed there */
-    char *error;          /* plain C copy for the caller */
+    char *error;      /* why pickling failed (plain C copy for the caller) */
+    bool rolled_back; /* ...and the cown went back to its stale copy */
 } foreign_pickle;
 
 static void foreign_pickle_run(void *arg) {
@@ -202,14 +202,21 @@ static void foreign_pickle_run(void *arg) {
         PyErr_Clear();
         Py_XDECREF(text);
         Py_XDECREF(exc);
-        return;
+        if (!c->blob_stale) {
+            return;
+        }
+        /* The object was mutated in place into something that cannot
+         * travel: fall back to the last copy that could. */
+        fp->rolled_back = true;
+        c->blob_stale = false;
+    } else {
+        atomic_fetch_add_explicit(&fp->home->stats.foreign_pickles, 1, memory_order_relaxed);
     }
     /* The copy replaces the original: free it while we hold its GIL. */
     PyObject *obj = c->obj;
     c->obj = NULL;
     set_home(c, NULL);
     Py_DECREF(obj);
-    atomic_fetch_add_explicit(&fp->home->stats.foreign_pickles, 1, memory_order_relaxed);
 }
 
 int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
@@ -230,18 +237,20 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     if (c->obj == NULL && c->blob == NULL) {
         return 0; /* the value is None */
     }
-    if (c->blob == NULL) {
-        /* Only the live object exists, in another interpreter: pickle it
-         * there.  Values stored by behaviors are checked when stored, so
-         * this fails only if a value was later mutated into an unpicklable
-         * state. */
+    bool rolled_back = false;
+    char *rollback_reason = NULL;
+    if (c->blob == NULL || c->blob_stale) {
+        /* The live object, in another interpreter, is the only current
+         * copy: pickle it there.  Values stored by behaviors are checked
+         * when stored, so this fails only if a value was later mutated in
+         * place into an unpicklable state. */
         foreign_pickle fp = {.cown = c, .home = home};
         if (home->state == NULL || !bocpy_interp_call_in(home, foreign_pickle_run, &fp)) {
             PyErr_SetString(PyExc_RuntimeError,
                             "the interpreter holding this cown's value is gone");
             return -1;
         }
-        if (fp.blob == NULL) {
+        if (fp.blob == NULL && !fp.rolled_back) {
             PyErr_Format(PyExc_TypeError,
                          "the value of this cown could not be sent to the interpreter that "
                          "needs it: %s",
@@ -249,7 +258,13 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
             free(fp.error);
             return -1;
         }
-        c->blob = fp.blob;
+        if (fp.blob != NULL) {
+            bocpy_blob_free(c->blob);
+            c->blob = fp.blob;
+            c->blob_stale = false;
+        }
+        rolled_back = fp.rolled_back;
+        rollback_reason = fp.error;
         home = NULL;
     }
     PyObject *value = bocpy_deserialize(here->state, c->blob);
@@ -269,6 +284,18 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     set_home(c, here);
     release_object(home, old);
     atomic_fetch_add_explicit(&here->stats.migrations_in, 1, memory_order_relaxed);
+    if (rolled_back) {
+        /* The cown is consistent again (it holds its last transferable
+         * value); the behavior that needed it learns why it changed. */
+        PyErr_Format(PyExc_TypeError,
+                     "a behavior changed this cown's value in place into a state that cannot "
+                     "be sent between interpreters (%s); the cown was rolled back to its last "
+                     "transferable value, which later behaviors will see",
+                     rollback_reason ? rollback_reason : "unknown error");
+        free(rollback_reason);
+        return -1;
+    }
+    free(rollback_reason);
     return 0;
 }
 
@@ -278,6 +305,7 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
     c->obj = obj == Py_None ? NULL : Py_NewRef(obj);
     bocpy_blob_free(c->blob);
     c->blob = NULL;
+    c->blob_stale = false;
     c->is_exception = is_exception;
     set_home(c, c->obj ? here : NULL);
     release_object(home, old);
@@ -291,21 +319,29 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
     if (now == NULL) {
         bocpy_blob_free(c->blob);
         c->blob = NULL;
+        c->blob_stale = false;
         return 0;
     }
     bool plain = bocpy_is_plain_immutable(st, now);
-    if (plain && now == before && c->blob != NULL) {
+    if (plain && now == before && c->blob != NULL && !c->blob_stale) {
         return 0; /* unchanged and unchangeable: the copy is still right */
     }
-    if (!here->is_main && (plain || now == before)) {
+    if (!here->is_main && plain) {
         /* On a worker, copy lazily: a plain value is cheap to pickle if it
-         * ever has to move, and an object kept (perhaps mutated in place)
-         * makes any older copy stale.  A chain of behaviors on one worker
-         * thus never pays for serialisation. */
-        if (now != before || !plain) {
+         * ever has to move. */
+        if (now != before) {
             bocpy_blob_free(c->blob);
             c->blob = NULL;
+            c->blob_stale = false;
         }
+        return 0;
+    }
+    if (!here->is_main && now == before) {
+        /* The same object, perhaps mutated in place: any copy is now an
+         * older version.  Keep it as the last transferable one, and pickle
+         * afresh only if the value ever has to move -- so a chain of
+         * behaviors that keeps it on one worker never pays for that. */
+        c->blob_stale = c->blob != NULL;
         return 0;
     }
     /* A new object on a worker, or any value the main thread releases (so
@@ -313,15 +349,19 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
      * now that it can cross, and keep the copy. */
     bocpy_blob *blob = bocpy_serialize(st, now);
     if (blob == NULL) {
-        c->obj = Py_XNewRef(before);
-        Py_DECREF(now);
-        bocpy_blob_free(c->blob);
-        c->blob = NULL;
-        set_home(c, c->obj ? here : NULL);
+        if (now != before) {
+            c->obj = Py_XNewRef(before);
+            Py_DECREF(now);
+            set_home(c, c->obj ? here : NULL);
+        }
+        /* Any copy we had is, at best, of an older version: keep it as the
+         * last transferable one. */
+        c->blob_stale = c->blob != NULL;
         return -1;
     }
     bocpy_blob_free(c->blob);
     c->blob = blob;
+    c->blob_stale = false;
     return 0;
 }
 
@@ -356,8 +396,24 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
         pthread_mutex_unlock(&rec->lock);
 
         PyObject *obj = c->obj;
-        if (obj != NULL && c->blob == NULL) {
-            c->blob = bocpy_serialize(st, obj);
+        if (obj != NULL && (c->blob == NULL || c->blob_stale)) {
+            bocpy_blob *fresh = bocpy_serialize(st, obj);
+            if (fresh == NULL && c->blob != NULL) {
+                /* Mutated in place into something that cannot leave this
+                 * interpreter: keep the last copy that could, and say so. */
+                PyObject *cause = PyErr_GetRaisedException();
+                PySys_FormatStderr("bocpy: a cown's value (type '%.200s') was changed in place "
+                                   "into a state that cannot leave its worker (%S); it was "
+                                   "rolled back to its last transferable value\n",
+                                   Py_TYPE(obj)->tp_name, cause);
+                Py_XDECREF(cause);
+                PyErr_Clear();
+                c->blob_stale = false;
+            } else if (fresh != NULL) {
+                bocpy_blob_free(c->blob);
+                c->blob = fresh;
+                c->blob_stale = false;
+            }
             if (c->blob == NULL) {
                 /* The value cannot outlive its interpreter: say so on the
                  * cown rather than losing it silently. */

@@ -57,10 +57,7 @@ static void channel_clear(channel *ch) {
 
 /* A tuple of tag strings from a str or a sequence of str. */
 static PyObject *tags_tuple(PyObject *tags) {
-    if (PyUnicode_Check(tags)) {
-        return PyTuple_Pack(1, tags);
-    }
-    PyObject *tuple = PySequence_Tuple(tags);
+    PyObject *tuple = PyUnicode_Check(tags) ? PyTuple_Pack(1, tags) : PySequence_Tuple(tags);
     if (tuple == NULL) {
         PyErr_Format(PyExc_TypeError, "tags must be a str or a sequence of str, not '%.200s'",
                      Py_TYPE(tags)->tp_name);
@@ -158,19 +155,9 @@ PyObject *bocpy_receive(bocpy_state *st, PyObject *tags_obj, PyObject *timeout_o
         return NULL;
     }
     double timeout = -1;
-    if (timeout_obj != Py_None) {
-        timeout = PyFloat_AsDouble(timeout_obj);
-        if (timeout == -1 && PyErr_Occurred()) {
-            Py_DECREF(tags);
-            PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds, not '%.200s'",
-                         Py_TYPE(timeout_obj)->tp_name);
-            return NULL;
-        }
-        if (timeout != timeout) {
-            Py_DECREF(tags);
-            PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-            return NULL;
-        }
+    if (timeout_obj != Py_None && bocpy_float_arg(timeout_obj, "timeout", &timeout) < 0) {
+        Py_DECREF(tags);
+        return NULL;
     }
     if (after != Py_None && !PyCallable_Check(after)) {
         Py_DECREF(tags);
@@ -179,8 +166,7 @@ PyObject *bocpy_receive(bocpy_state *st, PyObject *tags_obj, PyObject *timeout_o
         return NULL;
     }
     uint64_t start = boc_now_ns();
-    /* Beyond ~584 years a timeout is as good as none (and would overflow). */
-    uint64_t budget = (timeout < 0 || timeout >= 1.8e10) ? UINT64_MAX : (uint64_t)(timeout * 1e9);
+    uint64_t budget = timeout < 0 ? UINT64_MAX : bocpy_seconds_to_ns(timeout);
     PyObject *which = NULL;
     message *m = NULL;
     lock_channels();

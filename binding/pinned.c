@@ -30,6 +30,7 @@
 #include "bocpy.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -217,27 +218,20 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
 }
 
 static bool parse_positive(PyObject *obj, const char *name, double *out) {
+    *out = 0;
     if (obj == Py_None) {
-        *out = 0;
         return true;
     }
-    if (PyBool_Check(obj) || !(PyLong_Check(obj) || PyFloat_Check(obj))) {
-        PyErr_Format(PyExc_TypeError, "%s must be a positive number or None, not '%.200s'", name,
-                     Py_TYPE(obj)->tp_name);
+    if (bocpy_float_arg(obj, name, out) < 0) {
         return false;
     }
-    double value = PyFloat_AsDouble(obj);
-    if (value == -1.0 && PyErr_Occurred()) {
-        return false;
-    }
-    if (!(value > 0) || value != value) {
+    if (!(*out > 0)) {
         PyErr_Format(PyExc_ValueError,
                      "%s must be > 0 (got %R); pass None for no limit, or skip pump() when "
                      "there is no time for it",
                      name, obj);
         return false;
     }
-    *out = value;
     return true;
 }
 
@@ -266,7 +260,10 @@ PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
         return NULL;
     }
     bocpy_pump_result result;
-    int rc = bocpy_pump_run(st, (uint64_t)(deadline_ms * 1e6), (uint64_t)max_behaviors,
+    /* 0 means "no bound" to bocpy_pump_run; bounds too large to count are none. */
+    uint64_t deadline_ns = deadline_ms > 0 ? bocpy_seconds_to_ns(deadline_ms / 1000.0) : 0;
+    uint64_t max_count = max_behaviors >= 1.8e19 ? 0 : (uint64_t)max_behaviors;
+    int rc = bocpy_pump_run(st, deadline_ns == UINT64_MAX ? 0 : deadline_ns, max_count,
                             raise_on_error != 0, &result);
     bocpy_garbage_drain(st->interp);
     if (rc < 0) {
@@ -298,20 +295,11 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback) {
 }
 
 PyObject *bocpy_set_wait_pump_poll(PyObject *ms_obj) {
-    if (PyBool_Check(ms_obj) || !PyLong_Check(ms_obj)) {
-        PyErr_Format(PyExc_TypeError, "ms must be an int number of milliseconds, not '%.200s'",
-                     Py_TYPE(ms_obj)->tp_name);
+    long long ms;
+    if (bocpy_int_arg(ms_obj, "ms (milliseconds)", 1, 60000, &ms) < 0) {
         return NULL;
     }
-    long ms = PyLong_AsLong(ms_obj);
-    if (ms == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (ms < 1 || ms > 60000) {
-        PyErr_Format(PyExc_ValueError, "ms must be between 1 and 60000, got %ld", ms);
-        return NULL;
-    }
-    atomic_store_explicit(&wait_poll_ms, ms, memory_order_relaxed);
+    atomic_store_explicit(&wait_poll_ms, (long)ms, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 
@@ -428,8 +416,10 @@ PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_obj, PyObject 
         return NULL;
     }
     Py_XSETREF(watchdog_on_starve, on_starve == Py_None ? NULL : Py_NewRef(on_starve));
-    atomic_store_explicit(&watchdog_warn_ms, warn_obj == Py_None ? -1 : (long long)warn_ms,
-                          memory_order_relaxed);
+    /* A threshold beyond ~292 million years is as good as never. */
+    long long warn =
+        warn_obj == Py_None ? -1 : (warn_ms >= 9.2e15 ? LLONG_MAX / 2 : (long long)warn_ms);
+    atomic_store_explicit(&watchdog_warn_ms, warn, memory_order_relaxed);
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&watchdog_lock);

@@ -205,20 +205,9 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
     if (check_main(st, "start") < 0) {
         return NULL;
     }
-    if (!PyLong_Check(count_obj) || PyBool_Check(count_obj)) {
-        PyErr_Format(PyExc_TypeError, "worker_count must be an int, not '%.200s'",
-                     Py_TYPE(count_obj)->tp_name);
-        return NULL;
-    }
-    long long count = PyLong_AsLongLong(count_obj);
-    if (count == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (count < 1 || count > 1024) {
-        PyErr_Format(PyExc_ValueError,
-                     "worker_count must be between 1 and 1024, got %lld (None means "
-                     "bocpy.WORKER_COUNT)",
-                     count);
+    long long count;
+    if (bocpy_int_arg(count_obj, "worker_count (None means bocpy.WORKER_COUNT)", 1, 1024, &count) <
+        0) {
         return NULL;
     }
     boc_runtime *rt = bocpy_runtime();
@@ -346,18 +335,13 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
     }
     double timeout = -1.0;
     if (timeout_obj != Py_None) {
-        timeout = PyFloat_AsDouble(timeout_obj);
-        if (timeout == -1.0 && PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError,
-                         "timeout must be a number of seconds or None, not "
-                         "'%.200s'",
-                         Py_TYPE(timeout_obj)->tp_name);
+        if (bocpy_float_arg(timeout_obj, "timeout (seconds, or None)", &timeout) < 0) {
             return NULL;
         }
-        if (!(timeout >= 0.0) || isinf(timeout)) {
+        if (timeout < 0) {
             PyErr_Format(PyExc_ValueError,
-                         "timeout must be a finite number of seconds >= 0, or None to wait "
-                         "as long as it takes; got %R",
+                         "timeout must be >= 0 seconds, or None to wait as long as it takes; "
+                         "got %R",
                          timeout_obj);
             return NULL;
         }
@@ -374,7 +358,7 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
         return NULL;
     }
     uint64_t start = boc_now_ns();
-    uint64_t budget = timeout < 0 ? UINT64_MAX : (uint64_t)(timeout * 1e9);
+    uint64_t budget = timeout < 0 ? UINT64_MAX : bocpy_seconds_to_ns(timeout);
     for (;;) {
         /* Pinned behaviors run here, on the main thread, while we wait. */
         bocpy_pump_result pumped;

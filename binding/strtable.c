@@ -75,18 +75,3 @@ bocpy_strtable_slot *bocpy_strtable_find(bocpy_strtable *t, const char *key, siz
     t->used++;
     return &t->slots[i];
 }
-
-int bocpy_str_arg(PyObject *obj, const char *what, const char **key, size_t *len) {
-    if (!PyUnicode_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be str, not '%.200s' (%R)", what,
-                     Py_TYPE(obj)->tp_name, obj);
-        return -1;
-    }
-    Py_ssize_t n;
-    *key = PyUnicode_AsUTF8AndSize(obj, &n);
-    if (*key == NULL) {
-        return -1;
-    }
-    *len = (size_t)n;
-    return 0;
-}

@@ -101,15 +101,16 @@ bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
 
     PyObject *args[2] = {obj, st->protocol};
     PyObject *bytes = PyObject_Vectorcall(st->dumps, args, 2, NULL);
-    if (bytes == NULL) {
-        /* The C pickler gave up; the extended one may know how. */
+    if (bytes == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* The C pickler gave up; the extended one may know how.  (Anything
+         * else -- KeyboardInterrupt, MemoryError's cousins -- propagates.) */
         PyObject *first = PyErr_GetRaisedException();
         context_reset(&ctx);
         PyObject *fallback = fallback_dumps(st);
         if (fallback != NULL) {
             bytes = PyObject_CallOneArg(fallback, obj);
         }
-        if (bytes == NULL) {
+        if (bytes == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
             /* Report the C pickler's reason: it is the one users know. */
             PyErr_Clear();
             PyErr_SetRaisedException(first);
