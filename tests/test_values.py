@@ -5,10 +5,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import sys
 import decimal
 import fractions
 import itertools
+import sys
 import threading
 
 import pytest
