@@ -182,6 +182,11 @@ void boc_schedule(boc_runtime *rt, boc_behavior *b) {
          * visible to us, or, when the tail was NULL, pairs with the last
          * owner's releasing CAS so that its work on the cown is visible. */
         boc_request *prev = atomic_exchange_explicit(&req->cown->last, req, memory_order_acq_rel);
+        /* Yield point: we are the tail but not yet linked behind `prev`, so a
+         * releasing owner that finds `next` NULL sees its tail CAS fail and
+         * must spin until we link (cown.c); and when prev is NULL we hold this
+         * cown while still unqueued on the later ones. */
+        BOC__YIELD(ENQUEUE_SWAPPED);
         if (prev == NULL) {
             acquired_now++;
             continue;
@@ -200,13 +205,29 @@ void boc_schedule(boc_runtime *rt, boc_behavior *b) {
         /* Release publishes b (its pending count) to the predecessor's
          * releasing thread, which loads `next` with acquire. */
         atomic_store_explicit(&prev->next, b, memory_order_release);
+        /* Yield point: linked here, not yet enqueued on our later cowns.  A
+         * behavior that overtook us on one of those now would deadlock with
+         * us; the `scheduled` spin above is what stops that. */
+        BOC__YIELD(ENQUEUE_LINKED);
     }
+
+    /* Yield point: enqueued everywhere, nothing marked yet; successors on
+     * any of our cowns are spinning on `scheduled`. */
+    BOC__YIELD(PHASE1_DONE);
 
     /* Phase 2: we are enqueued everywhere; successors may now link. */
     for (size_t i = 0; i < count; i++) {
         /* Release pairs with a successor's acquire spin (see above). */
         atomic_store_explicit(&b->requests[i].scheduled, true, memory_order_release);
+        /* Yield point: some requests marked, others not.  Successors on the
+         * marked ones link now and may even be released to, while we still
+         * hold our +1, so `b` must stay undispatched (and alive). */
+        BOC__YIELD(PHASE2_MARKED);
     }
+
+    /* Yield point: the predecessors may have resolved all of our cowns
+     * already; only the +1 hold stops `b` from running yet. */
+    BOC__YIELD(SCHEDULE_RESOLVE);
 
     /* Drop the +1 hold together with the cowns that were free.  From here on
      * `b` may run and be freed by another thread: do not touch it again. */
@@ -215,6 +236,9 @@ void boc_schedule(boc_runtime *rt, boc_behavior *b) {
 
 void boc__behavior_resolve(boc_behavior *b, size_t amount) {
     assert(amount > 0);
+    /* Yield point: the scheduler dropping its hold and the owners releasing
+     * our cowns race to bring `pending` to zero; exactly one dispatches. */
+    BOC__YIELD(RESOLVE);
     /* acq_rel: every resolver releases what it did before (the previous
      * owner's body, the scheduler's enqueues) and the one that reaches zero
      * acquires all of it before dispatching; RMWs on one object form a

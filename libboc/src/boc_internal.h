@@ -9,7 +9,12 @@
  *   behavior.c  allocation, 2PL scheduling, resolution and completion;
  *   sched.c     worker queues, dispatch, stealing, parking, the worker loop;
  *   pinned.c    the single-consumer lane for main-thread-only behaviors;
- *   runtime.c   lifecycle, quiescence, stats, clock.
+ *   runtime.c   lifecycle, quiescence, stats, clock;
+ *   yield.c     seeded yield points and the controlled scheduler (testing
+ *               only; see boc_yield.h).
+ * Blocking pthread calls go through the boc_yield_* wrappers of boc_yield.h:
+ * plain pthread calls normally, routed through the controlled scheduler in a
+ * -DBOC_YIELD_POINTS build.
  * Every source file includes this header first, so the feature-test macro
  * below is seen before any system header.
  */
@@ -21,6 +26,7 @@
 #endif
 
 #include "boc.h"
+#include "boc_yield.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -200,6 +206,10 @@ static inline void boc__cpu_relax(void) {
  * the CPU, because the thread we wait for may be descheduled (there can be
  * more runnable threads than cores). */
 static inline void boc__spin_backoff(unsigned *rounds) {
+    /* Yield point: every spin-wait waits for another thread's progress, so it
+     * is where a controlled schedule must hand the token on; in seeded mode a
+     * delay here stretches the window the other thread is racing through. */
+    BOC__YIELD(SPIN);
     if (*rounds < 64) {
         *rounds += 1;
         boc__cpu_relax();

@@ -60,6 +60,9 @@ void boc__request_release(boc_request *req) {
      * we resolve it. */
     boc_behavior *next = atomic_load_explicit(&req->next, memory_order_acquire);
     if (next == NULL) {
+        /* Yield point: we saw no successor; one may swap the tail now, so the
+         * CAS below fails although `next` is still NULL. */
+        BOC__YIELD(RELEASE_NO_NEXT);
         boc_request *expected = req;
         /* If we are still the tail, nobody waits: the cown becomes free.
          * Release on success publishes everything done under the cown to the
@@ -73,6 +76,9 @@ void boc__request_release(boc_request *req) {
         /* A successor swapped the tail after our load of `next` but has not
          * linked itself yet.  It only waits for our `scheduled` flag, which is
          * long set, so the link is imminent.  Acquire as above. */
+        /* Yield point: between the failed CAS and the spin; the successor
+         * may be descheduled right before linking. */
+        BOC__YIELD(RELEASE_CAS_FAILED);
         unsigned rounds = 0;
         while ((next = atomic_load_explicit(&req->next, memory_order_acquire)) == NULL) {
             boc__spin_backoff(&rounds);
@@ -94,6 +100,9 @@ bool boc_cown_try_hold(boc_cown *cown, boc_request *req) {
      * successors may link behind it at once. */
     atomic_store_explicit(&req->scheduled, true, memory_order_relaxed);
     boc_request *expected = NULL;
+    /* Yield point: the hold's CAS races with enqueuers' exchanges; only one
+     * of them may find the queue empty. */
+    BOC__YIELD(HOLD_TRY);
     /* Success: acquire pairs with the previous owner's releasing CAS, so its
      * work on the cown is visible to the holder; release publishes `req`'s
      * fields to successors, which read them after their exchange (acq_rel).

@@ -32,7 +32,7 @@ void boc__pinned_push(boc_runtime *rt, boc_behavior *b) {
     boc__pinned_lane *lane = &rt->pinned;
     assert(b->pinned);
     b->queue_next = NULL;
-    pthread_mutex_lock(&lane->lock);
+    boc_yield_mutex_lock(&lane->lock);
     bool became_nonempty = lane->head == NULL;
     if (became_nonempty) {
         lane->head = b;
@@ -50,6 +50,10 @@ void boc__pinned_push(boc_runtime *rt, boc_behavior *b) {
     atomic_store_explicit(&lane->depth, depth + 1, memory_order_relaxed);
     pthread_mutex_unlock(&lane->lock);
 
+    /* Yield point: the lane is non-empty, pinned_ready not yet called; the
+     * consumer may pop, run and complete `b` first, so the hook must not
+     * rely on finding it. */
+    BOC__YIELD(PINNED_PUSHED);
     if (became_nonempty && rt->ops.pinned_ready != NULL) {
         rt->ops.pinned_ready(rt->user);
     }
@@ -63,7 +67,10 @@ boc_behavior *boc_pinned_pop(boc_runtime *rt) {
         atomic_flag_test_and_set_explicit(&lane->consumer_active, memory_order_relaxed);
     assert(!other_consumer && "the pinned lane has a single consumer");
 #endif
-    pthread_mutex_lock(&lane->lock);
+    /* Yield point: producers race with the consumer for the lane's lock;
+     * the pop must see either all or none of a push. */
+    BOC__YIELD(PINNED_POP);
+    boc_yield_mutex_lock(&lane->lock);
     boc_behavior *b = lane->head;
     if (b != NULL) {
         lane->head = b->queue_next;

@@ -122,12 +122,12 @@ unsigned boc_runtime_worker_count(const boc_runtime *rt) {
 }
 
 void boc__worker_report_started(boc_runtime *rt, bool failed) {
-    pthread_mutex_lock(&rt->start_lock);
+    boc_yield_mutex_lock(&rt->start_lock);
     rt->workers_reported++;
     if (failed) {
         rt->worker_start_failed = true;
     }
-    pthread_cond_broadcast(&rt->start_cond);
+    boc_yield_cond_broadcast(&rt->start_cond);
     pthread_mutex_unlock(&rt->start_lock);
 }
 
@@ -139,7 +139,7 @@ static void boc__stop_threads(boc_runtime *rt) {
     atomic_store_explicit(&rt->stopping, true, memory_order_release);
     boc__wake_all(rt);
     for (unsigned i = 0; i < rt->threads_created; i++) {
-        int rc = pthread_join(rt->workers[i].thread, NULL);
+        int rc = boc_yield_thread_join(rt->workers[i].thread);
         assert(rc == 0);
         (void)rc;
     }
@@ -155,23 +155,24 @@ int boc_runtime_start(boc_runtime *rt) {
     /* Relaxed: no worker thread exists yet; pthread_create orders this store
      * before everything the new threads do. */
     atomic_store_explicit(&rt->stopping, false, memory_order_relaxed);
-    pthread_mutex_lock(&rt->start_lock);
+    boc_yield_mutex_lock(&rt->start_lock);
     rt->workers_reported = 0;
     rt->worker_start_failed = false;
     pthread_mutex_unlock(&rt->start_lock);
 
     bool create_failed = false;
     for (unsigned i = 0; i < rt->worker_count; i++) {
-        if (pthread_create(&rt->workers[i].thread, NULL, boc__worker_main, &rt->workers[i]) != 0) {
+        if (boc_yield_thread_create(&rt->workers[i].thread, boc__worker_main, &rt->workers[i]) !=
+            0) {
             create_failed = true;
             break;
         }
         rt->threads_created++;
     }
 
-    pthread_mutex_lock(&rt->start_lock);
+    boc_yield_mutex_lock(&rt->start_lock);
     while (rt->workers_reported < rt->threads_created) {
-        pthread_cond_wait(&rt->start_cond, &rt->start_lock);
+        boc_yield_cond_wait(&rt->start_cond, &rt->start_lock, NULL);
     }
     bool failed = create_failed || rt->worker_start_failed;
     pthread_mutex_unlock(&rt->start_lock);
@@ -229,17 +230,23 @@ void boc__live_decrement(boc_runtime *rt) {
     /* Release: the completed behavior (and all its effects) happens before a
      * waiter that acquires the zero.  Acquire: the thread reaching zero calls
      * the quiescent hook after every other completion. */
+    /* Yield point: the behavior is complete but still counted; a waiter
+     * must not return before this decrement. */
+    BOC__YIELD(LIVE_DECREMENT);
     uint64_t before = atomic_fetch_sub_explicit(&rt->live, 1, memory_order_acq_rel);
     assert(before > 0);
     if (before != 1) {
         return;
     }
+    /* Yield point: the count is zero but nobody is woken yet; a waiter that
+     * checks now, or is about to sleep, must not miss it. */
+    BOC__YIELD(LIVE_ZERO);
     /* No lost wake-up: a waiter checks `live` while holding quiescence_lock
      * and sleeps atomically with releasing it.  We reached zero before taking
      * the lock, so either the waiter's check comes after our unlock (and sees
      * zero), or it is already asleep when we broadcast. */
-    pthread_mutex_lock(&rt->quiescence_lock);
-    pthread_cond_broadcast(&rt->quiescence_cond);
+    boc_yield_mutex_lock(&rt->quiescence_lock);
+    boc_yield_cond_broadcast(&rt->quiescence_cond);
     pthread_mutex_unlock(&rt->quiescence_lock);
     if (rt->ops.quiescent != NULL) {
         rt->ops.quiescent(rt->user);
@@ -269,11 +276,15 @@ int boc_runtime_wait_quiescent(boc_runtime *rt, int64_t timeout_ns) {
         deadline.tv_nsec = (long)(at % UINT64_C(1000000000));
     }
     int result = 0;
-    pthread_mutex_lock(&rt->quiescence_lock);
+    /* Yield point: we saw a non-zero count without the lock; the last
+     * completion may happen now, and the re-check under the lock must see
+     * it (or its broadcast must find us asleep). */
+    BOC__YIELD(QUIESCENCE_WAIT);
+    boc_yield_mutex_lock(&rt->quiescence_lock);
     while (atomic_load_explicit(&rt->live, memory_order_acquire) != 0) {
         if (timeout_ns < 0) {
-            pthread_cond_wait(&rt->quiescence_cond, &rt->quiescence_lock);
-        } else if (pthread_cond_timedwait(&rt->quiescence_cond, &rt->quiescence_lock, &deadline) ==
+            boc_yield_cond_wait(&rt->quiescence_cond, &rt->quiescence_lock, NULL);
+        } else if (boc_yield_cond_wait(&rt->quiescence_cond, &rt->quiescence_lock, &deadline) ==
                    ETIMEDOUT) {
             result = atomic_load_explicit(&rt->live, memory_order_acquire) == 0 ? 0 : 1;
             break;

@@ -42,7 +42,7 @@ void boc__queue_destroy(boc__queue *queue) { pthread_mutex_destroy(&queue->lock)
 
 static void boc__queue_push(boc__queue *queue, boc_behavior *b) {
     b->queue_next = NULL;
-    pthread_mutex_lock(&queue->lock);
+    boc_yield_mutex_lock(&queue->lock);
     if (queue->head == NULL) {
         queue->head = b;
     } else {
@@ -64,7 +64,10 @@ static boc_behavior *boc__queue_pop(boc__queue *queue) {
     if (atomic_load_explicit(&queue->length, memory_order_relaxed) == 0) {
         return NULL;
     }
-    pthread_mutex_lock(&queue->lock);
+    /* Yield point: the hint said non-empty, but the owner or a thief may
+     * empty the queue before we lock; the locked pop must cope. */
+    BOC__YIELD(QUEUE_POP);
+    boc_yield_mutex_lock(&queue->lock);
     boc_behavior *b = queue->head;
     if (b != NULL) {
         queue->head = b->queue_next;
@@ -123,14 +126,14 @@ static void boc__wake_one(boc_runtime *rt) {
     if (atomic_load_explicit(&rt->parked, memory_order_seq_cst) == 0) {
         return;
     }
-    pthread_mutex_lock(&rt->park_lock);
-    pthread_cond_signal(&rt->park_cond);
+    boc_yield_mutex_lock(&rt->park_lock);
+    boc_yield_cond_signal(&rt->park_cond);
     pthread_mutex_unlock(&rt->park_lock);
 }
 
 void boc__wake_all(boc_runtime *rt) {
-    pthread_mutex_lock(&rt->park_lock);
-    pthread_cond_broadcast(&rt->park_cond);
+    boc_yield_mutex_lock(&rt->park_lock);
+    boc_yield_cond_broadcast(&rt->park_cond);
     pthread_mutex_unlock(&rt->park_lock);
 }
 
@@ -139,9 +142,13 @@ void boc__wake_all(boc_runtime *rt) {
 static bool boc__park(boc__worker *self) {
     boc_runtime *rt = self->runtime;
     bool keep_running = true;
-    pthread_mutex_lock(&rt->park_lock);
+    boc_yield_mutex_lock(&rt->park_lock);
     /* seq_cst: step W1 of the handshake above. */
     atomic_fetch_add_explicit(&rt->parked, 1, memory_order_seq_cst);
+    /* Yield point: announced (W1) but not re-checked (W2).  A dispatcher
+     * that reads `parked` now will signal, and must block on park_lock until
+     * we either see its push or wait on the condvar. */
+    BOC__YIELD(PARK_ANNOUNCED);
     if (boc__any_queued(rt)) {
         /* A dispatch raced with us: go back and take it. */
     } else if (atomic_load_explicit(&rt->stopping, memory_order_acquire)) {
@@ -150,8 +157,15 @@ static bool boc__park(boc__worker *self) {
         keep_running = false;
     } else {
         boc__stat_bump(&self->parks);
-        pthread_cond_wait(&rt->park_cond, &rt->park_lock);
+        /* Yield point: every queue looked empty (W2), not yet asleep (W3).
+         * A push from now on sees `parked` > 0 and needs park_lock to
+         * signal, which it cannot get before we wait. */
+        BOC__YIELD(PARK_CHECKED);
+        boc_yield_cond_wait(&rt->park_cond, &rt->park_lock, NULL);
     }
+    /* Yield point: awake (or never slept) but still counted in `parked`:
+     * a dispatcher may send a spare signal, which must be harmless. */
+    BOC__YIELD(PARK_WOKEN);
     /* Relaxed: a dispatcher that still sees us counted only sends a spare
      * signal, and we scan every queue again before sleeping next time. */
     atomic_fetch_sub_explicit(&rt->parked, 1, memory_order_relaxed);
@@ -180,6 +194,10 @@ void boc__dispatch(boc_behavior *b) {
         unsigned ticket = atomic_fetch_add_explicit(&rt->next_worker, 1, memory_order_relaxed);
         boc__queue_push(&rt->workers[ticket % rt->worker_count].queue, b);
     }
+    /* Yield point: pushed (D1), `parked` not yet read (D2).  A worker may
+     * announce parking in between; the seq_cst handshake must make one of
+     * us see the other.  Also: `b` may already be running (or freed). */
+    BOC__YIELD(DISPATCH_PUSHED);
     boc__wake_one(rt);
 }
 
@@ -196,6 +214,9 @@ static boc_behavior *boc__steal(boc__worker *self) {
         if (victim == self->index) {
             continue;
         }
+        /* Yield point: thieves and the victim's owner race for its oldest
+         * behavior; the queue lock must hand it to exactly one. */
+        BOC__YIELD(STEAL);
         boc_behavior *b = boc__queue_pop(&rt->workers[victim].queue);
         if (b != NULL) {
             boc__stat_bump(&self->steals);
@@ -228,6 +249,9 @@ static boc_behavior *boc__find_work(boc__worker *self) {
             boc__spin_backoff(&backoff);
             continue;
         }
+        /* Yield point: the scans found nothing; a dispatch landing now must
+         * still be seen by the park's re-check (W2) or wake us. */
+        BOC__YIELD(PARK_ENTER);
         if (!boc__park(self)) {
             return NULL;
         }
@@ -257,6 +281,9 @@ static void boc__worker_loop(boc__worker *self, void *context) {
         }
         assert(!b->pinned);
         ops->run(rt->user, b, context);
+        /* Yield point: the body is done but the cowns are still held, with
+         * successors queued (or enqueueing) behind them. */
+        BOC__YIELD(WORKER_RAN);
         /* Counted before completion, so that a thread that observes
          * quiescence (which completion may cause) also sees this count. */
         boc__stat_bump(&self->behaviors_run);
@@ -269,6 +296,7 @@ void *boc__worker_main(void *arg) {
     boc_runtime *rt = self->runtime;
     boc__this_thread.runtime = rt;
     boc__this_thread.index = (int)self->index;
+    boc_yield_set_identity(BOC_YIELD_ROLE_WORKER, self->index);
 
     bool failed = false;
     void *context = NULL;

@@ -1,11 +1,20 @@
 /*
- * The libboc test runner: `boc_tests [--seed N] [--no-fork] [--list] [name...]`.
+ * The libboc test runner:
+ *   boc_tests [--seed N] [--controlled] [--stress-behaviors N] [--no-fork]
+ *             [--list] [name...]
  *
  * With no names it runs every case of test_list.h; otherwise just the named
  * ones.  Each case runs in a forked child process (unless --no-fork), so a
  * failing ASSERT, a crash, a sanitizer report (non-zero exit) or a hang (the
  * child's alarm) fails only that case.  It prints one line per case and a
  * final line "N passed, M failed"; the exit status is non-zero on failure.
+ * A failing case is followed by the exact command that reruns it.
+ *
+ * The seed (--seed N or BOC_TEST_SEED) drives the randomised tests' inputs
+ * and, in a -DBOC_YIELD_POINTS build, the yield points (boc_yield.h), which
+ * are reseeded before every case.  --controlled (yield-point builds only)
+ * runs the tests that support it under the controlled scheduler, where the
+ * seed fixes the whole schedule.  --stress-behaviors N sizes the stress test.
  */
 #include "test.h"
 #include "test_list.h"
@@ -20,7 +29,22 @@
 /* A case that runs longer than this (seconds) is killed and fails. */
 #define TEST_CASE_TIME_LIMIT_S 240
 
+/* Build-time defaults; the sweep variants lower them (see the Makefile). */
+#ifndef TEST_QUIESCENCE_TIMEOUT_S
+#define TEST_QUIESCENCE_TIMEOUT_S 60
+#endif
+#ifndef TEST_STRESS_BEHAVIORS
+#define TEST_STRESS_BEHAVIORS 132000
+#endif
+
 uint64_t test_seed = UINT64_C(0x5eed0b0c);
+const char *test_program = "boc_tests";
+bool test_controlled = false;
+int64_t test_quiescence_timeout_ns = (int64_t)TEST_QUIESCENCE_TIMEOUT_S * 1000000000;
+uint32_t test_stress_behaviors = TEST_STRESS_BEHAVIORS;
+/* The options other than --seed that change what a case does, for the
+ * rerun command printed after a failure. */
+static char test_extra_options[64] = "";
 
 #define TEST_DECLARE(name) TEST_IMPL(name);
 TEST_LIST(TEST_DECLARE)
@@ -47,6 +71,9 @@ static int run_in_child(const test_entry *entry) {
     }
     if (pid == 0) {
         alarm(TEST_CASE_TIME_LIMIT_S);
+        /* Every case starts its yield points afresh from the seed. */
+        boc_yield_set_seed(test_seed);
+        boc_yield_set_identity(BOC_YIELD_ROLE_MAIN, 0);
         int rc = entry->fn();
         fflush(stdout);
         /* exit (not _exit): sanitizers run their exit-time checks here. */
@@ -83,8 +110,30 @@ static bool parse_seed(const char *text) {
     return true;
 }
 
+static bool parse_stress_behaviors(const char *text) {
+    char *end = NULL;
+    unsigned long value = strtoul(text, &end, 0);
+    if (end == text || *end != '\0' || value < 100 || value > 10000000) {
+        fprintf(stderr, "bad --stress-behaviors (100 .. 10000000): %s\n", text);
+        return false;
+    }
+    test_stress_behaviors = (uint32_t)value;
+    return true;
+}
+
+const char *test_rerun_command(const char *name) {
+    static char command[512];
+    snprintf(command, sizeof command, "%s%s --seed %llu %s", test_program, test_extra_options,
+             (unsigned long long)test_seed, name);
+    return command;
+}
+
+static const char usage[] = "usage: %s [--seed N] [--controlled] [--stress-behaviors N] "
+                            "[--no-fork] [--list] [name...]\n";
+
 int main(int argc, char **argv) {
     bool use_fork = true;
+    test_program = argv[0];
     const char *env_seed = getenv("BOC_TEST_SEED");
     if (env_seed != NULL && *env_seed != '\0' && !parse_seed(env_seed)) {
         return 2;
@@ -96,6 +145,17 @@ int main(int argc, char **argv) {
             if (!parse_seed(argv[++i])) {
                 return 2;
             }
+        } else if (strcmp(argv[i], "--controlled") == 0) {
+            if (!boc_yield_enabled()) {
+                fprintf(stderr, "--controlled needs a build with -DBOC_YIELD_POINTS "
+                                "(make sweep)\n");
+                return 2;
+            }
+            test_controlled = true;
+        } else if (strcmp(argv[i], "--stress-behaviors") == 0 && i + 1 < argc) {
+            if (!parse_stress_behaviors(argv[++i])) {
+                return 2;
+            }
         } else if (strcmp(argv[i], "--no-fork") == 0) {
             use_fork = false;
         } else if (strcmp(argv[i], "--list") == 0) {
@@ -104,7 +164,7 @@ int main(int argc, char **argv) {
             }
             return 0;
         } else if (argv[i][0] == '-') {
-            fprintf(stderr, "usage: %s [--seed N] [--no-fork] [--list] [name...]\n", argv[0]);
+            fprintf(stderr, usage, argv[0]);
             return 2;
         } else {
             bool known = false;
@@ -118,6 +178,19 @@ int main(int argc, char **argv) {
             selected[selected_count++] = argv[i];
         }
     }
+
+    if (test_controlled) {
+        strcat(test_extra_options, " --controlled");
+    }
+    if (test_stress_behaviors != TEST_STRESS_BEHAVIORS) {
+        snprintf(test_extra_options + strlen(test_extra_options),
+                 sizeof test_extra_options - strlen(test_extra_options), " --stress-behaviors %u",
+                 (unsigned)test_stress_behaviors);
+    }
+    printf("# seed %llu, yield points %s\n", (unsigned long long)test_seed,
+           !boc_yield_enabled() ? "off"
+           : test_controlled    ? "controlled"
+                                : "seeded");
 
     unsigned passed = 0;
     unsigned failed = 0;
@@ -142,6 +215,7 @@ int main(int argc, char **argv) {
             failed++;
             printf("not ok %u - %s (%llu ms)\n", number, entry->name,
                    (unsigned long long)elapsed_ms);
+            printf("#   reproduce: %s\n", test_rerun_command(entry->name));
         }
         fflush(stdout);
     }

@@ -17,6 +17,7 @@
 #endif
 
 #include "boc.h"
+#include "boc_yield.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -49,12 +50,33 @@
         }                                                                                          \
     } while (0)
 
-/* Seed for randomised tests (--seed N or BOC_TEST_SEED; fixed default). */
+/* Seed for randomised tests (--seed N or BOC_TEST_SEED; fixed default).  In
+ * a yield-point build it also seeds the yield points (boc_yield.h). */
 extern uint64_t test_seed;
+/* argv[0] of the runner, for rerun commands. */
+extern const char *test_program;
+/* --controlled: run under the controlled scheduler where supported. */
+extern bool test_controlled;
+/* Behaviors in the stress test (--stress-behaviors; build default). */
+extern uint32_t test_stress_behaviors;
+/* The command line that reruns case `name` with this run's seed and options
+ * (a static buffer). */
+const char *test_rerun_command(const char *name);
 
 /* Quiescence wait used by tests that expect to finish: generous, so that a
- * slow sanitizer build still passes, but bounded, so a hang fails. */
-#define TEST_QUIESCENCE_TIMEOUT_NS (INT64_C(60) * 1000000000)
+ * slow sanitizer build still passes, but bounded, so a hang fails (60 s; the
+ * sweep builds use less, so a deadlock found by a sweep fails quickly). */
+extern int64_t test_quiescence_timeout_ns;
+#define TEST_QUIESCENCE_TIMEOUT_NS test_quiescence_timeout_ns
+
+/* Prints the seed of seeded case `name` and how to rerun it. */
+void test_print_seed(const char *name);
+/* With --controlled: puts the calling (main) thread under the controlled
+ * scheduler; call before creating any thread of the case.  No-op otherwise. */
+void test_controlled_begin(void);
+/* Ends it (after every other thread is joined) and prints the schedule's
+ * summary, whose trace hash is the same on every run of the same seed. */
+void test_controlled_end(const char *name);
 
 /* Sleeps for `ms` milliseconds. */
 void test_sleep_ms(unsigned ms);

@@ -364,6 +364,8 @@ TEST_IMPL(repeated_cown_in_behavior) {
 
 TEST_IMPL(multi_cown_exclusivity) {
     enum { COWNS = 12, COUNT = 5000 };
+    test_print_seed("multi_cown_exclusivity");
+    test_controlled_begin();
     test_host host;
     test_host_init(&host);
     boc_runtime *rt = test_runtime_start(&host, 4);
@@ -397,6 +399,7 @@ TEST_IMPL(multi_cown_exclusivity) {
         schedule_counting(rt, chosen, count, chosen, count, &ran);
     }
     test_runtime_finish(rt, &host);
+    test_controlled_end("multi_cown_exclusivity");
     ASSERT_EQ_U64(atomic_load(&ran), COUNT);
     for (int i = 0; i < COWNS; i++) {
         ASSERT_EQ_U64(cowns[i]->value, expected[i]);
@@ -430,6 +433,8 @@ static void wide_body(boc_behavior *b, void *raw) {
 
 TEST_IMPL(large_cown_sets) {
     enum { COWNS = 24, COUNT = 300, MAX_SLOTS = 40 };
+    test_print_seed("large_cown_sets");
+    test_controlled_begin();
     test_host host;
     test_host_init(&host);
     boc_runtime *rt = test_runtime_start(&host, 4);
@@ -465,6 +470,7 @@ TEST_IMPL(large_cown_sets) {
         boc_schedule(rt, b);
     }
     test_runtime_finish(rt, &host);
+    test_controlled_end("large_cown_sets");
     ASSERT_EQ_U64(atomic_load(&ran), COUNT);
     for (int i = 0; i < COWNS; i++) {
         ASSERT_EQ_U64(cowns[i]->value, expected[i]);

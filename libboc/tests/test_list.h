@@ -31,6 +31,7 @@
     X(stats_add_up)                                                                                \
     X(start_stop_many_runtimes)                                                                    \
     X(restart_same_runtime)                                                                        \
+    X(park_wakeup_handshake)                                                                       \
     X(stress_random_cown_sets)
 
 #endif /* BOC_TEST_LIST_H */

@@ -2,9 +2,12 @@
  * Test cases for the runtime's lifecycle and hooks: a failing worker_start
  * makes boc_runtime_start fail cleanly, the idle/busy/stop hooks follow their
  * protocol, boc_current_worker is right on every thread, the statistics add
- * up, and runtimes can be created, started and stopped many times.
+ * up, runtimes can be created, started and stopped many times, and a worker
+ * going to sleep never misses a wake-up.
  */
 #include "test.h"
+
+#include <sched.h>
 
 typedef struct simple_payload {
     test_payload header;
@@ -254,5 +257,45 @@ TEST_IMPL(restart_same_runtime) {
     ASSERT_EQ_U64(c->value, ROUNDS * PER_ROUND);
     boc_runtime_free(rt);
     test_cown_release(c);
+    return 0;
+}
+
+/*
+ * The parking handshake (sched.c), one wake-up at a time.  A lone worker goes
+ * idle after every behavior (steal scans, then park), and the main thread, a
+ * non-worker whose dispatch only pushes and signals, schedules the next one
+ * after a seeded delay, so that over the rounds the push lands at every step
+ * of the worker's way to sleep.  A lost wake-up leaves the behavior queued
+ * with the worker asleep, and the quiescence wait times out.
+ */
+TEST_IMPL(park_wakeup_handshake) {
+    enum { ROUNDS = 2000 };
+    test_print_seed("park_wakeup_handshake");
+    test_controlled_begin();
+    test_host host;
+    test_host_init(&host);
+    boc_runtime *rt = test_runtime_start(&host, 1);
+    atomic_ulong ran;
+    atomic_init(&ran, 0);
+    uint64_t rng = test_seed ^ UINT64_C(0x7061726b);
+    for (int i = 0; i < ROUNDS; i++) {
+        /* Up to a few more steps than the worker takes to fall asleep (32
+         * steal scans, then the park sequence); under the controlled
+         * scheduler each boc_yield_spin lets the worker take one step. */
+        unsigned delay = (unsigned)(test_random_next(&rng) % 48);
+        for (unsigned d = 0; d < delay; d++) {
+            sched_yield();
+            boc_yield_spin();
+        }
+        schedule_simple(rt, NULL, &ran, NULL);
+        ASSERT(boc_runtime_wait_quiescent(rt, TEST_QUIESCENCE_TIMEOUT_NS) == 0);
+    }
+    boc_worker_stats stats;
+    boc_runtime_stats(rt, 0, &stats);
+    test_runtime_finish(rt, &host);
+    test_controlled_end("park_wakeup_handshake");
+    printf("# park_wakeup_handshake: %llu parks in %d rounds\n", (unsigned long long)stats.parks,
+           ROUNDS);
+    ASSERT_EQ_U64(atomic_load(&ran), ROUNDS);
     return 0;
 }

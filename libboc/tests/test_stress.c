@@ -1,8 +1,11 @@
 /*
- * The seeded stress test: well over 100,000 behaviors over random sets of 1-4
- * cowns (repeats allowed) drawn from 64, scheduled by several host threads
- * and by running behaviors, on 4 workers, while the main thread takes and
- * releases synchronous holds on random cowns.
+ * The seeded stress test: by default 132,000 behaviors (over 100,000 from the
+ * host threads alone) over random sets of 1-4 cowns (repeats allowed) drawn
+ * from 64, scheduled by several host threads and by running behaviors, on 4
+ * workers, while the main thread takes and releases synchronous holds on
+ * random cowns.  --stress-behaviors N scales it (the sweep builds default to
+ * fewer, see the Makefile); --controlled runs it under the controlled
+ * scheduler, where the seed fixes the whole interleaving.
  *
  * It checks
  *   - exclusivity: each cown has an "in use" flag set with exchange on entry
@@ -14,7 +17,9 @@
  *     behaviors as named it, and the live count returns to zero.
  * Per-cown bookkeeping is plain (non-atomic) data protected by the cown, so a
  * ThreadSanitizer build also checks the runtime's happens-before edges.
- * The seed comes from --seed N or BOC_TEST_SEED (see runner.c).
+ * The seed comes from --seed N or BOC_TEST_SEED (see runner.c); in a
+ * yield-point build it also drives the yield points, each thread of the test
+ * taking its own PRNG stream (boc_yield_set_identity).
  */
 #include "test.h"
 
@@ -26,13 +31,16 @@ enum {
     STRESS_COWNS = 64,
     STRESS_WORKERS = 4,
     STRESS_HOST_THREADS = 3,
-    STRESS_PER_HOST_THREAD = 34000,
-    STRESS_CHILD_BUDGET = 30000,
-    STRESS_CAPACITY = STRESS_HOST_THREADS * STRESS_PER_HOST_THREAD + STRESS_CHILD_BUDGET,
+    /* Of every 132 behaviors, 102 come from the host threads and up to 30
+     * are children scheduled by running behaviors. */
+    STRESS_SHARE_TOTAL = 132,
+    STRESS_SHARE_CHILDREN = 30,
     /* Scheduling threads: the host threads, then one per worker. */
     STRESS_SCHEDULERS = STRESS_HOST_THREADS + STRESS_WORKERS,
     STRESS_MAX_SET = 4,
     STRESS_MIN_HOLDS = 200,
+    /* Hold attempts after the host threads are done (controlled mode). */
+    STRESS_CONTROLLED_HOLD_ATTEMPTS = 100000,
 };
 
 typedef struct stress_cown {
@@ -48,9 +56,11 @@ typedef struct stress_cown {
 typedef struct stress_state {
     boc_runtime *rt;
     stress_cown *cowns[STRESS_COWNS];
+    uint32_t per_host_thread;
+    uint32_t capacity;
     atomic_uint next_id;
     atomic_long child_budget;
-    atomic_uchar ran[STRESS_CAPACITY];
+    atomic_uchar *ran; /* [capacity] */
     atomic_ulong failures;
     atomic_ulong holds;
     atomic_uint hosts_done;
@@ -85,7 +95,7 @@ static void stress_body(boc_behavior *b, void *raw);
 static void stress_schedule(stress_state *state, uint32_t scheduler, uint64_t sequence,
                             uint64_t *rng) {
     uint32_t id = atomic_fetch_add(&state->next_id, 1);
-    ASSERT(id < STRESS_CAPACITY);
+    ASSERT(id < state->capacity);
     size_t slots = 1 + test_random_next(rng) % STRESS_MAX_SET;
     uint8_t picks[STRESS_MAX_SET];
     for (size_t i = 0; i < slots; i++) {
@@ -128,6 +138,10 @@ static void stress_body(boc_behavior *b, void *raw) {
             return; /* the data below would race */
         }
     }
+    /* Yield point inside the body, all cowns marked in use: a behavior
+     * wrongly admitted to one of them now would see the mark (and under the
+     * controlled scheduler a body is otherwise atomic). */
+    boc_yield_here();
     for (uint32_t i = 0; i < p->count; i++) {
         stress_cown *cown = state->cowns[p->cowns[i]];
         if (cown->last_sequence[p->scheduler] >= p->sequence) {
@@ -158,8 +172,9 @@ typedef struct stress_thread {
 
 static void *stress_host_thread(void *arg) {
     stress_thread *t = arg;
+    boc_yield_set_identity(BOC_YIELD_ROLE_HOST, t->scheduler);
     uint64_t rng = test_seed ^ (UINT64_C(0x1000193) * (t->scheduler + 1));
-    for (uint64_t sequence = 1; sequence <= STRESS_PER_HOST_THREAD; sequence++) {
+    for (uint64_t sequence = 1; sequence <= t->state->per_host_thread; sequence++) {
         stress_schedule(t->state, t->scheduler, sequence, &rng);
     }
     atomic_fetch_add(&t->state->hosts_done, 1);
@@ -167,17 +182,22 @@ static void *stress_host_thread(void *arg) {
 }
 
 TEST_IMPL(stress_random_cown_sets) {
-    printf("# stress seed: %llu (rerun with --seed %llu stress_random_cown_sets)\n",
-           (unsigned long long)test_seed, (unsigned long long)test_seed);
-    fflush(stdout);
+    test_print_seed("stress_random_cown_sets");
+    uint32_t behaviors = test_stress_behaviors;
+    uint32_t children =
+        (uint32_t)((uint64_t)behaviors * STRESS_SHARE_CHILDREN / STRESS_SHARE_TOTAL);
     stress_state *state = calloc(1, sizeof *state);
     ASSERT(state != NULL);
+    state->per_host_thread = (behaviors - children) / STRESS_HOST_THREADS;
+    state->capacity = STRESS_HOST_THREADS * state->per_host_thread + children;
+    state->ran = calloc(state->capacity, sizeof *state->ran);
+    ASSERT(state->ran != NULL);
     atomic_init(&state->next_id, 0);
-    atomic_init(&state->child_budget, STRESS_CHILD_BUDGET);
+    atomic_init(&state->child_budget, (long)children);
     atomic_init(&state->failures, 0);
     atomic_init(&state->holds, 0);
     atomic_init(&state->hosts_done, 0);
-    for (size_t i = 0; i < STRESS_CAPACITY; i++) {
+    for (size_t i = 0; i < state->capacity; i++) {
         atomic_init(&state->ran[i], 0);
     }
     for (int i = 0; i < STRESS_COWNS; i++) {
@@ -189,6 +209,10 @@ TEST_IMPL(stress_random_cown_sets) {
         state->cowns[i] = cown;
     }
 
+    /* From here to test_controlled_end, with --controlled, exactly one of
+     * the test's threads runs at a time, in the order the seed dictates. */
+    test_controlled_begin();
+    boc_yield_set_identity(BOC_YIELD_ROLE_MAIN, 0);
     test_host host;
     test_host_init(&host);
     state->rt = test_runtime_start(&host, STRESS_WORKERS);
@@ -198,16 +222,21 @@ TEST_IMPL(stress_random_cown_sets) {
     stress_thread args[STRESS_HOST_THREADS];
     for (uint32_t i = 0; i < STRESS_HOST_THREADS; i++) {
         args[i] = (stress_thread){state, i};
-        ASSERT(pthread_create(&threads[i], NULL, stress_host_thread, &args[i]) == 0);
+        ASSERT(boc_yield_thread_create(&threads[i], stress_host_thread, &args[i]) == 0);
     }
 
     /* Meanwhile, take synchronous holds on random cowns, until the host
      * threads are done and some holds have succeeded (most attempts fail
-     * while the cowns are busy). */
+     * while the cowns are busy), or give up: at a deadline, or under the
+     * controlled scheduler (where time must not steer the schedule) after a
+     * fixed number of attempts, so that a deadlock is reported quickly. */
     uint64_t rng = test_seed ^ UINT64_C(0xfeedface);
     uint64_t hold_deadline = boc_now_ns() + (uint64_t)TEST_QUIESCENCE_TIMEOUT_NS / 2;
+    uint32_t attempts_after_hosts = 0;
     for (int i = 0; atomic_load(&state->hosts_done) < STRESS_HOST_THREADS ||
-                    (atomic_load(&state->holds) < STRESS_MIN_HOLDS && boc_now_ns() < hold_deadline);
+                    (atomic_load(&state->holds) < STRESS_MIN_HOLDS &&
+                     (test_controlled ? attempts_after_hosts++ < STRESS_CONTROLLED_HOLD_ATTEMPTS
+                                      : boc_now_ns() < hold_deadline));
          i++) {
         stress_cown *cown = state->cowns[test_random_next(&rng) % STRESS_COWNS];
         boc_request hold;
@@ -225,7 +254,7 @@ TEST_IMPL(stress_random_cown_sets) {
     }
 
     for (uint32_t i = 0; i < STRESS_HOST_THREADS; i++) {
-        ASSERT(pthread_join(threads[i], NULL) == 0);
+        ASSERT(boc_yield_thread_join(threads[i]) == 0);
     }
     ASSERT(boc_runtime_wait_quiescent(state->rt, TEST_QUIESCENCE_TIMEOUT_NS) == 0);
     ASSERT_EQ_U64(boc_runtime_live(state->rt), 0);
@@ -243,7 +272,8 @@ TEST_IMPL(stress_random_cown_sets) {
     printf("# stress: %u behaviors, %lu holds, %llu steals, %llu ms\n", total,
            atomic_load(&state->holds), (unsigned long long)steals, (unsigned long long)elapsed_ms);
     ASSERT_EQ_U64(atomic_load(&state->failures), 0);
-    ASSERT(total >= 100000);
+    ASSERT(total >= STRESS_HOST_THREADS * state->per_host_thread);
+    ASSERT(behaviors < 132000 || total >= 100000);
     ASSERT_EQ_U64(run, total);
     for (uint32_t i = 0; i < total; i++) {
         ASSERT(atomic_load(&state->ran[i]) == 1);
@@ -253,10 +283,12 @@ TEST_IMPL(stress_random_cown_sets) {
         ASSERT(atomic_load(&state->cowns[i]->base.refcount) == 1);
     }
     test_runtime_finish(state->rt, &host);
+    test_controlled_end("stress_random_cown_sets");
     ASSERT_EQ_U64(atomic_load(&host.dones), total);
     for (int i = 0; i < STRESS_COWNS; i++) {
         boc_cown_decref(&state->cowns[i]->base);
     }
+    free(state->ran);
     free(state);
     return 0;
 }

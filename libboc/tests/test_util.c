@@ -23,6 +23,30 @@ uint64_t test_random_next(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
+void test_print_seed(const char *name) {
+    printf("# %s seed: %llu (rerun: %s)\n", name, (unsigned long long)test_seed,
+           test_rerun_command(name));
+    fflush(stdout);
+}
+
+void test_controlled_begin(void) {
+    if (test_controlled) {
+        ASSERT(boc_yield_controlled_begin());
+    }
+}
+
+void test_controlled_end(const char *name) {
+    if (!test_controlled) {
+        return;
+    }
+    boc_yield_schedule schedule;
+    boc_yield_controlled_end(&schedule);
+    printf("# %s controlled schedule: %llu steps, %llu switches, trace %016llx\n", name,
+           (unsigned long long)schedule.steps, (unsigned long long)schedule.switches,
+           (unsigned long long)schedule.trace_hash);
+    fflush(stdout);
+}
+
 /* ------------------------------------------------------------- test host */
 
 void test_host_init(test_host *host) {
@@ -195,6 +219,10 @@ void test_cown_release(test_cown *cown) { boc_cown_decref(&cown->base); }
 void test_cown_enter(test_cown *cown) {
     bool was_in_use = atomic_exchange(&cown->in_use, true);
     ASSERT(!was_in_use);
+    /* Yield point inside the body: a behavior wrongly admitted to this cown
+     * now would find it in use (in controlled mode, bodies are otherwise
+     * atomic, so the exclusivity check could never fire). */
+    boc_yield_here();
 }
 
 void test_cown_leave(test_cown *cown) { atomic_store(&cown->in_use, false); }
