@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch])
 
-.PHONY: all venv build demo test test-c test-python test-python-asan lint format bench clean
+.PHONY: all venv build demo test test-c test-python test-python-asan soak lint format bench clean
 
 all: build
 
@@ -50,8 +50,15 @@ test-python: build
 test-python-asan: build
 	tests/sanitizers/run-python-asan.sh -p no:cacheprovider $(PYTEST_ARGS)
 
+# One minute of mixed work with invariants and an RSS check.  quiesce mode
+# keeps one runtime: CPython 3.13.0 does not return a sub-interpreter's
+# memory when it ends, so RSS across start/wait cycles grows by a few MiB
+# per worker start whatever bocpy does (see docs/reliability.md).
+soak: build
+	$(PY) benchmarks/soak.py --minutes 1 --mode quiesce
+
 # The Python suite runs last so that its summary line closes the output.
-test: test-c lint test-python-asan test-python
+test: test-c lint test-python-asan soak test-python
 
 bench: build
 	$(PY) benchmarks/bench_core.py

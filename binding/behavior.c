@@ -259,7 +259,10 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
         captures = bocpy_serialize(st, snapshot);
         Py_DECREF(snapshot);
         if (captures == NULL) {
-            explain_capture_failure(st, func, nextra ? extra : NULL);
+            /* Ctrl-C (or any non-Exception) while pickling propagates as is. */
+            if (PyErr_ExceptionMatches(PyExc_Exception)) {
+                explain_capture_failure(st, func, nextra ? extra : NULL);
+            }
             return NULL;
         }
     }
