@@ -7,58 +7,15 @@ SIGINT and checks how the script reacts.
 
 from __future__ import annotations
 
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from conftest import LineReader
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
-
-
-class LineReader:
-    """Collects a process's stdout lines on a thread, readable with time-outs."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        self.thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {text!r} line within {timeout}s; saw {self.seen}")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"stdout closed before {text!r}; saw {self.seen}")
-            self.seen.append(line)
-            if line == text:
-                return
-
-    def rest(self, timeout: float = 10.0) -> list[str]:
-        self.thread.join(timeout)
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return self.seen
-            if line is not None:
-                self.seen.append(line)
 
 
 def interrupt_after_ready(

@@ -30,6 +30,7 @@ import threading
 import time
 
 import pytest
+from conftest import LineReader
 
 import bocpy
 from bocpy import TIMEOUT, Cown, PinnedCown, drain, receive, send, set_tags, when
@@ -833,37 +834,6 @@ def test_pinned_behavior_can_send_and_receive(tag):
 
 
 # --------------------------------------------------------------- Ctrl-C
-
-
-class LineReader:
-    """Collects a process's stdout lines on a thread, readable with time-outs."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
-
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {text!r} line within {timeout}s; saw {self.seen}")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"stdout closed before {text!r}; saw {self.seen}")
-            self.seen.append(line)
-            if line == text:
-                return
 
 
 CTRL_C_SCRIPTS = {
