@@ -59,8 +59,11 @@ static void channel_clear(channel *ch) {
 static PyObject *tags_tuple(PyObject *tags) {
     PyObject *tuple = PyUnicode_Check(tags) ? PyTuple_Pack(1, tags) : PySequence_Tuple(tags);
     if (tuple == NULL) {
-        PyErr_Format(PyExc_TypeError, "tags must be a str or a sequence of str, not '%.200s'",
-                     Py_TYPE(tags)->tp_name);
+        /* Only "not a sequence" is ours to reword; Ctrl-C and the like pass. */
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Format(PyExc_TypeError, "tags must be a str or a sequence of str, not '%.200s'",
+                         Py_TYPE(tags)->tp_name);
+        }
         return NULL;
     }
     if (PyTuple_GET_SIZE(tuple) == 0) {
