@@ -14,6 +14,7 @@
  *   cown.c      the Cown type and the life of a cown's value
  *   behavior.c  @when / whencall: building and scheduling behaviors
  *   worker.c    worker sub-interpreters and running a behavior
+ *   pool.c      worker interpreters kept from one runtime to the next
  *   pinned.c    PinnedCown, pump(), wake-ups and the starvation watchdog
  *   noticeboard.c  the multi-version key/value board
  *   messaging.c the send/receive channels
@@ -149,9 +150,10 @@ struct bocpy_cown {
     _Atomic(bocpy_interp *) home;
     bocpy_blob *blob;
     /* The blob is the last transferable copy of an older version (the
-     * object was since kept, perhaps mutated in place).  Moving the value
-     * pickles the object afresh; if that fails, the cown rolls back to
-     * this copy rather than lose its value. */
+     * object, over BOCPY_CHECK_IN_PLACE_MAX serialised, was since kept and
+     * perhaps mutated in place).  Moving the value pickles the object
+     * afresh; if that fails, the cown rolls back to this copy rather than
+     * lose its value. */
     bool blob_stale;
     bool is_exception;
     /* Resident list of `home` (guarded by home->lock). */
@@ -268,7 +270,16 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
 void bocpy_pinned_runtime_gone(void);
 PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
 
-/* Bootstrap blobs handed to every new worker. */
+/* Worker interpreters kept between runtimes (pool.c).  take/put: any
+ * thread, no GIL needed; put returns false when the interpreter could not
+ * be kept (its caller ends it).  trim: main thread, main GIL held, no
+ * runtime running; ends pooled interpreters beyond the first `keep`. */
+bocpy_interp *bocpy_pool_take(void);
+bool bocpy_pool_put(bocpy_interp *rec);
+size_t bocpy_pool_size(void);
+void bocpy_pool_trim(size_t keep);
+
+/* Bootstrap blobs handed to every worker as it starts. */
 typedef struct bocpy_bootstrap {
     /* The main interpreter's sys.path, as plain strings: a worker needs it
      * before it can import bocpy itself (and so before it can unpickle). */

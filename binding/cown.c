@@ -24,6 +24,10 @@
 #include <sched.h>
 #include <string.h>
 
+/* Serialised size above which a value mutated in place is not re-checked
+ * at every release (see bocpy_cown_settle). */
+#define BOCPY_CHECK_IN_PLACE_MAX (64 * 1024)
+
 static _Thread_local char tls_token_anchor;
 
 uintptr_t bocpy_thread_token(void) {
@@ -241,9 +245,9 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     char *rollback_reason = NULL;
     if (c->blob == NULL || c->blob_stale) {
         /* The live object, in another interpreter, is the only current
-         * copy: pickle it there.  Values stored by behaviors are checked
-         * when stored, so this fails only if a value was later mutated in
-         * place into an unpicklable state. */
+         * copy: pickle it there.  Values are checked when a hold ends,
+         * except large ones changed in place (bocpy_cown_settle), so this
+         * fails only if one of those became unpicklable. */
         foreign_pickle fp = {.cown = c, .home = home};
         if (home->state == NULL || !bocpy_interp_call_in(home, foreign_pickle_run, &fp)) {
             PyErr_SetString(PyExc_RuntimeError,
@@ -336,23 +340,34 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
         }
         return 0;
     }
-    if (!here->is_main && now == before) {
-        /* The same object, perhaps mutated in place: any copy is now an
-         * older version.  Keep it as the last transferable one, and pickle
-         * afresh only if the value ever has to move -- so a chain of
+    if (!here->is_main && now == before && c->blob != NULL &&
+        c->blob->size > BOCPY_CHECK_IN_PLACE_MAX) {
+        /* The same large object, perhaps mutated in place: copying it at
+         * every release would cost more than most behaviors, so the copy
+         * is kept as the last transferable version and the object is
+         * pickled afresh only if it ever has to move -- a chain of
          * behaviors that keeps it on one worker never pays for that. */
-        c->blob_stale = c->blob != NULL;
+        c->blob_stale = true;
         return 0;
     }
-    /* A new object on a worker, or any value the main thread releases (so
-     * that workers never have to enter the main interpreter for it): check
-     * now that it can cross, and keep the copy. */
+    /* A new object on a worker, a small one perhaps mutated in place, or
+     * any value the main thread releases (so that workers never have to
+     * enter the main interpreter for it): check now that it can cross, and
+     * keep the copy. */
     bocpy_blob *blob = bocpy_serialize(st, now);
     if (blob == NULL) {
         if (now != before) {
+            /* A new object: put the old one back. */
             c->obj = Py_XNewRef(before);
             Py_DECREF(now);
             set_home(c, c->obj ? here : NULL);
+        } else if (c->blob != NULL && !c->blob_stale) {
+            /* The object itself was changed in place; the copy is the
+             * value as this hold found it: go back to that. */
+            c->obj = NULL;
+            set_home(c, NULL);
+            release_object(here, now);
+            return -1;
         }
         /* Any copy we had is, at best, of an older version: keep it as the
          * last transferable one. */

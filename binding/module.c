@@ -17,6 +17,7 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback);
 PyObject *bocpy_set_wait_pump_poll(PyObject *ms);
 PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_ms, PyObject *on_starve);
 PyObject *bocpy_stop_watchdog(void);
+PyObject *bocpy_close_pool(bocpy_state *st);
 PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value);
 
 static struct PyModuleDef bocpy_module_def;
@@ -183,6 +184,17 @@ static PyObject *core_runtime_info(PyObject *module, PyObject *unused) {
     }
     return Py_BuildValue("(OIK)", Py_True, boc_runtime_worker_count(rt),
                          (unsigned long long)boc_runtime_live(rt));
+}
+
+static PyObject *core_close_pool(PyObject *module, PyObject *unused) {
+    (void)unused;
+    return bocpy_close_pool(bocpy_state_of_module(module));
+}
+
+static PyObject *core_pool_size(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    return PyLong_FromSize_t(bocpy_pool_size());
 }
 
 static PyObject *core_pump(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -356,6 +368,8 @@ static PyMethodDef core_methods[] = {
     {"_is_main_interpreter", core_is_main_interpreter, METH_NOARGS, NULL},
     {"_is_transferable", core_is_transferable, METH_O, NULL},
     {"_runtime_info", core_runtime_info, METH_NOARGS, NULL},
+    {"_close_pool", core_close_pool, METH_NOARGS, NULL},
+    {"_pool_size", core_pool_size, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -251,6 +251,9 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
     }
     bootstrap.nvalues = (size_t)nvalues;
 
+    /* Interpreters beyond this runtime's needs are ended now rather than
+     * kept idle (no runtime runs: the pool is ours to change). */
+    bocpy_pool_trim((size_t)count);
     bocpy_start_error[0] = '\0';
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
     rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);
@@ -401,6 +404,20 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
         bocpy_garbage_drain(st->interp);
     }
     return stats;
+}
+
+PyObject *bocpy_close_pool(bocpy_state *st) {
+    if (check_main(st, "_close_pool") < 0) {
+        return NULL;
+    }
+    if (bocpy_runtime() != NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the bocpy runtime is running; call bocpy.wait() before ending its "
+                        "worker interpreters");
+        return NULL;
+    }
+    bocpy_pool_trim(0);
+    Py_RETURN_NONE;
 }
 
 static void interrupt_body(void *arg) {

@@ -1,9 +1,10 @@
 /*
  * worker.c: worker sub-interpreters, and running one behavior.
  *
- * Each libboc worker thread gets its own sub-interpreter with its own GIL
- * (PEP 684), created on that thread in worker_start and ended there in
- * worker_stop.  The thread keeps its interpreter's GIL while it has local
+ * Each libboc worker thread runs in its own sub-interpreter with its own
+ * GIL (PEP 684).  worker_start takes one from the pool that earlier
+ * runtimes left (pool.c), or creates one; worker_stop puts it back, without
+ * a thread state, for the next runtime.  The thread keeps its interpreter's GIL while it has local
  * work, and lets go of it when it goes idle (to steal or park) and between
  * behaviors when another thread is waiting to enter (see interp.c), so that
  * its objects can be reached without waiting for a switch interval.
@@ -22,7 +23,8 @@
 /* A worker thread's view of itself. */
 typedef struct worker_context {
     unsigned index;
-    PyThreadState *main_tstate;   /* this thread in the main interpreter */
+    PyThreadState *main_tstate;   /* this thread in the main interpreter, if it
+                                   * created its interpreter; else NULL */
     PyThreadState *worker_tstate; /* this thread in its own interpreter */
     bool has_gil;
     bocpy_interp *record;
@@ -303,37 +305,49 @@ static int adopt_sys_path(void) {
     return rc;
 }
 
-/* Undoes a worker_start that failed: ends the worker's interpreter if it was
- * made, and this thread's main-interpreter state. */
-static void *abandon_worker(worker_context *ctx, bool interpreter_made, bool *failed) {
-    if (interpreter_made) {
+/* Undoes a worker_start that failed: ends the worker's interpreter if it
+ * was entered (a pooled one too: it may be what failed), and this thread's
+ * main-interpreter state if it made one. */
+static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
+    if (entered) {
         Py_EndInterpreter(ctx->worker_tstate);
-        PyEval_RestoreThread(ctx->main_tstate);
+        if (ctx->main_tstate != NULL) {
+            PyEval_RestoreThread(ctx->main_tstate);
+        }
     }
-    PyThreadState_Clear(ctx->main_tstate);
-    PyThreadState_DeleteCurrent();
+    if (ctx->main_tstate != NULL) {
+        PyThreadState_Clear(ctx->main_tstate);
+        PyThreadState_DeleteCurrent();
+    }
     free(ctx);
     *failed = true;
     return NULL;
 }
 
-static void *worker_start(void *user, unsigned index, bool *failed) {
-    (void)user;
-    worker_context *ctx = calloc(1, sizeof(*ctx));
-    if (ctx == NULL) {
-        report_start_error(index, "out of memory");
-        *failed = true;
-        return NULL;
+/* Enters an interpreter an earlier runtime left in the pool: a new thread
+ * state for it on this thread.  False (with nothing held) if there is none. */
+static bool enter_pooled(worker_context *ctx) {
+    bocpy_interp *rec = bocpy_pool_take();
+    if (rec == NULL) {
+        return false;
     }
-    ctx->index = index;
-    /* Sub-interpreters are created from a thread that holds the main
-     * interpreter's GIL; this thread gets a main thread state for that. */
+    ctx->worker_tstate = PyThreadState_New(rec->interp);
+    if (ctx->worker_tstate == NULL) {
+        (void)bocpy_pool_put(rec); /* untouched: still fit for another worker */
+        return false;
+    }
+    PyEval_RestoreThread(ctx->worker_tstate);
+    return true;
+}
+
+/* Creates a new interpreter and enters it.  Sub-interpreters are created
+ * from a thread that holds the main interpreter's GIL; this thread gets a
+ * main thread state for that, deleted when the worker stops. */
+static bool create_interpreter(worker_context *ctx) {
     ctx->main_tstate = PyThreadState_New(PyInterpreterState_Main());
     if (ctx->main_tstate == NULL) {
-        report_start_error(index, "could not create a thread state");
-        free(ctx);
-        *failed = true;
-        return NULL;
+        report_start_error(ctx->index, "could not create a thread state");
+        return false;
     }
     PyEval_RestoreThread(ctx->main_tstate);
     const PyInterpreterConfig config = {
@@ -347,11 +361,29 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
     };
     PyStatus status = Py_NewInterpreterFromConfig(&ctx->worker_tstate, &config);
     if (PyStatus_Exception(status) || ctx->worker_tstate == NULL) {
-        report_start_error(index, status.err_msg ? status.err_msg : "interpreter creation failed");
+        report_start_error(ctx->index,
+                           status.err_msg ? status.err_msg : "interpreter creation failed");
+        return false;
+    }
+    return true;
+}
+
+static void *worker_start(void *user, unsigned index, bool *failed) {
+    (void)user;
+    worker_context *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        report_start_error(index, "out of memory");
+        *failed = true;
+        return NULL;
+    }
+    ctx->index = index;
+    if (!enter_pooled(ctx) && !create_interpreter(ctx)) {
         return abandon_worker(ctx, false, failed);
     }
     ctx->has_gil = true;
-    /* Now inside the worker's interpreter, holding its GIL. */
+    /* Now inside the worker's interpreter, holding its GIL.  A pooled one
+     * gets the new runtime's paths and __main__ image like a fresh one
+     * (bocpy._worker.bootstrap resets what the last runtime left there). */
     if (adopt_sys_path() < 0) {
         report_python_error(index);
         return abandon_worker(ctx, true, failed);
@@ -371,6 +403,9 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
     ctx->record = ctx->state->interp;
     ctx->record->worker_index = (int)index;
     ctx->record->thread_ident = PyThread_get_thread_ident();
+    /* Counters are per runtime (wait(stats=True)). */
+    atomic_store_explicit(&ctx->record->stats.migrations_in, 0, memory_order_relaxed);
+    atomic_store_explicit(&ctx->record->stats.foreign_pickles, 0, memory_order_relaxed);
     Py_DECREF(core); /* sys.modules keeps it, and so the state, alive */
     bocpy_worker_started(index, ctx->record);
     drop_gil(ctx);
@@ -430,13 +465,26 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     }
     Py_XDECREF(rv);
     Py_XDECREF(boot);
-    /* Values still living here must outlive the interpreter. */
+    /* Values still living here go back to their serialised copies: the
+     * main thread reads them after wait(), and the pool keeps no values. */
     bocpy_cown_evacuate_all(ctx->state, ctx->record);
     bocpy_garbage_drain(ctx->record);
-    Py_EndInterpreter(ctx->worker_tstate);
-    PyEval_RestoreThread(ctx->main_tstate);
-    PyThreadState_Clear(ctx->main_tstate);
-    PyThreadState_DeleteCurrent();
+    ctx->record->worker_index = -1;
+    ctx->record->thread_ident = 0;
+    /* Pooling before this thread lets go is safe: only the next runtime's
+     * workers take from the pool, and they start after every worker of
+     * this one has stopped (boc_runtime_stop joins them first). */
+    if (bocpy_pool_put(ctx->record)) {
+        PyThreadState_Clear(ctx->worker_tstate);
+        PyThreadState_DeleteCurrent(); /* and lets go of its GIL */
+    } else {
+        Py_EndInterpreter(ctx->worker_tstate);
+    }
+    if (ctx->main_tstate != NULL) {
+        PyEval_RestoreThread(ctx->main_tstate);
+        PyThreadState_Clear(ctx->main_tstate);
+        PyThreadState_DeleteCurrent();
+    }
     bocpy_noticeboard_thread_exit();
     free(ctx);
 }

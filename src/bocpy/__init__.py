@@ -26,6 +26,7 @@ import atexit
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -282,9 +283,42 @@ def _at_exit() -> None:
         os._exit(1)
 
 
+def _close_pool_at_exit() -> None:
+    """End the worker interpreters that ``wait()`` keeps for the next run."""
+    if not _core._runtime_info()[0]:
+        _core._close_pool()
+
+
+def _before_fork() -> None:
+    """End idle worker interpreters: a forked child cannot survive them.
+
+    CPython (3.12, 3.13) deletes the other interpreters in a forked child
+    in a way that aborts it ("PyThreadState_Get: ... the GIL is released")
+    when any sub-interpreter exists.  Between runs they are only kept to be
+    reused, so they are ended here; the next run makes new ones.  While the
+    runtime runs they are in use and cannot be ended: say so, since the
+    child will die.
+    """
+    if not _core._runtime_info()[0]:
+        _core._close_pool()
+        return
+    warnings.warn(
+        "fork() while the bocpy runtime is running: CPython aborts a forked child "
+        "of a process with live sub-interpreters; call bocpy.wait() before forking, "
+        "or use the 'spawn' or 'forkserver' start method of multiprocessing",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
 if _core._is_main_interpreter():
     _core._set_starter(start)
     _core._set_pump_result(PumpResult)
     atexit.register(_core._stop_watchdog)
     sys.excepthook = _note_crash(sys.excepthook)
+    # atexit runs these last-registered first: the pool is ended after
+    # _at_exit has finished the runtime's work and stopped it.
+    atexit.register(_close_pool_at_exit)
     atexit.register(_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_before_fork)

@@ -11,6 +11,7 @@ constants -- without the script's top-level statements ever running again.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -62,28 +63,71 @@ def refresh_main() -> None:
             _core._add_late_bind(name, value)
 
 
+#: Worker interpreter: its ``__main__`` namespace as it was when new.
+_pristine_main: dict[str, Any] | None = None
+
+
+def _reset_main() -> None:
+    """Worker interpreter: put ``__main__`` back as it was when new."""
+    if _pristine_main is not None:
+        namespace = sys.modules["__main__"].__dict__
+        namespace.clear()
+        namespace.update(_pristine_main)
+
+
 def bootstrap() -> None:
-    """Worker interpreter: adopt the main interpreter's paths and ``__main__``."""
+    """Worker interpreter: adopt the main interpreter's paths and ``__main__``.
+
+    Runs each time a runtime starts a worker in this interpreter.  Worker
+    interpreters outlive their runtime (the binding keeps them for the next
+    one), so a second bootstrap first puts ``__main__`` back as it was when
+    the interpreter was new: the new image then gives the script's globals
+    their values as of this start, exactly as in a fresh interpreter, and
+    nothing a behavior left there carries over.  Other modules stay
+    imported, with whatever state they hold, as in any long-lived process.
+    """
+    global _pristine_main
+    main = sys.modules["__main__"]
+    if _pristine_main is None:
+        _pristine_main = dict(main.__dict__)
+    else:
+        _reset_main()
     header = _core._bootstrap_header()
     if header is None:
         return
     sys.argv[:] = header["argv"]
-    main = sys.modules["__main__"]
     image_warnings[:] = _main_image.apply_image(
         header["steps"], main.__dict__, load=_core._bootstrap_value
     )
 
 
 def shutdown() -> None:
-    """Worker interpreter, just before it ends: leave nothing that fails late.
+    """Worker interpreter, as its worker thread stops: leave nothing behind.
+
+    ``__main__`` is put back as it was when the interpreter was new,
+    garbage is collected, and what behaviors printed is flushed.
 
     A behavior that used ``threading`` (directly, or through ``logging`` or
-    ``asyncio``) leaves a dummy ``Thread`` for the worker thread.  On some
-    CPython versions (before 3.13.3, gh-130522) its clean-up runs after the
-    interpreter has started to end and prints an ignored ``TypeError``;
-    dropping the reference now ends it cleanly.
+    ``asyncio``) leaves a dummy ``Thread`` for the worker thread.  Dropping
+    the reference now removes it from ``threading``'s table, so a pooled
+    interpreter does not collect one per runtime; it also avoids a clean-up
+    that, on CPython before 3.13.3 (gh-130522), runs after an ending
+    interpreter has started to go and prints an ignored ``TypeError``.
     """
     threading = sys.modules.get("threading")
     info = getattr(threading, "_thread_local_info", None)
     if info is not None and hasattr(info, "_track_dummy_thread_ref"):
         del info._track_dummy_thread_ref
+    # The interpreter is kept, not ended: let go of what the script's image
+    # and the behaviors left in __main__ (cowns, files, memory) now, and
+    # collect the cycles they made, rather than when the next run starts.
+    _reset_main()
+    gc.collect()
+    # Nothing else would flush what behaviors printed: wait() promises their
+    # output is out when it returns.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # a closed or broken stream must not stop the worker
+            pass
