@@ -55,7 +55,7 @@ test-python-asan: build
 # memory when it ends, so RSS across start/wait cycles grows by a few MiB
 # per worker start whatever bocpy does (see docs/reliability.md).
 soak: build
-	$(PY) benchmarks/soak.py --minutes 1 --mode quiesce
+	$(PY) benchmarks/soak.py --minutes 1 --mode wait
 
 # The Python suite runs last so that its summary line closes the output.
 test: test-c lint test-python-asan soak test-python

@@ -14,7 +14,15 @@ One run measures, and prints as one table:
    a new cown with a trivial body, in behaviors per second (scheduling,
    running and ``wait()`` included);
 5. the CPU-bound work of (3) done sequentially, with 2 threads
-   (``threading.Thread``) and with ``ProcessPoolExecutor(2)``, for comparison with bocpy.
+   (``threading.Thread``) and with ``ProcessPoolExecutor(2)``, for comparison with bocpy;
+6. ``start(n)``, one trivial behavior and ``wait()``, as a program that runs
+   in bursts does it: with the worker interpreters ``wait()`` keeps for the
+   next run, and with fresh ones (the pool ended before each start, as every
+   run did before the pool existed), in ms per cycle and RSS growth per cycle.
+
+Row (2c) is the chain of (2) with a small list the body appends to in
+place: such a value is pickled at every release, to check it can still
+cross, so it shows what that check costs per step.
 
 Every measurement is repeated (3 times by default) and the median reported,
 with the spread (max - min, relative to the median).  Runtime start-up
@@ -47,7 +55,7 @@ import _common
 from _common import Table, bench_parser, print_header, timed
 
 # bocpy: installed, or on PYTHONPATH (workers import it before they see sys.path)
-from bocpy import Cown, start, wait, when
+from bocpy import Cown, _core, start, wait, when
 
 #: Number of independent chains in the chain benchmarks (1), (2) and (3).
 CHAINS = 16
@@ -64,10 +72,11 @@ class Sizes:
     chain_steps: int  # steps per chain in (1) and (2)
     cpu_steps: int  # steps per chain in (3) and (5)
     fanout: int  # behaviors in (4)
+    cycles: int  # start/wait cycles in (6)
 
 
-FULL = Sizes(chain_steps=25_000, cpu_steps=150, fanout=200_000)
-QUICK = Sizes(chain_steps=1_000, cpu_steps=8, fanout=5_000)
+FULL = Sizes(chain_steps=25_000, cpu_steps=150, fanout=200_000, cycles=100)
+QUICK = Sizes(chain_steps=1_000, cpu_steps=8, fanout=5_000, cycles=10)
 
 
 # ------------------------------------------------------------------ workloads
@@ -118,6 +127,18 @@ def untouched_chain(cown: Cown[object], remaining: int) -> None:
     def step(cown: Cown[object], remaining: int = remaining) -> None:
         if remaining > 1:
             untouched_chain(cown, remaining - 1)
+
+
+def append_chain(cown: Cown[list[int]], remaining: int) -> None:
+    """(2c) Schedule a chain of ``remaining`` steps on ``cown``, each appending in place."""
+
+    @when(cown)
+    def step(cown: Cown[list[int]], remaining: int = remaining) -> None:
+        cown.value.append(remaining)
+        if len(cown.value) > 8:
+            cown.value.clear()
+        if remaining > 1:
+            append_chain(cown, remaining - 1)
 
 
 def cpu_chain(cown: Cown[int], remaining: int, iterations: int) -> None:
@@ -287,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     table.row(
         "2", "ratio 1 MB bytes / int", None, f"x{per_value['2b'] / per_value['2a']:.2f} per step"
     )
+    sample = measure_bocpy(1, chains([], lambda c: append_chain(c, sizes.chain_steps)), repeats)
+    in_place = per_step_us(sample, steps)
+    table.row(
+        "2c",
+        f"chain, small list changed in place ({steps:,} st)",
+        sample,
+        f"{in_place:.2f} us/step, x{in_place / per_value['2a']:.2f} of 2a (checked at release)",
+    )
 
     # (3) CPU-bound chain on 1 and on `parallel` workers.
     units = CHAINS * sizes.cpu_steps
@@ -346,7 +375,58 @@ def main(argv: list[str] | None = None) -> int:
             cpu[workers],
             f"x{sequential.median / cpu[workers].median:.2f} vs sequential",
         )
+
+    # (6) start/wait cycles: kept interpreters against fresh ones.
+    cycles = sizes.cycles
+    for key, fresh in (("6a", False), ("6b", True)):
+        sample, growth = measure_cycles(parallel, cycles, fresh, repeats)
+        kind = "fresh interpreters" if fresh else "kept interpreters"
+        table.row(
+            key,
+            f"start({parallel}) + wait() cycles, {kind} ({cycles})",
+            sample,
+            f"{sample.median / cycles * 1e3:.2f} ms/cycle, RSS {growth / 2**10:+.0f} KiB/cycle",
+        )
     return 0
+
+
+def one_behavior(cown: Cown[int]) -> None:
+    """(6) The work of one cycle."""
+
+    @when(cown)
+    def touch(cown: Cown[int]) -> None:
+        cown.value += 1
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def measure_cycles(workers: int, cycles: int, fresh: bool, repeats: int) -> tuple[Sample, float]:
+    """Time ``cycles`` start/one behavior/wait cycles; also the RSS growth per cycle."""
+    cown = Cown(0)
+    times: list[float] = []
+    growth = 0.0
+    for _ in range(repeats):
+        _core._close_pool()
+        start(workers)  # the first start is not timed: the pool is filled once
+        wait()
+        before = rss_bytes()
+        began = time.perf_counter()
+        for _ in range(cycles):
+            if fresh:
+                _core._close_pool()
+            start(workers)
+            one_behavior(cown)
+            wait()
+        times.append(time.perf_counter() - began)
+        growth = (rss_bytes() - before) / cycles
+    return Sample(times), growth
 
 
 if __name__ == "__main__":

@@ -226,6 +226,8 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
 PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* A function for registry `id` with the given defaults and closure snapshot
  * (each may be None), built in the calling interpreter. */
+/* Code objects registered so far (process-wide). */
+size_t bocpy_registry_size(void);
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
                                PyObject *kwdefaults, PyObject *cells);
 /* Main-thread holds (Cown.acquire) currently open. */
@@ -273,7 +275,10 @@ PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
 /* Worker interpreters kept between runtimes (pool.c).  take/put: any
  * thread, no GIL needed; put returns false when the interpreter could not
  * be kept (its caller ends it).  trim: main thread, main GIL held, no
- * runtime running; ends pooled interpreters beyond the first `keep`. */
+ * runtime running; ends pooled interpreters beyond the first `keep`.  The
+ * pool holds as many interpreters as the largest runtime used: ending the
+ * surplus when a smaller one starts would not give their memory back
+ * (CPython keeps part of it) and the next larger start would pay again. */
 bocpy_interp *bocpy_pool_take(void);
 bool bocpy_pool_put(bocpy_interp *rec);
 size_t bocpy_pool_size(void);

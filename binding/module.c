@@ -197,6 +197,25 @@ static PyObject *core_pool_size(PyObject *module, PyObject *unused) {
     return PyLong_FromSize_t(bocpy_pool_size());
 }
 
+static PyObject *core_registry_size(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    return PyLong_FromSize_t(bocpy_registry_size());
+}
+
+static PyObject *core_code_cache_size(PyObject *module, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(bocpy_state_of_module(module)->codemap_len);
+}
+
+static PyObject *core_forget_code(PyObject *module, PyObject *unused) {
+    (void)unused;
+    /* A reused worker interpreter re-runs the script's defs: the code
+     * objects the cache holds for the old ones would otherwise pile up. */
+    bocpy_registry_clear_state(bocpy_state_of_module(module));
+    Py_RETURN_NONE;
+}
+
 static PyObject *core_pump(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "_core.pump(deadline_ms, max_behaviors, raise_on_error)");
@@ -370,6 +389,9 @@ static PyMethodDef core_methods[] = {
     {"_runtime_info", core_runtime_info, METH_NOARGS, NULL},
     {"_close_pool", core_close_pool, METH_NOARGS, NULL},
     {"_pool_size", core_pool_size, METH_NOARGS, NULL},
+    {"_registry_size", core_registry_size, METH_NOARGS, NULL},
+    {"_forget_code", core_forget_code, METH_NOARGS, NULL},
+    {"_code_cache_size", core_code_cache_size, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

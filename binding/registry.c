@@ -309,6 +309,10 @@ PyObject *bocpy_registry_function(bocpy_state *st, int64_t id) {
     return rc < 0 ? NULL : st->functions[id];
 }
 
+size_t bocpy_registry_size(void) {
+    return atomic_load_explicit(&registry_len, memory_order_acquire);
+}
+
 void bocpy_registry_clear_state(bocpy_state *st) {
     for (size_t i = 0; i < st->codemap_cap; i++) {
         Py_CLEAR(st->codemap[i].code);

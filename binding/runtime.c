@@ -251,9 +251,6 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
     }
     bootstrap.nvalues = (size_t)nvalues;
 
-    /* Interpreters beyond this runtime's needs are ended now rather than
-     * kept idle (no runtime runs: the pool is ours to change). */
-    bocpy_pool_trim((size_t)count);
     bocpy_start_error[0] = '\0';
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
     rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);

@@ -1065,7 +1065,7 @@ def test_in_place_mutation_into_an_unpicklable_value_fails_that_behavior_only():
 
 def test_in_place_mutation_on_the_main_thread_is_undone_at_release():
     c = Cown([1])
-    with pytest.raises(TypeError, match="_thread.lock"):
+    with pytest.raises(TypeError, match=r"_thread\.lock"):
         with c:
             c.value.append(threading.Lock())
     assert c.acquired is False

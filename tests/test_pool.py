@@ -10,7 +10,7 @@ a loop would otherwise grow without bound.  What a user relies on:
   ``__main__`` globals are the script's as of this start, and nothing a
   behavior left there carries over;
 - per-run statistics start from zero;
-- asking for fewer workers ends the surplus interpreters;
+- a run with fewer workers leaves the other interpreters kept;
 - ``fork()`` after ``wait()`` gives a child that works (CPython aborts a
   forked child while any sub-interpreter exists, so they are ended first).
 """
@@ -66,16 +66,19 @@ def test_wait_keeps_the_worker_interpreters_for_the_next_run():
     assert c.unwrap() == 2
 
 
-def test_fewer_workers_end_the_surplus_interpreters():
+def test_fewer_workers_leave_the_other_interpreters_kept():
+    """Ending the surplus would not give its memory back (CPython keeps part
+    of an ended interpreter's) and the next larger run would pay again."""
     bocpy.start(3)
     bocpy.wait(timeout=30)
     assert _core._pool_size() == 3
     bocpy.start(1)
+    assert _core._pool_size() == 2
     c = Cown(0)
     r = whencall(_where, [c])
     bocpy.wait(timeout=30)
     assert r.unwrap()[0] != 0
-    assert _core._pool_size() == 1
+    assert _core._pool_size() == 3
 
 
 def test_more_workers_than_kept_interpreters_make_new_ones():
@@ -248,3 +251,37 @@ def test_wait_lets_go_of_what_behaviors_left_in_worker_globals(run_script):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "written by a behavior"
+
+
+def test_a_reused_interpreter_does_not_pile_up_the_scripts_old_code(run_script):
+    """Each run's image makes new code objects for the script's functions;
+    the caches of the last run's ones must go with that run."""
+    proc = run_script(
+        """
+        import bocpy
+        from bocpy import Cown, _core, when, whencall
+
+        def leaf(c):
+            c.value += 1
+
+        def parent(c, out):
+            whencall(leaf, [c])  # scheduled from the worker: the worker caches its code
+            out.value = _core._code_cache_size()
+
+        c, out = Cown(0), Cown(0)
+        sizes = []
+        for _ in range(20):
+            bocpy.start(1)
+            whencall(parent, [c, out])
+            bocpy.wait()
+            with out:
+                sizes.append(out.value)
+        with c:
+            print(c.value, sizes[2], sizes[-1], _core._registry_size(), flush=True)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    count, third, last, registered = map(int, proc.stdout.split())
+    assert count == 20
+    assert last == third, "the worker's code cache grew with every run"
+    assert registered <= 4, "equal code must keep its registry id from run to run"

@@ -147,17 +147,25 @@ def build_image(
     source = _read_source(module, filename)
     if source is None:
         return []
-    try:
-        tree = ast.parse(source, filename)
-    except (SyntaxError, ValueError, RecursionError):
-        return []
+    global _last_parse
+    if _last_parse is not None and _last_parse.source == source:
+        parsed = _last_parse
+    else:
+        try:
+            tree = ast.parse(source, filename)
+        except (SyntaxError, ValueError, RecursionError):
+            return []
+        parsed = _last_parse = _Parsed(source, tree, _future_flags(tree))
 
     builder = _Builder(
         namespace=vars(module),
         is_transferable=is_transferable,
         filename=filename,
-        flags=_future_flags(tree),
+        flags=parsed.flags,
+        compiled=parsed.compiled,
+        tree_nodes=parsed.nodes,
     )
+    tree = parsed.tree
     steps: list[Step] = [("bind", "__file__", filename)]
     package = getattr(module, "__package__", None)
     if isinstance(package, str) and package:
@@ -199,6 +207,34 @@ def _future_flags(tree: ast.Module) -> int:
 
 
 @dataclass
+class _Parsed:
+    """A script parsed once, and its statements compiled once, for every start.
+
+    A program that calls ``wait()`` and schedules again starts a runtime,
+    and builds an image, each time; parsing and compiling dominate that
+    cost, and the source rarely changes.  Compiled statements are keyed by
+    the identity of their node in ``tree``, which this object keeps alive;
+    statements the filter rebuilds (inside ``if``/``try``) are new nodes
+    each time and are simply compiled again.
+    """
+
+    source: str
+    tree: ast.Module
+    flags: int
+    compiled: dict[int, bytes | None] = field(default_factory=dict)
+    #: Identities of the tree's statements: only these are cached, since a
+    #: node the filter builds dies after the build and its id may be reused.
+    nodes: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.nodes = frozenset(id(node) for node in ast.walk(self.tree))
+
+
+#: The last script parsed by ``build_image`` (normally the only one).
+_last_parse: _Parsed | None = None
+
+
+@dataclass
 class _Builder:
     """Filters the statements of one module and turns them into steps."""
 
@@ -206,6 +242,8 @@ class _Builder:
     is_transferable: Callable[[object], bool]
     filename: str
     flags: int
+    compiled: dict[int, bytes | None] = field(default_factory=dict)
+    tree_nodes: frozenset[int] = frozenset()
     _bound: set[str] = field(default_factory=set)
     _transferable: dict[str, bool] = field(default_factory=dict)
 
@@ -219,10 +257,21 @@ class _Builder:
                 if isinstance(item, _Bind):
                     steps.append(("bind", item.name, self.namespace[item.name]))
                 else:
-                    code = self._compile(item)
-                    if code is not None:
-                        steps.append(("exec", self.filename, marshal.dumps(code)))
+                    marshalled = self._marshalled(item)
+                    if marshalled is not None:
+                        steps.append(("exec", self.filename, marshalled))
         return steps
+
+    def _marshalled(self, node: ast.stmt) -> bytes | None:
+        """The marshalled code of ``node``, compiled once if it is the tree's own."""
+        cacheable = id(node) in self.tree_nodes
+        if cacheable and id(node) in self.compiled:
+            return self.compiled[id(node)]
+        code = self._compile(node)
+        marshalled = None if code is None else marshal.dumps(code)
+        if cacheable:
+            self.compiled[id(node)] = marshalled
+        return marshalled
 
     def _compile(self, node: ast.stmt) -> types.CodeType | None:
         """Compile one (filtered) statement, keeping its line numbers."""

@@ -68,11 +68,17 @@ _pristine_main: dict[str, Any] | None = None
 
 
 def _reset_main() -> None:
-    """Worker interpreter: put ``__main__`` back as it was when new."""
+    """Worker interpreter: put ``__main__`` back as it was when new.
+
+    The binding's code caches go too: they hold the code objects of the
+    script's functions as this run's image made them, and the next image
+    makes new ones.
+    """
     if _pristine_main is not None:
         namespace = sys.modules["__main__"].__dict__
         namespace.clear()
         namespace.update(_pristine_main)
+        _core._forget_code()
 
 
 def bootstrap() -> None:
