@@ -50,10 +50,8 @@ test-python: build
 test-python-asan: build
 	tests/sanitizers/run-python-asan.sh -p no:cacheprovider $(PYTEST_ARGS)
 
-# One minute of mixed work with invariants and an RSS check.  quiesce mode
-# keeps one runtime: CPython 3.13.0 does not return a sub-interpreter's
-# memory when it ends, so RSS across start/wait cycles grows by a few MiB
-# per worker start whatever bocpy does (see docs/reliability.md).
+# One minute of mixed work with invariants and an RSS check, as start/wait
+# cycles: RSS must stay flat across runtimes (docs/reliability.md).
 soak: build
 	$(PY) benchmarks/soak.py --minutes 1 --mode wait
 

@@ -83,6 +83,10 @@ struct bocpy_interp {
     atomic_bool in_body;
     bocpy_interp_stats stats;
     bocpy_interp *next_record;
+    /* pool.c: the next interpreter in the pool, and (CPython 3.12 only) the
+     * idle thread state that keeps a pooled interpreter's list non-empty. */
+    bocpy_interp *next_pooled;
+    PyThreadState *placeholder;
 };
 
 bocpy_interp *bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_main);
@@ -272,15 +276,18 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
 void bocpy_pinned_runtime_gone(void);
 PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
 
-/* Worker interpreters kept between runtimes (pool.c).  take/put: any
- * thread, no GIL needed; put returns false when the interpreter could not
- * be kept (its caller ends it).  trim: main thread, main GIL held, no
- * runtime running; ends pooled interpreters beyond the first `keep`.  The
- * pool holds as many interpreters as the largest runtime used: ending the
- * surplus when a smaller one starts would not give their memory back
- * (CPython keeps part of it) and the next larger start would pay again. */
-bocpy_interp *bocpy_pool_take(void);
-bool bocpy_pool_put(bocpy_interp *rec);
+/* Worker interpreters kept between runtimes (pool.c).
+ *   enter: a worker thread holding no GIL takes a pooled interpreter and
+ *          enters it with a new thread state (returned); NULL when the
+ *          pool is empty.
+ *   leave: the worker thread, holding `rec`'s GIL through `current`, puts
+ *          its interpreter in the pool and deletes `current` (releasing
+ *          that GIL).  The interpreter must hold no cown values.
+ *   trim:  main thread, main GIL held, no runtime running: ends pooled
+ *          interpreters beyond the first `keep`.
+ * The pool holds as many interpreters as the largest runtime used. */
+PyThreadState *bocpy_pool_enter(bocpy_interp **rec);
+void bocpy_pool_leave(bocpy_interp *rec, PyThreadState *current);
 size_t bocpy_pool_size(void);
 void bocpy_pool_trim(size_t keep);
 

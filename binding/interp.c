@@ -55,6 +55,8 @@ bocpy_interp *bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_ma
     atomic_store_explicit(&rec->gil_wanted, 0, memory_order_relaxed);
     atomic_store_explicit(&rec->in_body, false, memory_order_relaxed);
     rec->thread_ident = 0;
+    rec->next_pooled = NULL;
+    rec->placeholder = NULL;
     atomic_store_explicit(&rec->stats.migrations_in, 0, memory_order_relaxed);
     atomic_store_explicit(&rec->stats.foreign_pickles, 0, memory_order_relaxed);
     pthread_mutex_unlock(&records_lock);

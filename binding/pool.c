@@ -8,50 +8,100 @@
  * stopping worker instead leaves its interpreter here, and a worker of the
  * next runtime takes it back: a new OS thread, a new thread state, the same
  * interpreter.  It also makes start() cheaper: modules the behaviors import
- * stay imported.
+ * stay imported.  Ending the surplus when a smaller runtime starts would
+ * not give its memory back either, so the pool keeps as many interpreters
+ * as the largest runtime used, until exit (or fork: see bocpy/__init__.py).
  *
  * What a pooled interpreter is (the invariants):
- *  - it has no thread state: its last worker cleared and deleted its own
- *    before putting it here, which also released its GIL;
+ *  - no thread runs in it: its last worker deleted its own thread state,
+ *    which released its GIL (on 3.12 an idle placeholder state remains,
+ *    see below);
  *  - no cown value lives in it (the worker evacuated its residents), so no
  *    other thread has a reason to enter it;
  *  - its bocpy record is live (the interpreter still has bocpy._core) and
  *    has worker_index -1.
- * A worker that takes one out owns it until it puts it back.  Interpreters
- * are ended only by the main thread, with its GIL held and no runtime
- * running (so no worker can be taking or putting one at the same time);
- * pool_lock still guards the array, because workers of one runtime start
- * and stop concurrently.
+ * A worker that takes one out owns it until it puts it back.  Only workers
+ * of the next runtime take from the pool, and they start after every
+ * worker of the last one has stopped (boc_runtime_stop joins them); only
+ * the main thread ends pooled interpreters, and only while no runtime
+ * runs.  pool_lock still guards the list, because the workers of one
+ * runtime start and stop concurrently.
  */
 #include "bocpy.h"
 
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static bocpy_interp **pool;
-static size_t pool_len;
-static size_t pool_capacity;
+/* CPython 3.12 gives an interpreter whose thread-state list is empty its
+ * built-in first thread state again, and aborts ("thread state already
+ * initialized") if that one was used before; 3.13 resets it.  On 3.12 a
+ * pooled interpreter therefore keeps one idle placeholder state, made by
+ * the worker that leaves it and deleted by the thread that enters it next. */
+#if PY_VERSION_HEX < 0x030D0000
+#define KEEP_PLACEHOLDER 1
+#else
+#define KEEP_PLACEHOLDER 0
+#endif
 
-bocpy_interp *bocpy_pool_take(void) {
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static bocpy_interp *pool;
+static size_t pool_len;
+
+static bocpy_interp *pool_pop(size_t keep) {
     pthread_mutex_lock(&pool_lock);
-    bocpy_interp *rec = pool_len > 0 ? pool[--pool_len] : NULL;
+    bocpy_interp *rec = NULL;
+    if (pool_len > keep) {
+        rec = pool;
+        pool = rec->next_pooled;
+        rec->next_pooled = NULL;
+        pool_len--;
+    }
     pthread_mutex_unlock(&pool_lock);
     return rec;
 }
 
-bool bocpy_pool_put(bocpy_interp *rec) {
+static void pool_push(bocpy_interp *rec) {
     pthread_mutex_lock(&pool_lock);
-    if (pool_len == pool_capacity) {
-        size_t capacity = pool_capacity ? pool_capacity * 2 : 16;
-        bocpy_interp **grown = realloc(pool, capacity * sizeof(*grown));
-        if (grown == NULL) {
-            pthread_mutex_unlock(&pool_lock);
-            return false; /* the caller ends the interpreter instead */
-        }
-        pool = grown;
-        pool_capacity = capacity;
-    }
-    pool[pool_len++] = rec;
+    rec->next_pooled = pool;
+    pool = rec;
+    pool_len++;
     pthread_mutex_unlock(&pool_lock);
-    return true;
+}
+
+/* Enters a pooled interpreter from a thread that holds no GIL. */
+static PyThreadState *enter(bocpy_interp *rec) {
+    PyThreadState *ts = PyThreadState_New(rec->interp);
+    if (ts == NULL) {
+        return NULL;
+    }
+    PyEval_RestoreThread(ts);
+    if (rec->placeholder != NULL) {
+        PyThreadState_Clear(rec->placeholder);
+        PyThreadState_Delete(rec->placeholder);
+        rec->placeholder = NULL;
+    }
+    return ts;
+}
+
+PyThreadState *bocpy_pool_enter(bocpy_interp **rec) {
+    *rec = pool_pop(0);
+    if (*rec == NULL) {
+        return NULL;
+    }
+    PyThreadState *ts = enter(*rec);
+    if (ts == NULL) {
+        pool_push(*rec); /* untouched: still fit for another worker */
+        *rec = NULL;
+    }
+    return ts;
+}
+
+void bocpy_pool_leave(bocpy_interp *rec, PyThreadState *current) {
+    if (KEEP_PLACEHOLDER) {
+        /* If this fails (out of memory) the next enter on 3.12 aborts;
+         * ending the interpreter here would need the main GIL. */
+        rec->placeholder = PyThreadState_New(rec->interp);
+    }
+    pool_push(rec);
+    PyThreadState_Clear(current);
+    PyThreadState_DeleteCurrent(); /* and lets go of rec's GIL */
 }
 
 size_t bocpy_pool_size(void) {
@@ -62,25 +112,18 @@ size_t bocpy_pool_size(void) {
 }
 
 void bocpy_pool_trim(size_t keep) {
-    for (;;) {
-        pthread_mutex_lock(&pool_lock);
-        bocpy_interp *rec = pool_len > keep ? pool[--pool_len] : NULL;
-        pthread_mutex_unlock(&pool_lock);
-        if (rec == NULL) {
-            return;
-        }
+    for (bocpy_interp *rec; (rec = pool_pop(keep)) != NULL;) {
         /* As _interpreters.destroy() does: a thread state for it on this
          * thread, made current after this thread let go of the main GIL
          * (never two GILs at once), then ended.  Py_EndInterpreter leaves
          * no thread state current; the main one is restored after. */
         PyThreadState *here = PyEval_SaveThread();
-        PyThreadState *there = PyThreadState_New(rec->interp);
+        PyThreadState *there = enter(rec);
         if (there == NULL) {
             PyEval_RestoreThread(here);
-            (void)bocpy_pool_put(rec); /* out of memory: try again another time */
+            pool_push(rec); /* out of memory: try again another time */
             return;
         }
-        PyEval_RestoreThread(there);
         Py_EndInterpreter(there);
         PyEval_RestoreThread(here);
     }

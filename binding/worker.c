@@ -324,20 +324,12 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
     return NULL;
 }
 
-/* Enters an interpreter an earlier runtime left in the pool: a new thread
- * state for it on this thread.  False (with nothing held) if there is none. */
+/* Enters an interpreter an earlier runtime left in the pool.  False (with
+ * nothing held) if there is none. */
 static bool enter_pooled(worker_context *ctx) {
-    bocpy_interp *rec = bocpy_pool_take();
-    if (rec == NULL) {
-        return false;
-    }
-    ctx->worker_tstate = PyThreadState_New(rec->interp);
-    if (ctx->worker_tstate == NULL) {
-        (void)bocpy_pool_put(rec); /* untouched: still fit for another worker */
-        return false;
-    }
-    PyEval_RestoreThread(ctx->worker_tstate);
-    return true;
+    bocpy_interp *rec;
+    ctx->worker_tstate = bocpy_pool_enter(&rec);
+    return ctx->worker_tstate != NULL;
 }
 
 /* Creates a new interpreter and enters it.  Sub-interpreters are created
@@ -471,15 +463,7 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     bocpy_garbage_drain(ctx->record);
     ctx->record->worker_index = -1;
     ctx->record->thread_ident = 0;
-    /* Pooling before this thread lets go is safe: only the next runtime's
-     * workers take from the pool, and they start after every worker of
-     * this one has stopped (boc_runtime_stop joins them first). */
-    if (bocpy_pool_put(ctx->record)) {
-        PyThreadState_Clear(ctx->worker_tstate);
-        PyThreadState_DeleteCurrent(); /* and lets go of its GIL */
-    } else {
-        Py_EndInterpreter(ctx->worker_tstate);
-    }
+    bocpy_pool_leave(ctx->record, ctx->worker_tstate);
     if (ctx->main_tstate != NULL) {
         PyEval_RestoreThread(ctx->main_tstate);
         PyThreadState_Clear(ctx->main_tstate);
