@@ -83,5 +83,9 @@ class _Pickler(pickle.Pickler):
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj``, sending local functions and lambdas by code."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    # The protocol is passed by position: on CPython 3.12 a C function's
+    # first call with keyword arguments made in a sub-interpreter leaves a
+    # tuple of that interpreter's in a process-wide cache, which the main
+    # interpreter frees again at exit ("free(): invalid pointer").
+    _Pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
     return buffer.getvalue()
