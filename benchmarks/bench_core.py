@@ -380,10 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     cycles = sizes.cycles
     for key, fresh in (("6a", False), ("6b", True)):
         sample, growth = measure_cycles(parallel, cycles, fresh, repeats)
-        kind = "fresh interpreters" if fresh else "kept interpreters"
+        kind = "fresh" if fresh else "kept"
         table.row(
             key,
-            f"start({parallel}) + wait() cycles, {kind} ({cycles})",
+            f"start({parallel})/wait() x{cycles}, {kind} interpreters",
             sample,
             f"{sample.median / cycles * 1e3:.2f} ms/cycle, RSS {growth / 2**10:+.0f} KiB/cycle",
         )

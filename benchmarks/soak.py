@@ -28,10 +28,11 @@ quarter by more than 20 % + 20 MB.  Exit status: 0 when every invariant held,
 1 otherwise.
 
 ``--mode wait`` (the default) tears the runtime down every cycle, so every
-cycle creates and ends ``n`` worker sub-interpreters; ``--mode quiesce``
-starts the runtime once and ends each cycle with ``quiesce()``, which keeps
-the same workers -- running both tells a leak of the runtime itself from
-memory that interpreter teardown does not give back.
+cycle starts and stops ``n`` workers (in the worker sub-interpreters that
+``wait()`` keeps for the next runtime, made anew only when ``n`` exceeds
+all earlier counts); ``--mode quiesce`` starts the runtime once and ends
+each cycle with ``quiesce()``, which keeps the same workers -- running both
+tells a leak of runtime start/stop from one of the work itself.
 
     PYTHONPATH=src python benchmarks/soak.py --minutes 1
     PYTHONPATH=src python benchmarks/soak.py --minutes 1 --mode quiesce
@@ -161,7 +162,7 @@ class Totals:
         self.faults_return = 0
         self.failures: list[str] = []
         self.rss: list[int] = []
-        self.interpreters: list[int] = []  # worker interpreters started so far, per cycle
+        self.interpreters: list[int] = []  # workers started so far, per cycle
         self.stats_base = 0
 
     def check(self, ok: bool, what: str) -> None:
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             f"cycles (start/{args.mode})",
             f"{totals.cycles}  (worker counts {worker_counts}; "
-            f"{started_interpreters} worker interpreters started)",
+            f"{started_interpreters} worker starts)",
         ),
         ("behaviors run", f"{totals.behaviors}"),
         ("messages sent/received", f"{totals.messages}"),
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             "RSS growth, second half",
             f"{per_cycle / 1024:.0f} KiB/cycle"
-            + (f", {per_interp / mib:.2f} MiB per worker interpreter started" if interps else ""),
+            + (f", {per_interp / mib:.2f} MiB per worker start" if interps else ""),
         ),
         ("invariant failures", f"{len(totals.failures)}"),
     ]
