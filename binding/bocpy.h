@@ -160,6 +160,9 @@ struct bocpy_cown {
      * lose its value. */
     bool blob_stale;
     bool is_exception;
+    /* run_behavior: this hold has been settled (a behavior may list one cown
+     * more than once; it must be settled once).  Holder only. */
+    bool settled;
     /* Resident list of `home` (guarded by home->lock). */
     bocpy_cown *res_prev, *res_next;
     bool resident;
@@ -283,9 +286,12 @@ PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
  *   leave: the worker thread, holding `rec`'s GIL through `current`, puts
  *          its interpreter in the pool and deletes `current` (releasing
  *          that GIL).  The interpreter must hold no cown values.
- *   trim:  main thread, main GIL held, no runtime running: ends pooled
- *          interpreters beyond the first `keep`.
+ *   trim:  main interpreter, its GIL held: ends pooled interpreters
+ *          beyond the first `keep` (see pool.c for why it may race with a
+ *          starting runtime).
  * The pool holds as many interpreters as the largest runtime used. */
+/* Worker threads that exist right now (starting, running or stopping). */
+unsigned bocpy_workers_alive(void);
 PyThreadState *bocpy_pool_enter(bocpy_interp **rec);
 void bocpy_pool_leave(bocpy_interp *rec, PyThreadState *current);
 size_t bocpy_pool_size(void);

@@ -20,12 +20,13 @@
  *    other thread has a reason to enter it;
  *  - its bocpy record is live (the interpreter still has bocpy._core) and
  *    has worker_index -1.
- * A worker that takes one out owns it until it puts it back.  Only workers
- * of the next runtime take from the pool, and they start after every
- * worker of the last one has stopped (boc_runtime_stop joins them); only
- * the main thread ends pooled interpreters, and only while no runtime
- * runs.  pool_lock still guards the list, because the workers of one
- * runtime start and stop concurrently.
+ * A worker that takes one out owns it until it puts it back, which it does
+ * only after deleting its thread state.  pool_lock guards the list: the
+ * workers of one runtime start and stop concurrently, and trimming (main
+ * interpreter; refused while any worker exists, see bocpy_close_pool) may
+ * race with a runtime that starts meanwhile.  Each pop hands an
+ * interpreter to exactly one owner, so that race is harmless: whatever the
+ * trim took is ended, whatever a worker took is used.
  */
 #include "bocpy.h"
 
@@ -99,9 +100,13 @@ void bocpy_pool_leave(bocpy_interp *rec, PyThreadState *current) {
          * ending the interpreter here would need the main GIL. */
         rec->placeholder = PyThreadState_New(rec->interp);
     }
-    pool_push(rec);
     PyThreadState_Clear(current);
     PyThreadState_DeleteCurrent(); /* and lets go of rec's GIL */
+    /* Only now is it a pooled interpreter: a thread state made for it
+     * before CPython has finished deleting this one could get the
+     * interpreter's built-in first state while that is still in use
+     * ("thread state already initialized"). */
+    pool_push(rec);
 }
 
 size_t bocpy_pool_size(void) {

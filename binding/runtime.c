@@ -407,10 +407,10 @@ PyObject *bocpy_close_pool(bocpy_state *st) {
     if (check_main(st, "_close_pool") < 0) {
         return NULL;
     }
-    if (bocpy_runtime() != NULL) {
+    if (bocpy_runtime() != NULL || bocpy_workers_alive() > 0) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "the bocpy runtime is running; call bocpy.wait() before ending its "
-                        "worker interpreters");
+                        "the bocpy runtime is running (or starting or stopping its workers); "
+                        "call bocpy.wait() before ending its worker interpreters");
         return NULL;
     }
     bocpy_pool_trim(0);

@@ -33,6 +33,17 @@ typedef struct worker_context {
 } worker_context;
 
 extern char bocpy_start_error[512];
+
+/* Worker threads between the start of worker_start and the end of
+ * worker_stop (or of a failed start): while any exists, the pool must not
+ * be ended (bocpy_close_pool) and a fork would kill the child.  relaxed:
+ * readers hold the main GIL and only need an eventually exact count; the
+ * pool's own lock orders the interpreters themselves. */
+static atomic_uint workers_alive;
+
+unsigned bocpy_workers_alive(void) {
+    return atomic_load_explicit(&workers_alive, memory_order_relaxed);
+}
 void bocpy_worker_started(unsigned index, bocpy_interp *record);
 
 /* ------------------------------------------------------ one behavior */
@@ -137,6 +148,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
             goto failed;
         }
         before[held] = Py_XNewRef(c->obj);
+        c->settled = false;
         atomic_store_explicit(&c->holder, token, memory_order_relaxed);
     }
 
@@ -216,6 +228,10 @@ failed:
 settle:
     for (uint32_t i = 0; i < held; i++) {
         bocpy_cown *c = p->cowns[i];
+        if (c->settled) {
+            continue; /* listed twice: a second settle would see a rollback's NULL as None */
+        }
+        c->settled = true;
         if (bocpy_cown_settle(st, c, here, before[i]) < 0) {
             /* The body stored something that cannot cross: the cown kept
              * its last good value; the behavior's result says why. */
@@ -321,6 +337,7 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
     }
     free(ctx);
     *failed = true;
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
     return NULL;
 }
 
@@ -360,6 +377,26 @@ static bool create_interpreter(worker_context *ctx) {
     return true;
 }
 
+/* In the worker's interpreter, holding its GIL: gives it the new runtime's
+ * paths and __main__ image (bocpy._worker.bootstrap first resets what an
+ * earlier runtime left in a kept one).  Returns bocpy._core, or NULL with
+ * an exception set. */
+static PyObject *bootstrap_worker(void) {
+    if (adopt_sys_path() < 0) {
+        return NULL;
+    }
+    PyObject *core = PyImport_ImportModule("bocpy._core");
+    PyObject *boot = core ? PyImport_ImportModule("bocpy._worker") : NULL;
+    PyObject *rv = boot ? PyObject_CallMethod(boot, "bootstrap", NULL) : NULL;
+    Py_XDECREF(rv);
+    Py_XDECREF(boot);
+    if (rv == NULL) {
+        Py_XDECREF(core);
+        return NULL;
+    }
+    return core;
+}
+
 static void *worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
     worker_context *ctx = calloc(1, sizeof(*ctx));
@@ -368,29 +405,28 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         *failed = true;
         return NULL;
     }
+    atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed);
     ctx->index = index;
-    if (!enter_pooled(ctx) && !create_interpreter(ctx)) {
+    bool pooled = enter_pooled(ctx);
+    if (!pooled && !create_interpreter(ctx)) {
         return abandon_worker(ctx, false, failed);
     }
     ctx->has_gil = true;
-    /* Now inside the worker's interpreter, holding its GIL.  A pooled one
-     * gets the new runtime's paths and __main__ image like a fresh one
-     * (bocpy._worker.bootstrap resets what the last runtime left there). */
-    if (adopt_sys_path() < 0) {
+    PyObject *core = bootstrap_worker();
+    if (core == NULL && pooled) {
+        /* A behavior of an earlier runtime broke this kept interpreter (it
+         * may have emptied sys.modules): end it, and start afresh. */
+        PyErr_Clear();
+        Py_EndInterpreter(ctx->worker_tstate);
+        if (!create_interpreter(ctx)) {
+            return abandon_worker(ctx, false, failed);
+        }
+        core = bootstrap_worker();
+    }
+    if (core == NULL) {
         report_python_error(index);
         return abandon_worker(ctx, true, failed);
     }
-    PyObject *core = PyImport_ImportModule("bocpy._core");
-    PyObject *boot = core ? PyImport_ImportModule("bocpy._worker") : NULL;
-    PyObject *rv = boot ? PyObject_CallMethod(boot, "bootstrap", NULL) : NULL;
-    if (rv == NULL) {
-        report_python_error(index);
-        Py_XDECREF(boot);
-        Py_XDECREF(core);
-        return abandon_worker(ctx, true, failed);
-    }
-    Py_DECREF(rv);
-    Py_DECREF(boot);
     ctx->state = bocpy_state_of_module(core);
     ctx->record = ctx->state->interp;
     ctx->record->worker_index = (int)index;
@@ -471,6 +507,7 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     }
     bocpy_noticeboard_thread_exit();
     free(ctx);
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
 }
 
 static void behavior_done(void *user, boc_behavior *b) {

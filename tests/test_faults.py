@@ -1063,6 +1063,20 @@ def test_in_place_mutation_into_an_unpicklable_value_fails_that_behavior_only():
     assert_runtime_works()
 
 
+def _mutate_twice_listed(a, b):
+    assert a is not b and a.value is b.value
+    a.value.append(threading.Lock())
+    return "mutated"
+
+
+def test_in_place_mutation_of_a_cown_listed_twice_keeps_its_value():
+    c = Cown([1])
+    r = whencall(_mutate_twice_listed, [c, c])
+    bocpy.wait(timeout=LIVENESS)
+    assert "_thread.lock" in str(exception_of(r))
+    assert c.unwrap() == [1]
+
+
 def test_in_place_mutation_on_the_main_thread_is_undone_at_release():
     c = Cown([1])
     with pytest.raises(TypeError, match=r"_thread\.lock"):

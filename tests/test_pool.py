@@ -50,6 +50,17 @@ def _migrate(a, b):
     a.value, b.value = b.value, a.value
 
 
+@pytest.fixture(autouse=True)
+def _empty_pool():
+    """Each test counts kept interpreters from zero, whatever ran before it."""
+    bocpy.wait(timeout=30)
+    _core._close_pool()
+
+
+def _bump(c):
+    c.value += 1
+
+
 def test_wait_keeps_the_worker_interpreters_for_the_next_run():
     c = Cown(0)
     bocpy.start(1)
@@ -285,3 +296,109 @@ def test_a_reused_interpreter_does_not_pile_up_the_scripts_old_code(run_script):
     assert count == 20
     assert last == third, "the worker's code cache grew with every run"
     assert registered <= 4, "equal code must keep its registry id from run to run"
+
+
+def test_closing_the_pool_from_another_thread_while_runs_come_and_go():
+    """Ending kept interpreters races with workers stopping and starting:
+    each interpreter must go to exactly one of them, and none may be ended
+    while a worker is still in it."""
+    import threading
+
+    c = Cown(0)
+    stop = threading.Event()
+    closed = refused = 0
+
+    def closer() -> None:
+        nonlocal closed, refused
+        while not stop.is_set():
+            try:
+                _core._close_pool()
+                closed += 1
+            except RuntimeError:
+                refused += 1
+
+    thread = threading.Thread(target=closer)
+    thread.start()
+    try:
+        for _ in range(30):
+            for _ in range(4):
+                whencall(_bump, [c])
+            bocpy.wait(timeout=30)
+    finally:
+        stop.set()
+        thread.join()
+    assert c.unwrap() == 120
+    assert closed > 0 and refused > 0, (closed, refused)
+
+
+def test_wait_still_waits_for_threads_and_atexit_of_behaviors(run_script):
+    """What ending the worker interpreters used to do inside wait() happens
+    there still: threads behaviors started are joined, and their atexit
+    callbacks run, before wait() returns; the script's globals stay until
+    then."""
+    proc = run_script(
+        """
+        import bocpy
+        from bocpy import when
+
+        GREETING = "hello"
+
+        @when()
+        def _():
+            import atexit, threading, time
+
+            def late():
+                time.sleep(0.3)
+                print("thread says", GREETING, flush=True)
+
+            atexit.register(lambda: print("worker atexit ran", flush=True))
+            threading.Thread(target=late).start()
+
+        bocpy.wait()
+        print("wait returned", flush=True)
+
+        @when()
+        def _():
+            print("second run", flush=True)
+
+        bocpy.wait()
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "thread says hello",
+        "worker atexit ran",
+        "wait returned",
+        "second run",
+    ]
+    assert proc.stderr == ""
+
+
+def test_a_kept_interpreter_a_behavior_broke_is_replaced(run_script):
+    proc = run_script(
+        """
+        import sys
+        import bocpy
+        from bocpy import Cown, when
+
+        c = Cown(0)
+
+        @when(c)
+        def _(c):
+            import sys
+            del sys.modules["__main__"]  # the worker cannot bootstrap again
+            c.value = 1
+
+        bocpy.wait()
+
+        @when(c)
+        def _(c):
+            c.value += 1
+
+        bocpy.wait()
+        with c:
+            print("value", c.value, flush=True)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["value 2"]

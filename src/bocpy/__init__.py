@@ -285,8 +285,10 @@ def _at_exit() -> None:
 
 def _close_pool_at_exit() -> None:
     """End the worker interpreters that ``wait()`` keeps for the next run."""
-    if not _core._runtime_info()[0]:
+    try:
         _core._close_pool()
+    except RuntimeError:
+        pass  # workers still run (a crashed script): CPython ends them at exit
 
 
 def _before_fork() -> None:
@@ -295,20 +297,20 @@ def _before_fork() -> None:
     CPython (3.12, 3.13) deletes the other interpreters in a forked child
     in a way that aborts it ("PyThreadState_Get: ... the GIL is released")
     when any sub-interpreter exists.  Between runs they are only kept to be
-    reused, so they are ended here; the next run makes new ones.  While the
-    runtime runs they are in use and cannot be ended: say so, since the
-    child will die.
+    reused, so they are ended here; the next run makes new ones.  While
+    workers exist (the runtime runs, starts or stops) they cannot be ended:
+    say so, since the child will die.
     """
-    if not _core._runtime_info()[0]:
+    try:
         _core._close_pool()
-        return
-    warnings.warn(
-        "fork() while the bocpy runtime is running: CPython aborts a forked child "
-        "of a process with live sub-interpreters; call bocpy.wait() before forking, "
-        "or use the 'spawn' or 'forkserver' start method of multiprocessing",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    except RuntimeError:
+        warnings.warn(
+            "fork() while the bocpy runtime is running: CPython aborts a forked child "
+            "of a process with live sub-interpreters; call bocpy.wait() before forking, "
+            "or use the 'spawn' or 'forkserver' start method of multiprocessing",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 if _core._is_main_interpreter():

@@ -148,14 +148,14 @@ def build_image(
     if source is None:
         return []
     global _last_parse
-    if _last_parse is not None and _last_parse.source == source:
+    if _last_parse is not None and (_last_parse.filename, _last_parse.source) == (filename, source):
         parsed = _last_parse
     else:
         try:
             tree = ast.parse(source, filename)
         except (SyntaxError, ValueError, RecursionError):
             return []
-        parsed = _last_parse = _Parsed(source, tree, _future_flags(tree))
+        parsed = _last_parse = _Parsed(filename, source, tree, _future_flags(tree))
 
     builder = _Builder(
         namespace=vars(module),
@@ -212,12 +212,13 @@ class _Parsed:
 
     A program that calls ``wait()`` and schedules again starts a runtime,
     and builds an image, each time; parsing and compiling dominate that
-    cost, and the source rarely changes.  Compiled statements are keyed by
+    cost, and the script rarely changes.  Compiled statements are keyed by
     the identity of their node in ``tree``, which this object keeps alive;
     statements the filter rebuilds (inside ``if``/``try``) are new nodes
     each time and are simply compiled again.
     """
 
+    filename: str  # code objects carry it (co_filename)
     source: str
     tree: ast.Module
     flags: int

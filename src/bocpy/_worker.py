@@ -11,8 +11,10 @@ constants -- without the script's top-level statements ever running again.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import sys
+import traceback
 from typing import Any
 
 from . import _core, _main_image
@@ -110,30 +112,60 @@ def bootstrap() -> None:
 def shutdown() -> None:
     """Worker interpreter, as its worker thread stops: leave nothing behind.
 
-    ``__main__`` is put back as it was when the interpreter was new,
-    garbage is collected, and what behaviors printed is flushed.
+    The interpreter is kept for the next runtime rather than ended, so this
+    does what ending it used to do for ``wait()``: it waits for the threads
+    behaviors started, runs the ``atexit`` callbacks they registered, puts
+    ``__main__`` back as it was when the interpreter was new (letting go of
+    the cowns, files and memory the script's image and the behaviors left
+    there), collects garbage and flushes what behaviors printed.  Each step
+    runs even if an earlier one failed.
+    """
+    for step in (_join_threads, _run_atexit, _drop_dummy_thread, _reset_main, gc.collect, _flush):
+        try:
+            step()
+        except Exception:  # reported, and the worker still stops cleanly
+            traceback.print_exc()
+
+
+def _join_threads() -> None:
+    """Wait for the threads behaviors started (workers allow no daemons)."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return
+    # Neither this thread nor the interpreter's "main" thread (in a
+    # sub-interpreter it stands for the process's main thread) was started
+    # by a behavior, and neither was a dummy made for a foreign thread.
+    skip = (threading.current_thread(), threading.main_thread())
+    for thread in threading.enumerate():
+        dummy = isinstance(thread, threading._DummyThread)
+        if thread not in skip and not thread.daemon and not dummy:
+            thread.join()
+
+
+def _run_atexit() -> None:
+    """Run, once, the ``atexit`` callbacks behaviors registered here."""
+    atexit._run_exitfuncs()
+    atexit._clear()
+
+
+def _drop_dummy_thread() -> None:
+    """Forget the dummy ``Thread`` that ``threading`` made for this thread.
 
     A behavior that used ``threading`` (directly, or through ``logging`` or
-    ``asyncio``) leaves a dummy ``Thread`` for the worker thread.  Dropping
-    the reference now removes it from ``threading``'s table, so a pooled
-    interpreter does not collect one per runtime; it also avoids a clean-up
-    that, on CPython before 3.13.3 (gh-130522), runs after an ending
-    interpreter has started to go and prints an ignored ``TypeError``.
+    ``asyncio``) leaves one for the worker thread.  Dropping the reference
+    now removes it from ``threading``'s table, so a kept interpreter does
+    not collect one per runtime; it also avoids a clean-up that, on CPython
+    before 3.13.3 (gh-130522), runs after an ending interpreter has started
+    to go and prints an ignored ``TypeError``.
     """
     threading = sys.modules.get("threading")
     info = getattr(threading, "_thread_local_info", None)
     if info is not None and hasattr(info, "_track_dummy_thread_ref"):
         del info._track_dummy_thread_ref
-    # The interpreter is kept, not ended: let go of what the script's image
-    # and the behaviors left in __main__ (cowns, files, memory) now, and
-    # collect the cycles they made, rather than when the next run starts.
-    _reset_main()
-    gc.collect()
-    # Nothing else would flush what behaviors printed: wait() promises their
-    # output is out when it returns.
+
+
+def _flush() -> None:
+    """``wait()`` promises that what behaviors printed is out when it returns."""
     for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:  # a closed or broken stream must not stop the worker
-            pass
+        if stream is not None:
+            stream.flush()
