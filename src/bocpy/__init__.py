@@ -149,7 +149,11 @@ def wait(
     """Block until every behavior has run, then tear the runtime down.
 
     The next ``@when`` starts a fresh runtime; existing cowns keep their
-    values.  Pinned behaviors run on this thread while it waits.  Raises
+    values.  The workers' sub-interpreters are kept for it (see "Between
+    runs" in the README): before this returns, the threads behaviors
+    started have finished, their ``atexit`` callbacks have run and what
+    they printed is flushed.  Pinned behaviors run on this thread while it
+    waits.  Raises
     ``TimeoutError`` if the work is not done within ``timeout`` seconds (the
     runtime keeps running and a later ``wait()`` finishes the job).
 
