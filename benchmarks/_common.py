@@ -110,3 +110,15 @@ class Table:
         else:
             timing = f"{sample.median:>9.{self.digits}f}s {sample.spread:>6.0%}"
         print(f"{key:<3} {label:<{self.label}} {timing}  {result}", flush=True)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from ``/proc`` (0 where there is none)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

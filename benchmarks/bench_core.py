@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import _common
-from _common import Table, bench_parser, print_header, timed
+from _common import Table, bench_parser, print_header, rss_bytes, timed
 
 # bocpy: installed, or on PYTHONPATH (workers import it before they see sys.path)
 from bocpy import Cown, _core, start, wait, when
@@ -396,15 +396,6 @@ def one_behavior(cown: Cown[int]) -> None:
     @when(cown)
     def touch(cown: Cown[int]) -> None:
         cown.value += 1
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (0 where /proc is not available)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
 
 
 def measure_cycles(workers: int, cycles: int, fresh: bool, repeats: int) -> tuple[Sample, float]:

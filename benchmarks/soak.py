@@ -46,6 +46,8 @@ import statistics
 import sys
 import time
 
+from _common import rss_bytes
+
 import bocpy
 from bocpy import (
     TIMEOUT,
@@ -140,14 +142,6 @@ def return_unpicklable(c):
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Totals:

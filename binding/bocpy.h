@@ -292,7 +292,7 @@ PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
  * The pool holds as many interpreters as the largest runtime used. */
 /* Worker threads that exist right now (starting, running or stopping). */
 unsigned bocpy_workers_alive(void);
-PyThreadState *bocpy_pool_enter(bocpy_interp **rec);
+PyThreadState *bocpy_pool_enter(void);
 void bocpy_pool_leave(bocpy_interp *rec, PyThreadState *current);
 size_t bocpy_pool_size(void);
 void bocpy_pool_trim(size_t keep);

@@ -81,15 +81,14 @@ static PyThreadState *enter(bocpy_interp *rec) {
     return ts;
 }
 
-PyThreadState *bocpy_pool_enter(bocpy_interp **rec) {
-    *rec = pool_pop(0);
-    if (*rec == NULL) {
+PyThreadState *bocpy_pool_enter(void) {
+    bocpy_interp *rec = pool_pop(0);
+    if (rec == NULL) {
         return NULL;
     }
-    PyThreadState *ts = enter(*rec);
+    PyThreadState *ts = enter(rec);
     if (ts == NULL) {
-        pool_push(*rec); /* untouched: still fit for another worker */
-        *rec = NULL;
+        pool_push(rec); /* untouched: still fit for another worker */
     }
     return ts;
 }

@@ -341,14 +341,6 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
     return NULL;
 }
 
-/* Enters an interpreter an earlier runtime left in the pool.  False (with
- * nothing held) if there is none. */
-static bool enter_pooled(worker_context *ctx) {
-    bocpy_interp *rec;
-    ctx->worker_tstate = bocpy_pool_enter(&rec);
-    return ctx->worker_tstate != NULL;
-}
-
 /* Creates a new interpreter and enters it.  Sub-interpreters are created
  * from a thread that holds the main interpreter's GIL; this thread gets a
  * main thread state for that, deleted when the worker stops. */
@@ -407,7 +399,9 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
     }
     atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed);
     ctx->index = index;
-    bool pooled = enter_pooled(ctx);
+    /* An interpreter an earlier runtime left in the pool, if there is one. */
+    ctx->worker_tstate = bocpy_pool_enter();
+    bool pooled = ctx->worker_tstate != NULL;
     if (!pooled && !create_interpreter(ctx)) {
         return abandon_worker(ctx, false, failed);
     }

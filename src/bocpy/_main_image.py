@@ -157,14 +157,7 @@ def build_image(
             return []
         parsed = _last_parse = _Parsed(filename, source, tree, _future_flags(tree))
 
-    builder = _Builder(
-        namespace=vars(module),
-        is_transferable=is_transferable,
-        filename=filename,
-        flags=parsed.flags,
-        compiled=parsed.compiled,
-        tree_nodes=parsed.nodes,
-    )
+    builder = _Builder(namespace=vars(module), is_transferable=is_transferable, parsed=parsed)
     tree = parsed.tree
     steps: list[Step] = [("bind", "__file__", filename)]
     package = getattr(module, "__package__", None)
@@ -230,42 +223,9 @@ class _Parsed:
     def __post_init__(self) -> None:
         self.nodes = frozenset(id(node) for node in ast.walk(self.tree))
 
-
-#: The last script parsed by ``build_image`` (normally the only one).
-_last_parse: _Parsed | None = None
-
-
-@dataclass
-class _Builder:
-    """Filters the statements of one module and turns them into steps."""
-
-    namespace: dict[str, Any]
-    is_transferable: Callable[[object], bool]
-    filename: str
-    flags: int
-    compiled: dict[int, bytes | None] = field(default_factory=dict)
-    tree_nodes: frozenset[int] = frozenset()
-    _bound: set[str] = field(default_factory=set)
-    _transferable: dict[str, bool] = field(default_factory=dict)
-
-    # -- steps --------------------------------------------------------------
-
-    def build(self, body: list[ast.stmt]) -> list[Step]:
-        """Return the steps for the top-level statements ``body``."""
-        steps: list[Step] = []
-        for node in body:
-            for item in self._filter_stmt(node):
-                if isinstance(item, _Bind):
-                    steps.append(("bind", item.name, self.namespace[item.name]))
-                else:
-                    marshalled = self._marshalled(item)
-                    if marshalled is not None:
-                        steps.append(("exec", self.filename, marshalled))
-        return steps
-
-    def _marshalled(self, node: ast.stmt) -> bytes | None:
+    def marshalled(self, node: ast.stmt) -> bytes | None:
         """The marshalled code of ``node``, compiled once if it is the tree's own."""
-        cacheable = id(node) in self.tree_nodes
+        cacheable = id(node) in self.nodes
         if cacheable and id(node) in self.compiled:
             return self.compiled[id(node)]
         code = self._compile(node)
@@ -285,6 +245,36 @@ class _Builder:
             return code
         except (SyntaxError, ValueError, TypeError):
             return None
+
+
+#: The last script parsed by ``build_image`` (normally the only one).
+_last_parse: _Parsed | None = None
+
+
+@dataclass
+class _Builder:
+    """Filters the statements of one module and turns them into steps."""
+
+    namespace: dict[str, Any]
+    is_transferable: Callable[[object], bool]
+    parsed: _Parsed
+    _bound: set[str] = field(default_factory=set)
+    _transferable: dict[str, bool] = field(default_factory=dict)
+
+    # -- steps --------------------------------------------------------------
+
+    def build(self, body: list[ast.stmt]) -> list[Step]:
+        """Return the steps for the top-level statements ``body``."""
+        steps: list[Step] = []
+        for node in body:
+            for item in self._filter_stmt(node):
+                if isinstance(item, _Bind):
+                    steps.append(("bind", item.name, self.namespace[item.name]))
+                else:
+                    marshalled = self.parsed.marshalled(item)
+                    if marshalled is not None:
+                        steps.append(("exec", self.parsed.filename, marshalled))
+        return steps
 
     # -- binds --------------------------------------------------------------
 
@@ -367,7 +357,7 @@ class _Builder:
         walrus = [n.target.id for n in ast.walk(value) if isinstance(n, ast.NamedExpr)]
         expressions: list[ast.expr] = [value]
         if isinstance(node, ast.AnnAssign) and not (
-            self.flags & __future__.annotations.compiler_flag
+            self.parsed.flags & __future__.annotations.compiler_flag
         ):
             expressions.append(node.annotation)
 

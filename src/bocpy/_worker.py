@@ -88,18 +88,16 @@ def bootstrap() -> None:
 
     Runs each time a runtime starts a worker in this interpreter.  Worker
     interpreters outlive their runtime (the binding keeps them for the next
-    one), so a second bootstrap first puts ``__main__`` back as it was when
-    the interpreter was new: the new image then gives the script's globals
-    their values as of this start, exactly as in a fresh interpreter, and
-    nothing a behavior left there carries over.  Other modules stay
+    one); ``shutdown`` put ``__main__`` back as it was when the interpreter
+    was new, so the image gives the script's globals their values as of
+    this start, exactly as in a fresh interpreter, and nothing a behavior
+    left there carries over.  Other modules stay
     imported, with whatever state they hold, as in any long-lived process.
     """
     global _pristine_main
     main = sys.modules["__main__"]
     if _pristine_main is None:
         _pristine_main = dict(main.__dict__)
-    else:
-        _reset_main()
     header = _core._bootstrap_header()
     if header is None:
         return
