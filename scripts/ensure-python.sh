@@ -3,7 +3,7 @@
 # available for building bocpy, and print its absolute path.
 #
 # Usage:
-#   PY=$(bash scripts/ensure-python.sh [--force-build] [--rebuild] [--quiet])
+#   PY=$(bash scripts/ensure-python.sh [--free-threaded] [--force-build] [--rebuild] [--quiet])
 #
 # Output contract: the LAST line of stdout is the absolute path of a suitable
 # interpreter; every progress/diagnostic message goes to stderr. Exit status
@@ -21,6 +21,11 @@
 #      $BOCPY_PYTHON_PREFIX.
 #
 # Options:
+#   --free-threaded  provide a free-threaded interpreter (3.13t/3.14t, built
+#                  with --disable-gil) instead of a GIL build; the same steps
+#                  apply with "t" names (python3.13t, Debian's python3.13-nogil,
+#                  a private build configured with --disable-gil into
+#                  ~/.cache/bocpy/python3.13t).
 #   --force-build  skip steps 1-3 and use/build the private prefix (step 4);
 #                  an already completed build is reused.
 #   --rebuild      with --force-build (implies it): rebuild even if the
@@ -51,8 +56,10 @@ INFO_NAME=BOCPY-BUILD-INFO
 QUIET=0
 FORCE_BUILD=0
 REBUILD=0
+FREE_THREADED=0
 for arg in "$@"; do
     case "$arg" in
+        --free-threaded) FREE_THREADED=1 ;;
         --force-build) FORCE_BUILD=1 ;;
         --rebuild) FORCE_BUILD=1; REBUILD=1 ;;
         --quiet|-q) QUIET=1 ;;
@@ -61,11 +68,24 @@ for arg in "$@"; do
     esac
 done
 
+# The free-threaded flavour: executables carry a "t" suffix (python3.13t),
+# the private prefix is a separate one, and configure gets --disable-gil.
+ABI_SUFFIX=""
+CONFIGURE_EXTRA=()
+if [[ $FREE_THREADED == 1 ]]; then
+    ABI_SUFFIX=t
+    CONFIGURE_EXTRA=(--disable-gil)
+    # 3.12 has no free-threaded build.
+    PREFERRED_MINORS=(3.13 3.14)
+    MARKER_NAME=.bocpy-build-complete-ft
+fi
+BUILD_EXE=python$BUILD_MINOR$ABI_SUFFIX
+
 log() { if [[ $QUIET == 0 ]]; then echo "ensure-python: $*" >&2; fi; }
 die() { echo "ensure-python: error: $*" >&2; exit 1; }
 
 # Absolute paths without requiring the target to exist (realpath -m).
-PREFIX=$(realpath -m -- "${BOCPY_PYTHON_PREFIX:-$HOME/.cache/bocpy/python$BUILD_MINOR}")
+PREFIX=$(realpath -m -- "${BOCPY_PYTHON_PREFIX:-$HOME/.cache/bocpy/python$BUILD_MINOR$ABI_SUFFIX}")
 WORKDIR=$(realpath -m -- "${BOCPY_PYTHON_WORKDIR:-$PREFIX.build}")
 MARKER="$PREFIX/$MARKER_NAME"
 PYENV_DIR="${PYENV_ROOT:-$HOME/.pyenv}"
@@ -81,8 +101,9 @@ def fail(why):
     sys.stdout.write("FAIL " + why + "\n"); sys.exit(0)
 if sys.version_info < (3, 12):
     fail("version %d.%d < 3.12" % sys.version_info[:2])
-if sysconfig.get_config_var("Py_GIL_DISABLED"):
-    fail("free-threaded build (Py_GIL_DISABLED)")
+want_ft = os.environ.get("BOCPY_WANT_FREE_THREADED") == "1"
+if bool(sysconfig.get_config_var("Py_GIL_DISABLED")) != want_ft:
+    fail("GIL build, not free-threaded" if want_ft else "free-threaded build (Py_GIL_DISABLED)")
 inc = sysconfig.get_paths()["include"]
 if not os.path.isfile(os.path.join(inc, "Python.h")):
     fail("no Python.h in " + inc + " (development headers missing)")
@@ -118,7 +139,7 @@ check_python() {
     case "$(realpath -m -- "$resolved")/" in
         "$PREFIX"/*) [[ -f $MARKER ]] || { CHECK_REASON="incomplete build in $PREFIX (no marker)"; return 1; } ;;
     esac
-    out=$(timeout 30 "$resolved" -I -c "$PROBE" 2>/dev/null) || { CHECK_REASON="does not run"; return 1; }
+    out=$(BOCPY_WANT_FREE_THREADED=$FREE_THREADED timeout 30 "$resolved" -I -c "$PROBE" 2>/dev/null) || { CHECK_REASON="does not run"; return 1; }
     out=$(printf '%s\n' "$out" | tail -n 1)
     case "$out" in
         "OK /"*) CHECK_PATH=${out#OK } ; return 0 ;;
@@ -245,7 +266,7 @@ build_python() {
         log "another ensure-python build holds $WORKDIR/lock; waiting"
         flock 9
     fi
-    if [[ $REBUILD == 0 ]] && check_python "$PREFIX/bin/python$BUILD_MINOR"; then found; fi
+    if [[ $REBUILD == 0 ]] && check_python "$PREFIX/bin/$BUILD_EXE"; then found; fi
 
     # Global (not local): the EXIT trap below runs after this function returns.
     BUILD_LOG=$WORKDIR/build.log
@@ -279,14 +300,14 @@ build_python() {
     log "configure + make -j$(nproc) (takes a few minutes)"
     (
         cd "$src"
-        ./configure --prefix="$PREFIX" --enable-shared --with-ensurepip=install \
+        ./configure --prefix="$PREFIX" --enable-shared --with-ensurepip=install "${CONFIGURE_EXTRA[@]}" \
             LDFLAGS="-Wl,--enable-new-dtags,-rpath,$PREFIX/lib"
         make -j"$(nproc)"
         # Install into a staging root, then move it into place in one rename
         # so a half-installed prefix never appears at $PREFIX.
         make install DESTDIR="$stage"
     ) >>"$log_file" 2>&1
-    [[ -x $stage$PREFIX/bin/python$BUILD_MINOR ]] || die "install did not produce bin/python$BUILD_MINOR"
+    [[ -x $stage$PREFIX/bin/$BUILD_EXE ]] || die "install did not produce bin/$BUILD_EXE"
     printf 'built by scripts/ensure-python.sh on %s from %s\n' "$(date -u +%FT%TZ)" "$(basename "$orig")" \
         > "$stage$PREFIX/$INFO_NAME"
 
@@ -297,11 +318,11 @@ build_python() {
     mv "$stage$PREFIX" "$PREFIX" 2>/dev/null || cp -a "$stage$PREFIX" "$PREFIX"
 
     # Verify the modules bocpy/pip need actually built before declaring done.
-    "$PREFIX/bin/python$BUILD_MINOR" -I -c \
+    "$PREFIX/bin/$BUILD_EXE" -I -c \
         'import ssl, ctypes, sqlite3, zlib, bz2, lzma, venv, ensurepip, _pickle' >>"$log_file" 2>&1 \
         || die "built interpreter is missing required modules"
     touch "$MARKER"
-    check_python "$PREFIX/bin/python$BUILD_MINOR" || die "built interpreter failed the check: $CHECK_REASON"
+    check_python "$PREFIX/bin/$BUILD_EXE" || die "built interpreter failed the check: $CHECK_REASON"
 
     # The build tree is large and no longer needed; keep downloads + log.
     rm -rf "$src" "$stage"
@@ -323,38 +344,47 @@ fi
 
 # Step 2: already-installed interpreters, by preferred minor version.
 for minor in "${PREFERRED_MINORS[@]}"; do
-    try_candidate "python$minor"
+    try_candidate "python$minor$ABI_SUFFIX"
 done
 for minor in "${PREFERRED_MINORS[@]}"; do
     # Newest patch release first; sort -V handles 3.13.10 > 3.13.9.
     while IFS= read -r d; do
         [[ -n $d ]] && try_candidate "$d/bin/python3"
     done < <(ls -d "$PYENV_DIR/versions/$minor".* 2>/dev/null | sort -rV)
+    # pyenv names free-threaded builds 3.13.0t; their executable is python3t.
+    if [[ $FREE_THREADED == 1 ]]; then
+        while IFS= read -r d; do
+            [[ -n $d ]] && try_candidate "$d/bin/python${minor}t"
+        done < <(ls -d "$PYENV_DIR/versions/$minor".*t 2>/dev/null | sort -rV)
+    fi
 done
 for dir in /usr/local/bin /usr/bin; do
     for minor in "${PREFERRED_MINORS[@]}"; do
-        [[ -e $dir/python$minor ]] && try_candidate "$dir/python$minor"
+        [[ -e $dir/python$minor$ABI_SUFFIX ]] && try_candidate "$dir/python$minor$ABI_SUFFIX"
     done
 done
-if [[ -e $PREFIX/bin/python$BUILD_MINOR ]]; then
-    try_candidate "$PREFIX/bin/python$BUILD_MINOR"
+if [[ -e $PREFIX/bin/$BUILD_EXE ]]; then
+    try_candidate "$PREFIX/bin/$BUILD_EXE"
 fi
 
 # Step 3: distro packages, when the configured sources carry them.
 if [[ $CAN_APT == 1 ]]; then
     apt_update_once
     for minor in "${PREFERRED_MINORS[@]:0:2}"; do
-        cand=$(apt-cache policy "python$minor" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
+        # Debian ships the free-threaded build as pythonX.Y-nogil (/usr/bin/pythonX.Yt).
+        pkg=python$minor
+        [[ $FREE_THREADED == 1 ]] && pkg=python$minor-nogil
+        cand=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
         if [[ -n $cand && $cand != "(none)" ]]; then
-            log "installing python$minor $cand from apt"
-            if apt_install "python$minor" "python$minor-dev" "python$minor-venv" \
-                && check_python "/usr/bin/python$minor"; then
+            log "installing $pkg $cand from apt"
+            if apt_install "$pkg" "python$minor-dev" "python$minor-venv" \
+                && check_python "/usr/bin/python$minor$ABI_SUFFIX"; then
                 found
             fi
             log "warning: apt python$minor unusable: ${CHECK_REASON:-install failed}"
         fi
     done
-    log "no python3.13/3.12 packages in the configured apt sources"
+    log "no suitable python${PREFERRED_MINORS[0]}$ABI_SUFFIX packages in the configured apt sources"
 else
     log "skipping apt packages (not root / no apt-get)"
 fi
