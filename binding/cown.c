@@ -24,6 +24,10 @@
 #include <sched.h>
 #include <string.h>
 
+/* Serialised size above which a value changed in place is not re-checked
+ * at every release (see bocpy_cown_settle). */
+#define BOCPY_CHECK_IN_PLACE_MAX (64 * 1024)
+
 static _Thread_local char tls_token_anchor;
 
 uintptr_t bocpy_thread_token(void) {
@@ -283,9 +287,10 @@ static void foreign_pickle_run(void *arg) {
     bocpy_cown *c = fp->cown;
     fp->blob = bocpy_serialize(fp->home->state, c->obj);
     if (fp->blob == NULL) {
-        /* Only values released without a copy get here (plain immutable
-         * ones on a worker), so this is a MemoryError or an interrupt: the
-         * value stays where it is. */
+        /* A plain value kept without a copy (then this is MemoryError or
+         * an interrupt), or a large one changed in place that can no longer
+         * be pickled: either way it stays here, as it is -- nothing that
+         * behaviors did to it is undone. */
         PyObject *exc = PyErr_GetRaisedException();
         PyObject *text = PyObject_Str(exc);
         const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
@@ -376,10 +381,11 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         return 0; /* the value is None (perhaps stored during this hold) */
     }
     if (c->blob == NULL || c->blob_stale) {
-        /* The live object, in another interpreter, is the only copy: pickle
-         * it there.  Every value that may change is checked (and copied)
-         * when its hold ends, so this is a plain value a worker kept
-         * without a copy. */
+        /* The live object, in another interpreter, is the only current
+         * copy: pickle it there.  Values are checked when a hold ends,
+         * except plain ones and large ones changed in place
+         * (bocpy_cown_settle), so this fails only if one of those became
+         * unpicklable. */
         if (home == NULL || home->state == NULL) {
             PyErr_SetString(PyExc_RuntimeError,
                             "the interpreter holding this cown's value is gone");
@@ -394,8 +400,11 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         if (fp.blob == NULL) {
             PyErr_Format(PyExc_TypeError,
                          "the value of this cown could not be sent to the interpreter that "
-                         "needs it: %s",
-                         fp.error ? fp.error : "out of memory");
+                         "needs it (%s): an earlier behavior changed it in place into a "
+                         "state that cannot be pickled.  It stays, with every change made "
+                         "to it, in the interpreter that holds it (worker %d), where "
+                         "behaviors still get it: make it picklable again, or replace it",
+                         fp.error ? fp.error : "out of memory", home->worker_index);
             free(fp.error);
             return -1;
         }
@@ -464,27 +473,41 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
         c->blob_stale = false;
         return 0;
     }
-    /* A new object, one perhaps changed in place, or any value the main
-     * thread releases (so that workers never have to enter the main
+    if (!here->is_main && now == before && c->blob != NULL &&
+        c->blob->size > BOCPY_CHECK_IN_PLACE_MAX) {
+        /* The same large object, perhaps changed in place: copying it at
+         * every release would make a chain of behaviors that grows it cost
+         * quadratic time, so it is pickled afresh only when it has to move
+         * (the live object is the value; the copy is older).  If it cannot
+         * be pickled then, it stays here with every change made to it, and
+         * the behavior that needed it elsewhere gets the error (see
+         * bocpy_cown_materialize). */
+        c->blob_stale = true;
+        return 0;
+    }
+    /* A new object, a small one perhaps changed in place, or any value the
+     * main thread releases (so that workers never have to enter the main
      * interpreter for it): check now that it can cross, and keep the copy.
-     * Checking at every release, whatever the size, is what lets a refusal
-     * belong to the behavior that caused it: the cown goes back to the value
-     * that behavior found, and no other behavior's work is undone. */
+     * A refusal belongs to this hold: the cown goes back to the value it
+     * found, and no other behavior's work is undone. */
     bocpy_blob *blob = bocpy_serialize(st, now);
     if (blob == NULL) {
-        if (c->blob != NULL) {
-            /* The copy is the value as this hold found it (outside holds a
-             * copy is always exact, and a hold never replaces it). */
+        if (now != before) {
+            /* A new object: put back the one the hold found (the live
+             * object is the value again; any copy may be older). */
+            c->obj = Py_XNewRef(before);
+            c->blob_stale = c->blob != NULL;
+            set_home(c, c->obj ? here : NULL);
+            Py_DECREF(now);
+        } else if (c->blob != NULL) {
+            /* The object itself was changed in place.  It is small (or on
+             * the main thread), so its copy was exact when the hold began
+             * (such values are checked at every release, and a hold never
+             * replaces the copy): go back to it. */
             c->obj = NULL;
             c->blob_stale = false;
             set_home(c, NULL);
             release_object(here, now);
-        } else {
-            /* No copy: the hold found None or a plain value kept without
-             * one, which `before` still is. */
-            c->obj = Py_XNewRef(before);
-            set_home(c, c->obj ? here : NULL);
-            Py_DECREF(now);
         }
         return -1;
     }
@@ -526,10 +549,23 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
 
         PyObject *obj = c->obj;
         if (obj != NULL && (c->blob == NULL || c->blob_stale)) {
-            /* Only plain values are kept without a copy (see settle). */
-            bocpy_blob_free(c->blob);
-            c->blob = bocpy_serialize(st, obj);
-            c->blob_stale = false;
+            bocpy_blob *fresh = bocpy_serialize(st, obj);
+            if (fresh == NULL && c->blob != NULL) {
+                /* Mutated in place into something that cannot leave this
+                 * interpreter: keep the last copy that could, and say so. */
+                PyObject *cause = PyErr_GetRaisedException();
+                PySys_FormatStderr("bocpy: a cown's value (type '%.200s') was changed in place "
+                                   "into a state that cannot leave its worker (%S); it was "
+                                   "rolled back to its last transferable value\n",
+                                   Py_TYPE(obj)->tp_name, cause);
+                Py_XDECREF(cause);
+                PyErr_Clear();
+                c->blob_stale = false;
+            } else if (fresh != NULL) {
+                bocpy_blob_free(c->blob);
+                c->blob = fresh;
+                c->blob_stale = false;
+            }
             if (c->blob == NULL) {
                 /* The value cannot outlive its interpreter: say so on the
                  * cown rather than losing it silently. */
