@@ -9,9 +9,11 @@
  *
  * Who may touch the value fields (obj, home, blob, is_exception) and when:
  *   - the holder: a behavior that requested the cown, while it runs, or the
- *     main thread between acquire() and release().  libboc guarantees one
- *     holder at a time and its release/acquire hand-off orders the previous
- *     holder's writes before the next holder's reads;
+ *     main thread between acquire() and release() -- or for the length of
+ *     one read of .value/.exception outside a hold (read_unheld), which takes
+ *     a hold for that time.  libboc guarantees one holder at a time and its
+ *     release/acquire hand-off orders the previous holder's writes before
+ *     the next holder's reads;
  *   - the destroyer, once the reference count is zero (no holder exists);
  *   - a stopping worker evacuating its residents, when the runtime is
  *     quiescent (no holder exists) -- racing only with destroyers, which is
@@ -606,10 +608,10 @@ static void log_unretrieved(PyObject *error_method, uint64_t id, PyObject *exc) 
     }
     PyObject *message = PyUnicode_FromFormat(format, (unsigned long long)id);
     PyObject *args = message ? PyTuple_Pack(1, message) : NULL;
-    PyObject *kwargs = args ? Py_BuildValue("{sO}", "exc_info",
-                                            info && PyExceptionInstance_Check(info) ? info
-                                                                                    : Py_None)
-                            : NULL;
+    PyObject *kwargs = args
+                           ? Py_BuildValue("{sO}", "exc_info",
+                                           info && PyExceptionInstance_Check(info) ? info : Py_None)
+                           : NULL;
     PyObject *rv = kwargs ? PyObject_Call(error_method, args, kwargs) : NULL;
     if (rv == NULL) {
         PyErr_WriteUnraisable(error_method);
@@ -651,9 +653,9 @@ static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
     cowns = cap ? malloc(cap * sizeof(*cowns)) : NULL;
     for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = c->unret_next) {
         size_t refs = atomic_load_explicit(&c->base.refcount, memory_order_relaxed);
-        while (refs > 0 && !atomic_compare_exchange_weak_explicit(&c->base.refcount, &refs,
-                                                                   refs + 1, memory_order_relaxed,
-                                                                   memory_order_relaxed)) {
+        while (refs > 0 &&
+               !atomic_compare_exchange_weak_explicit(&c->base.refcount, &refs, refs + 1,
+                                                      memory_order_relaxed, memory_order_relaxed)) {
         }
         if (refs > 0) {
             cowns[n++] = c;

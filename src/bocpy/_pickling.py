@@ -151,8 +151,10 @@ def _exception_body(exc: BaseException) -> tuple[bytes | None, list[str]]:
     if not isinstance(reduced, tuple) or len(reduced) < 2:
         reduced = (cls, exc.args, getattr(exc, "__dict__", None))
     standard_shape = reduced[0] is cls and len(reduced) <= 3
-    own_reduce = _builtin_base(cls).__reduce__ is not cls.__reduce__ or (
-        _builtin_base(cls).__reduce_ex__ is not cls.__reduce_ex__
+    base: Any = _builtin_base(cls)
+    klass: Any = cls
+    own_reduce = (
+        base.__reduce__ is not klass.__reduce__ or base.__reduce_ex__ is not klass.__reduce_ex__
     )
     how = "new" if standard_shape and cls.__module__ != "builtins" and not own_reduce else "call"
     attempts: list[tuple[Any, ...]] = [reduced]
@@ -231,7 +233,8 @@ def _construct(how: str, cls: type, reduced: tuple[Any, ...]) -> BaseException:
     if how == "new":
         try:
             exc = cls.__new__(cls, *args)
-            _builtin_base(cls).__init__(exc, *args)
+            base: Any = _builtin_base(cls)
+            base.__init__(exc, *args)
         except Exception:
             exc = None  # fall back to the standard way
     if exc is None:
@@ -244,7 +247,7 @@ def _construct(how: str, cls: type, reduced: tuple[Any, ...]) -> BaseException:
             exc.__dict__.update(state)
     if not isinstance(exc, BaseException):
         raise TypeError(f"rebuilding gave a {type(exc).__name__}, not an exception")
-    return exc  # type: ignore[no-any-return]
+    return exc
 
 
 def _rebuild_exception(nodes: list[tuple[Any, ...]]) -> BaseException:
