@@ -839,7 +839,7 @@ static void Cown_dealloc(CownObject *self) {
     tp->tp_free((PyObject *)self);
     /* A result cown whose exception nobody read may just have died: say so
      * now, as asyncio does when a task's exception is never retrieved. */
-    if (atomic_load_explicit(&unret_dead_pending, memory_order_relaxed) && !Py_IsFinalizing()) {
+    if (atomic_load_explicit(&unret_dead_pending, memory_order_relaxed) && !bocpy_is_finalizing()) {
         PyObject *pending = PyErr_GetRaisedException();
         bocpy_state *st = bocpy_state_of_type(tp);
         if (st != NULL && st->interp != NULL && st->interp->is_main &&
