@@ -153,13 +153,26 @@ struct bocpy_cown {
     PyObject *obj;
     _Atomic(bocpy_interp *) home;
     bocpy_blob *blob;
-    /* The blob is the last transferable copy of an older version (the
-     * object, over BOCPY_CHECK_IN_PLACE_MAX serialised, was since kept and
-     * perhaps mutated in place).  Moving the value pickles the object
-     * afresh; if that fails, the cown rolls back to this copy rather than
-     * lose its value. */
+    /* Outside a hold the blob, when there is one, is an exact copy of the
+     * value: every release checks (pickles) a value that may have changed.
+     * Inside a hold, once the holder stored another object, the blob is
+     * only the value as the hold found it (kept to go back to if the new
+     * value is refused at release): then `blob_stale` is set and `obj`
+     * (NULL meaning None) is the value. */
     bool blob_stale;
     bool is_exception;
+    /* The exception a behavior left here has not been read (unwrap(),
+     * .value, .exception): it is reported through logging if the cown dies,
+     * or the program ends, first.  Holder or destroyer only. */
+    bool unretrieved;
+    /* Links in the list of cowns with an unretrieved exception (guarded by
+     * that list's lock, in cown.c). */
+    bocpy_cown *unret_prev, *unret_next;
+    bool unret_listed;
+    /* Why behaviors can no longer have this value (it failed to rebuild in a
+     * worker), or NULL; malloc'd.  The main thread may still read the value
+     * and give the cown a new one, which clears this.  Holder only. */
+    char *unavailable;
     /* run_behavior: this hold has been settled (a behavior may list one cown
      * more than once; it must be settled once).  Holder only. */
     bool settled;
@@ -199,6 +212,13 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
 int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before);
 /* Serialises every resident of a stopping worker (caller holds its GIL). */
 void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec);
+/* Main interpreter, its GIL held: logs (logger "bocpy") each exception that
+ * a behavior left on a result cown nobody read before the cown died; with
+ * `live`, also those on cowns still alive (the program is ending).  Returns
+ * how many were reported, or -1 with an exception set. */
+Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live);
+/* bocpy._core._report_unretrieved(live) -> number reported. */
+PyObject *bocpy_core_report_unretrieved(PyObject *module, PyObject *live);
 PyObject *bocpy_cown_type_spec_create(PyObject *module);
 
 /* --------------------------------------------------------------- registry */

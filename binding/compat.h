@@ -19,6 +19,13 @@
 #define bocpy_tstate_unchecked() PyThreadState_GetUnchecked()
 #endif
 
+/* 3.12 spells "is the runtime finalizing" with an underscore too. */
+#if PY_VERSION_HEX < 0x030D0000
+#define bocpy_is_finalizing() _Py_IsFinalizing()
+#else
+#define bocpy_is_finalizing() Py_IsFinalizing()
+#endif
+
 /* PyErr_GetRaisedException exists from 3.12 on: nothing to do.  Keep the
  * version gate above as the single statement of our floor. */
 

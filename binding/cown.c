@@ -9,9 +9,11 @@
  *
  * Who may touch the value fields (obj, home, blob, is_exception) and when:
  *   - the holder: a behavior that requested the cown, while it runs, or the
- *     main thread between acquire() and release().  libboc guarantees one
- *     holder at a time and its release/acquire hand-off orders the previous
- *     holder's writes before the next holder's reads;
+ *     main thread between acquire() and release() -- or for the length of
+ *     one read of .value/.exception outside a hold (read_unheld), which takes
+ *     a hold for that time.  libboc guarantees one holder at a time and its
+ *     release/acquire hand-off orders the previous holder's writes before
+ *     the next holder's reads;
  *   - the destroyer, once the reference count is zero (no holder exists);
  *   - a stopping worker evacuating its residents, when the runtime is
  *     quiescent (no holder exists) -- racing only with destroyers, which is
@@ -24,7 +26,7 @@
 #include <sched.h>
 #include <string.h>
 
-/* Serialised size above which a value mutated in place is not re-checked
+/* Serialised size above which a value changed in place is not re-checked
  * at every release (see bocpy_cown_settle). */
 #define BOCPY_CHECK_IN_PLACE_MAX (64 * 1024)
 
@@ -94,6 +96,86 @@ static void release_object(bocpy_interp *home, PyObject *obj) {
     }
 }
 
+/* ------------------------------------------------ unretrieved exceptions */
+
+/* Cowns holding an exception that no one has read yet (so that the program's
+ * end can report them), and the exceptions of such cowns that died (their
+ * copies, reported by the main interpreter when it next can).  One lock
+ * guards both lists and every cown's unret_* links. */
+typedef struct unretrieved_dead {
+    struct unretrieved_dead *next;
+    uint64_t id;
+    bocpy_blob *blob;
+} unretrieved_dead;
+
+static pthread_mutex_t unret_lock = PTHREAD_MUTEX_INITIALIZER;
+static bocpy_cown *unret_live;
+static unretrieved_dead *unret_dead, **unret_dead_tail = &unret_dead;
+/* Whether unret_dead is non-empty: lets Cown_dealloc skip the lock.  relaxed:
+ * a stale "empty" only delays a report to the next chance (wait(), exit). */
+static atomic_bool unret_dead_pending;
+
+static void unretrieved_unlink_locked(bocpy_cown *c) {
+    if (!c->unret_listed) {
+        return;
+    }
+    if (c->unret_prev != NULL) {
+        c->unret_prev->unret_next = c->unret_next;
+    } else {
+        unret_live = c->unret_next;
+    }
+    if (c->unret_next != NULL) {
+        c->unret_next->unret_prev = c->unret_prev;
+    }
+    c->unret_prev = c->unret_next = NULL;
+    c->unret_listed = false;
+}
+
+/* The holder stored a behavior's exception: it must be read. */
+static void unretrieved_list(bocpy_cown *c) {
+    c->unretrieved = true;
+    pthread_mutex_lock(&unret_lock);
+    if (!c->unret_listed) {
+        c->unret_prev = NULL;
+        c->unret_next = unret_live;
+        if (unret_live != NULL) {
+            unret_live->unret_prev = c;
+        }
+        unret_live = c;
+        c->unret_listed = true;
+    }
+    pthread_mutex_unlock(&unret_lock);
+}
+
+/* The value was read or replaced (holder only). */
+static void unretrieved_forget(bocpy_cown *c) {
+    if (!c->unretrieved) {
+        return; /* the common case: no lock */
+    }
+    c->unretrieved = false;
+    pthread_mutex_lock(&unret_lock);
+    unretrieved_unlink_locked(c);
+    pthread_mutex_unlock(&unret_lock);
+}
+
+/* The destroyer of a cown whose exception nobody read: keep its copy for
+ * the main interpreter to report.  Takes over `c->blob`. */
+static void unretrieved_bury(bocpy_cown *c) {
+    unretrieved_dead *dead = malloc(sizeof(*dead));
+    if (dead == NULL) {
+        return; /* the report is lost, the program is not */
+    }
+    dead->next = NULL;
+    dead->id = c->base.id;
+    dead->blob = c->blob;
+    c->blob = NULL;
+    pthread_mutex_lock(&unret_lock);
+    *unret_dead_tail = dead;
+    unret_dead_tail = &dead->next;
+    atomic_store_explicit(&unret_dead_pending, true, memory_order_relaxed);
+    pthread_mutex_unlock(&unret_lock);
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 /* Destruction may cascade (a blob holds cowns whose blobs hold cowns...);
@@ -125,9 +207,18 @@ static void destroy_one(bocpy_cown *c) {
             break;
         }
     }
+    if (c->unret_listed) {
+        pthread_mutex_lock(&unret_lock);
+        unretrieved_unlink_locked(c);
+        pthread_mutex_unlock(&unret_lock);
+    }
+    if (c->unretrieved && c->blob != NULL && !c->blob_stale) {
+        unretrieved_bury(c);
+    }
     release_object(home, c->obj);
     release_object(home, c->hold_before);
     bocpy_blob_free(c->blob);
+    free(c->unavailable);
     PyMem_RawFree(c);
 }
 
@@ -190,8 +281,7 @@ typedef struct foreign_pickle {
     bocpy_cown *cown;
     bocpy_interp *home;
     bocpy_blob *blob;
-    char *error;      /* why pickling failed (plain C copy for the caller) */
-    bool rolled_back; /* ...and the cown went back to its stale copy */
+    char *error; /* why pickling failed (plain C copy for the caller) */
 } foreign_pickle;
 
 static void foreign_pickle_run(void *arg) {
@@ -199,6 +289,10 @@ static void foreign_pickle_run(void *arg) {
     bocpy_cown *c = fp->cown;
     fp->blob = bocpy_serialize(fp->home->state, c->obj);
     if (fp->blob == NULL) {
+        /* A plain value kept without a copy (then this is MemoryError or
+         * an interrupt), or a large one changed in place that can no longer
+         * be pickled: either way it stays here, as it is -- nothing that
+         * behaviors did to it is undone. */
         PyObject *exc = PyErr_GetRaisedException();
         PyObject *text = PyObject_Str(exc);
         const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
@@ -206,16 +300,9 @@ static void foreign_pickle_run(void *arg) {
         PyErr_Clear();
         Py_XDECREF(text);
         Py_XDECREF(exc);
-        if (!c->blob_stale) {
-            return;
-        }
-        /* The object was mutated in place into something that cannot
-         * travel: fall back to the last copy that could. */
-        fp->rolled_back = true;
-        c->blob_stale = false;
-    } else {
-        atomic_fetch_add_explicit(&fp->home->stats.foreign_pickles, 1, memory_order_relaxed);
+        return;
     }
+    atomic_fetch_add_explicit(&fp->home->stats.foreign_pickles, 1, memory_order_relaxed);
     /* The copy replaces the original: free it while we hold its GIL. */
     PyObject *obj = c->obj;
     c->obj = NULL;
@@ -223,7 +310,61 @@ static void foreign_pickle_run(void *arg) {
     Py_DECREF(obj);
 }
 
+/* Adds `note` (a new reference, may be NULL) to exception `exc` (best effort). */
+static void add_note(PyObject *exc, PyObject *note) {
+    PyObject *rv = note ? PyObject_CallMethod(exc, "add_note", "O", note) : NULL;
+    if (rv == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(note);
+}
+
+/* The value's copy failed to rebuild in `here`: the pending exception is the
+ * original one (what unpickling raised); it gets a note saying where, and a
+ * worker marks the value unavailable to behaviors from now on, so that later
+ * behaviors get a clear error rather than the same failure each time. */
+static int rebuild_failed(bocpy_cown *c, bocpy_interp *here) {
+    PyObject *exc = PyErr_GetRaisedException();
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception) ||
+        PyErr_GivenExceptionMatches(exc, PyExc_MemoryError)) {
+        PyErr_SetRaisedException(exc); /* Ctrl-C, out of memory: not the value's fault */
+        return -1;
+    }
+    PyObject *where = here->is_main ? PyUnicode_FromString("the main interpreter")
+                                    : PyUnicode_FromFormat("worker %d", here->worker_index);
+    if (where == NULL) {
+        PyErr_Clear();
+        PyErr_SetRaisedException(exc);
+        return -1;
+    }
+    add_note(exc, PyUnicode_FromFormat(
+                      "bocpy: raised while rebuilding the value of cown %llu in %U%s",
+                      (unsigned long long)c->base.id, where,
+                      here->is_main ? ""
+                                    : "; the value is now unavailable to behaviors (the main "
+                                      "thread can still read it, or give the cown a new value)"));
+    if (!here->is_main && c->unavailable == NULL) {
+        PyObject *text = PyUnicode_FromFormat(
+            "the value of this cown is permanently unavailable to behaviors: it could not be "
+            "rebuilt in %U (%.200s: %S); make its class importable (and its pickling work) in "
+            "every interpreter, then give the cown a new value from the main thread",
+            where, Py_TYPE(exc)->tp_name, exc);
+        const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
+        c->unavailable = strdup(utf8 ? utf8 : "the value of this cown could not be rebuilt");
+        Py_XDECREF(text);
+        PyErr_Clear();
+    }
+    Py_DECREF(where);
+    PyErr_SetRaisedException(exc);
+    return -1;
+}
+
 int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
+    if (c->unavailable != NULL && !here->is_main) {
+        PyErr_SetString(PyExc_RuntimeError, c->unavailable);
+        return -1;
+    }
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == here) {
         return 0;
@@ -238,68 +379,51 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
                         "bocpy.pump() or wait()");
         return -1;
     }
-    if (c->obj == NULL && c->blob == NULL) {
-        return 0; /* the value is None */
+    if (c->obj == NULL && (c->blob == NULL || c->blob_stale)) {
+        return 0; /* the value is None (perhaps stored during this hold) */
     }
-    bool rolled_back = false;
-    char *rollback_reason = NULL;
     if (c->blob == NULL || c->blob_stale) {
         /* The live object, in another interpreter, is the only current
          * copy: pickle it there.  Values are checked when a hold ends,
-         * except large ones changed in place (bocpy_cown_settle), so this
-         * fails only if one of those became unpicklable. */
-        foreign_pickle fp = {.cown = c, .home = home};
-        if (home->state == NULL || !bocpy_interp_call_in(home, foreign_pickle_run, &fp)) {
+         * except plain ones and large ones changed in place
+         * (bocpy_cown_settle), so this fails only if one of those became
+         * unpicklable. */
+        if (home == NULL || home->state == NULL) {
             PyErr_SetString(PyExc_RuntimeError,
                             "the interpreter holding this cown's value is gone");
             return -1;
         }
-        if (fp.blob == NULL && !fp.rolled_back) {
+        foreign_pickle fp = {.cown = c, .home = home};
+        if (!bocpy_interp_call_in(home, foreign_pickle_run, &fp)) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "the interpreter holding this cown's value is gone");
+            return -1;
+        }
+        if (fp.blob == NULL) {
             PyErr_Format(PyExc_TypeError,
                          "the value of this cown could not be sent to the interpreter that "
-                         "needs it: %s",
-                         fp.error ? fp.error : "out of memory");
+                         "needs it (%s): an earlier behavior changed it in place into a "
+                         "state that cannot be pickled.  It stays, with every change made "
+                         "to it, in the interpreter that holds it (worker %d), where "
+                         "behaviors still get it: make it picklable again, or replace it",
+                         fp.error ? fp.error : "out of memory", home->worker_index);
             free(fp.error);
             return -1;
         }
-        if (fp.blob != NULL) {
-            bocpy_blob_free(c->blob);
-            c->blob = fp.blob;
-            c->blob_stale = false;
-        }
-        rolled_back = fp.rolled_back;
-        rollback_reason = fp.error;
+        bocpy_blob_free(c->blob);
+        c->blob = fp.blob;
+        c->blob_stale = false;
         home = NULL;
     }
     PyObject *value = bocpy_deserialize(here->state, c->blob);
     if (value == NULL) {
-        PyObject *cause = PyErr_GetRaisedException();
-        PyErr_Format(PyExc_RuntimeError,
-                     "the value of this cown could not be rebuilt in this interpreter (%S); "
-                     "classes and functions in values must be importable here",
-                     cause);
-        PyObject *exc = PyErr_GetRaisedException();
-        PyException_SetCause(exc, cause);
-        PyErr_SetRaisedException(exc);
-        return -1;
+        return rebuild_failed(c, here);
     }
     PyObject *old = c->obj;
     c->obj = value;
     set_home(c, here);
     release_object(home, old);
     atomic_fetch_add_explicit(&here->stats.migrations_in, 1, memory_order_relaxed);
-    if (rolled_back) {
-        /* The cown is consistent again (it holds its last transferable
-         * value); the behavior that needed it learns why it changed. */
-        PyErr_Format(PyExc_TypeError,
-                     "a behavior changed this cown's value in place into a state that cannot "
-                     "be sent between interpreters (%s); the cown was rolled back to its last "
-                     "transferable value, which later behaviors will see",
-                     rollback_reason ? rollback_reason : "unknown error");
-        free(rollback_reason);
-        return -1;
-    }
-    free(rollback_reason);
     return 0;
 }
 
@@ -311,6 +435,16 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
     c->blob = NULL;
     c->blob_stale = false;
     c->is_exception = is_exception;
+    free(c->unavailable);
+    c->unavailable = NULL;
+    /* A behavior's exception must be read, or it is reported; not the ones
+     * that only say a behavior was dropped because the program is ending
+     * on an error (that error is reported already). */
+    if (is_exception && !atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed)) {
+        unretrieved_list(c);
+    } else {
+        unretrieved_forget(c);
+    }
     set_home(c, c->obj ? here : NULL);
     release_object(home, old);
 }
@@ -332,46 +466,51 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
     }
     if (!here->is_main && plain) {
         /* On a worker, copy lazily: a plain value is cheap to pickle if it
-         * ever has to move. */
+         * ever has to move, and it cannot become unpicklable.  The copy
+         * stays right only if the object is the one it was made from. */
         if (now != before) {
             bocpy_blob_free(c->blob);
             c->blob = NULL;
-            c->blob_stale = false;
         }
+        c->blob_stale = false;
         return 0;
     }
     if (!here->is_main && now == before && c->blob != NULL &&
         c->blob->size > BOCPY_CHECK_IN_PLACE_MAX) {
-        /* The same large object, perhaps mutated in place: copying it at
-         * every release would cost more than most behaviors, so the copy
-         * is kept as the last transferable version and the object is
-         * pickled afresh only if it ever has to move -- a chain of
-         * behaviors that keeps it on one worker never pays for that. */
+        /* The same large object, perhaps changed in place: copying it at
+         * every release would make a chain of behaviors that grows it cost
+         * quadratic time, so it is pickled afresh only when it has to move
+         * (the live object is the value; the copy is older).  If it cannot
+         * be pickled then, it stays here with every change made to it, and
+         * the behavior that needed it elsewhere gets the error (see
+         * bocpy_cown_materialize). */
         c->blob_stale = true;
         return 0;
     }
-    /* A new object on a worker, a small one perhaps mutated in place, or
-     * any value the main thread releases (so that workers never have to
-     * enter the main interpreter for it): check now that it can cross, and
-     * keep the copy. */
+    /* A new object, a small one perhaps changed in place, or any value the
+     * main thread releases (so that workers never have to enter the main
+     * interpreter for it): check now that it can cross, and keep the copy.
+     * A refusal belongs to this hold: the cown goes back to the value it
+     * found, and no other behavior's work is undone. */
     bocpy_blob *blob = bocpy_serialize(st, now);
     if (blob == NULL) {
         if (now != before) {
-            /* A new object: put the old one back. */
+            /* A new object: put back the one the hold found (the live
+             * object is the value again; any copy may be older). */
             c->obj = Py_XNewRef(before);
-            Py_DECREF(now);
+            c->blob_stale = c->blob != NULL;
             set_home(c, c->obj ? here : NULL);
-        } else if (c->blob != NULL && !c->blob_stale) {
-            /* The object itself was changed in place; the copy is the
-             * value as this hold found it: go back to that. */
+            Py_DECREF(now);
+        } else if (c->blob != NULL) {
+            /* The object itself was changed in place.  It is small (or on
+             * the main thread), so its copy was exact when the hold began
+             * (such values are checked at every release, and a hold never
+             * replaces the copy): go back to it. */
             c->obj = NULL;
+            c->blob_stale = false;
             set_home(c, NULL);
             release_object(here, now);
-            return -1;
         }
-        /* Any copy we had is, at best, of an older version: keep it as the
-         * last transferable one. */
-        c->blob_stale = c->blob != NULL;
         return -1;
     }
     bocpy_blob_free(c->blob);
@@ -453,13 +592,182 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
     }
 }
 
+/* ------------------------------------------- reporting unread exceptions */
+
+/* Logs one unread exception (`exc`, or NULL when it could not be rebuilt:
+ * then the rebuild error is pending).  Never fails: a failing handler is
+ * reported as unraisable, as logging itself does. */
+static void log_unretrieved(PyObject *error_method, uint64_t id, PyObject *exc) {
+    PyObject *info = exc;
+    const char *format = "bocpy: an exception raised by a behavior was never retrieved (result "
+                         "cown %llu): read it with unwrap(), .value or .exception";
+    if (exc == NULL) {
+        info = PyErr_GetRaisedException();
+        format = "bocpy: an exception raised by a behavior was never retrieved (result cown "
+                 "%llu), and it could not be rebuilt here to show it";
+    }
+    PyObject *message = PyUnicode_FromFormat(format, (unsigned long long)id);
+    PyObject *args = message ? PyTuple_Pack(1, message) : NULL;
+    PyObject *kwargs = args
+                           ? Py_BuildValue("{sO}", "exc_info",
+                                           info && PyExceptionInstance_Check(info) ? info : Py_None)
+                           : NULL;
+    PyObject *rv = kwargs ? PyObject_Call(error_method, args, kwargs) : NULL;
+    if (rv == NULL) {
+        PyErr_WriteUnraisable(error_method);
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(message);
+    if (exc == NULL) {
+        Py_XDECREF(info);
+    }
+}
+
+/* The unread exception of a live cown, for the report at exit (the caller
+ * holds the cown): new reference, or NULL with the rebuild error set. */
+static PyObject *unretrieved_value(bocpy_state *st, bocpy_cown *c) {
+    bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
+    if (c->obj != NULL && home == st->interp) {
+        return Py_NewRef(c->obj);
+    }
+    if (c->blob != NULL && !c->blob_stale) {
+        return bocpy_deserialize(st, c->blob);
+    }
+    PyErr_SetString(PyExc_RuntimeError, "its value lives in a worker that is still running");
+    return NULL;
+}
+
+/* Reports the live cowns with an unread exception (the program is ending). */
+static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
+    /* Take a reference to each under the lock (skipping cowns already being
+     * destroyed: their destroyer waits for the lock and then buries them),
+     * and report outside it, where logging may run any code. */
+    size_t n = 0, cap = 0;
+    bocpy_cown **cowns = NULL;
+    pthread_mutex_lock(&unret_lock);
+    for (bocpy_cown *c = unret_live; c != NULL; c = c->unret_next) {
+        cap++;
+    }
+    cowns = cap ? malloc(cap * sizeof(*cowns)) : NULL;
+    for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = c->unret_next) {
+        size_t refs = atomic_load_explicit(&c->base.refcount, memory_order_relaxed);
+        while (refs > 0 &&
+               !atomic_compare_exchange_weak_explicit(&c->base.refcount, &refs, refs + 1,
+                                                      memory_order_relaxed, memory_order_relaxed)) {
+        }
+        if (refs > 0) {
+            cowns[n++] = c;
+        }
+    }
+    pthread_mutex_unlock(&unret_lock);
+    if (cap > 0 && cowns == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t reported = 0;
+    for (size_t i = 0; i < n; i++) {
+        bocpy_cown *c = cowns[i];
+        boc_request req;
+        /* A cown still held or awaited is someone's to read. */
+        if (boc_cown_try_hold(&c->base, &req)) {
+            if (c->unretrieved) {
+                PyObject *exc = unretrieved_value(st, c);
+                unretrieved_forget(c);
+                log_unretrieved(error_method, c->base.id, exc);
+                Py_XDECREF(exc);
+                reported++;
+            }
+            boc_cown_unhold(&req);
+        }
+        boc_cown_decref(&c->base);
+    }
+    free(cowns);
+    return reported;
+}
+
+Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live) {
+    /* Guarded by the main GIL: a handler that drops a cown must not report
+     * from inside this report. */
+    static bool reporting;
+    assert(st->interp->is_main);
+    if (reporting) {
+        return 0;
+    }
+    PyObject *logging = PyImport_ImportModule("logging");
+    PyObject *logger = logging ? PyObject_CallMethod(logging, "getLogger", "s", "bocpy") : NULL;
+    PyObject *error_method = logger ? PyObject_GetAttrString(logger, "error") : NULL;
+    Py_XDECREF(logger);
+    Py_XDECREF(logging);
+    if (error_method == NULL) {
+        return -1;
+    }
+    reporting = true;
+    Py_ssize_t reported = 0;
+    for (;;) {
+        pthread_mutex_lock(&unret_lock);
+        unretrieved_dead *dead = unret_dead;
+        if (dead != NULL) {
+            unret_dead = dead->next;
+            if (unret_dead == NULL) {
+                unret_dead_tail = &unret_dead;
+            }
+        } else {
+            atomic_store_explicit(&unret_dead_pending, false, memory_order_relaxed);
+        }
+        pthread_mutex_unlock(&unret_lock);
+        if (dead == NULL) {
+            break;
+        }
+        PyObject *exc = bocpy_deserialize(st, dead->blob);
+        log_unretrieved(error_method, dead->id, exc);
+        Py_XDECREF(exc);
+        bocpy_blob_free(dead->blob);
+        free(dead);
+        reported++;
+    }
+    if (live) {
+        Py_ssize_t more = report_live(st, error_method);
+        reported = more < 0 ? -1 : reported + more;
+    }
+    reporting = false;
+    Py_DECREF(error_method);
+    return reported;
+}
+
+PyObject *bocpy_core_report_unretrieved(PyObject *module, PyObject *live) {
+    bocpy_state *st = bocpy_state_of_module(module);
+    if (!st->interp->is_main) {
+        PyErr_SetString(PyExc_RuntimeError, "_report_unretrieved() is for the main interpreter");
+        return NULL;
+    }
+    int all = PyObject_IsTrue(live);
+    if (all < 0) {
+        return NULL;
+    }
+    Py_ssize_t reported = bocpy_report_unretrieved(st, all);
+    return reported < 0 ? NULL : PyLong_FromSsize_t(reported);
+}
+
 /* ----------------------------------------------------------- the type */
 
 static const char NOT_HELD[] =
     "this cown's value is only reachable while you hold the cown: inside a "
     "behavior that requested it (@when(cown)), or on the main thread between "
-    "cown.acquire() and cown.release() (or in 'with cown:') once bocpy.wait() or "
-    "bocpy.quiesce() has returned";
+    "cown.acquire() and cown.release() (or in 'with cown as value:'); the main "
+    "thread may also read it whenever no behavior holds the cown or waits for it "
+    "(after bocpy.wait() or bocpy.quiesce())";
+
+static const char BUSY_READ[] =
+    "this cown's value cannot be read now: a behavior holds the cown or waits for "
+    "it (or another thread acquired it); read it inside a behavior that requests "
+    "it (@when(cown)), or after bocpy.wait() or bocpy.quiesce()";
+
+static const char PINNED_BUSY_READ[] =
+    "this PinnedCown's value cannot be read now: a pinned behavior running on the "
+    "main thread holds it (or another thread acquired it); read it inside a "
+    "behavior that requests it, or between pumps";
 
 bool bocpy_cown_check(bocpy_state *st, PyObject *obj) {
     return PyObject_TypeCheck(obj, st->cown_type);
@@ -529,6 +837,18 @@ static void Cown_dealloc(CownObject *self) {
         boc_cown_decref(&self->cown->base);
     }
     tp->tp_free((PyObject *)self);
+    /* A result cown whose exception nobody read may just have died: say so
+     * now, as asyncio does when a task's exception is never retrieved. */
+    if (atomic_load_explicit(&unret_dead_pending, memory_order_relaxed) && !bocpy_is_finalizing()) {
+        PyObject *pending = PyErr_GetRaisedException();
+        bocpy_state *st = bocpy_state_of_type(tp);
+        if (st != NULL && st->interp != NULL && st->interp->is_main &&
+            bocpy_report_unretrieved(st, false) < 0) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        PyErr_Clear();
+        PyErr_SetRaisedException(pending);
+    }
     Py_DECREF(tp);
 }
 
@@ -536,18 +856,64 @@ static bool held_here(bocpy_cown *c) {
     return atomic_load_explicit(&c->holder, memory_order_relaxed) == bocpy_thread_token();
 }
 
-static PyObject *Cown_get_value(CownObject *self, void *closure) {
-    (void)closure;
-    bocpy_cown *c = self->cown;
-    if (!held_here(c)) {
+/* What a read outside a hold returns. */
+typedef enum { READ_VALUE, READ_EXCEPTION } read_what;
+
+static PyObject *read_result(bocpy_cown *c, read_what what) {
+    unretrieved_forget(c);
+    if (what == READ_EXCEPTION) {
+        return PyBool_FromLong(c->is_exception);
+    }
+    return Py_NewRef(c->obj ? c->obj : Py_None);
+}
+
+/* A read of `.value` or `.exception` by a thread that does not hold the
+ * cown.  Allowed in the main interpreter whenever no behavior holds the cown
+ * or waits for it -- known, race-free, by taking a hold for the length of
+ * the read: libboc grants one (boc_cown_try_hold) only when the cown's queue
+ * is empty, and a behavior scheduled meanwhile queues behind it.  Like
+ * acquire(), the read brings the value into the main interpreter; its copy
+ * stays exact (nothing changed it), so a later behavior still rebuilds it
+ * from that copy wherever it runs.
+ * A PinnedCown's value always lives here and only the main thread's pump
+ * runs its behaviors, each holding it (`holder`) while its body runs: with
+ * the GIL held, holder == 0 means no body is running against it, even if
+ * behaviors are queued. */
+static PyObject *read_unheld(bocpy_state *st, bocpy_cown *c, read_what what) {
+    if (!st->interp->is_main) {
         PyErr_SetString(PyExc_RuntimeError, NOT_HELD);
         return NULL;
     }
+    if (c->base.flags & BOC_COWN_PINNED) {
+        /* relaxed: holder is only written by threads holding the main GIL,
+         * which we hold too. */
+        if (atomic_load_explicit(&c->holder, memory_order_relaxed) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, PINNED_BUSY_READ);
+            return NULL;
+        }
+        return read_result(c, what);
+    }
+    boc_request req;
+    if (!boc_cown_try_hold(&c->base, &req)) {
+        PyErr_SetString(PyExc_RuntimeError, BUSY_READ);
+        return NULL;
+    }
+    PyObject *result = bocpy_cown_materialize(c, st->interp) < 0 ? NULL : read_result(c, what);
+    boc_cown_unhold(&req);
+    return result;
+}
+
+static PyObject *Cown_get_value(CownObject *self, void *closure) {
+    (void)closure;
+    bocpy_cown *c = self->cown;
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
+    if (!held_here(c)) {
+        return read_unheld(st, c, READ_VALUE);
+    }
     if (bocpy_cown_materialize(c, st->interp) < 0) {
         return NULL;
     }
-    return Py_NewRef(c->obj ? c->obj : Py_None);
+    return read_result(c, READ_VALUE);
 }
 
 static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
@@ -565,10 +931,15 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     bocpy_interp *here = st->interp;
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
-    /* The serialised copy and the "before" snapshot are reconciled when the
-     * hold ends (bocpy_cown_settle), where a bad value can be refused. */
+    /* The copy is now only the value as this hold found it, kept in case the
+     * new value is refused at release (bocpy_cown_settle): it must not be
+     * read as the value again (assigning None leaves obj NULL). */
     c->obj = value == Py_None ? NULL : Py_NewRef(value);
+    c->blob_stale = c->blob != NULL;
     c->is_exception = false;
+    unretrieved_forget(c);
+    free(c->unavailable);
+    c->unavailable = NULL;
     set_home(c, c->obj ? here : NULL);
     release_object(home, old);
     return 0;
@@ -581,7 +952,35 @@ static PyObject *Cown_get_acquired(CownObject *self, void *closure) {
 
 static PyObject *Cown_get_exception(CownObject *self, void *closure) {
     (void)closure;
-    return PyBool_FromLong(self->cown->is_exception);
+    bocpy_cown *c = self->cown;
+    if (!held_here(c)) {
+        return read_unheld(bocpy_state_of_type(Py_TYPE(self)), c, READ_EXCEPTION);
+    }
+    return read_result(c, READ_EXCEPTION);
+}
+
+static int Cown_set_exception(CownObject *self, PyObject *value, void *closure) {
+    (void)closure;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a cown's exception flag cannot be deleted; assign False instead");
+        return -1;
+    }
+    bocpy_cown *c = self->cown;
+    if (!held_here(c)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a cown's exception flag can only be set by its holder: inside a "
+                        "behavior that requested it (@when(cown)), or on the main thread "
+                        "between cown.acquire() and cown.release() (or in 'with cown:')");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    if (truth < 0) {
+        return -1;
+    }
+    c->is_exception = truth;
+    unretrieved_forget(c); /* the holder has seen it */
+    return 0;
 }
 
 /* Checks shared by acquire() and unwrap(): main interpreter, quiescent. */
@@ -672,10 +1071,13 @@ static PyObject *Cown_release(CownObject *self, PyObject *unused) {
 static PyObject *Cown_enter(CownObject *self, PyObject *unused) {
     (void)unused;
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
-    if (cown_hold(st, self->cown, "acquire") < 0) {
+    bocpy_cown *c = self->cown;
+    if (cown_hold(st, c, "acquire") < 0) {
         return NULL;
     }
-    return Py_NewRef(self);
+    /* `with cown as value:` binds the value, as in the reference; the cown
+     * stays held (and `cown.value = ...` works) until the block ends. */
+    return read_result(c, READ_VALUE);
 }
 
 static PyObject *Cown_exit(CownObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -696,7 +1098,7 @@ static PyObject *Cown_unwrap(CownObject *self, PyObject *unused) {
     if (!was_held && cown_hold(st, c, "unwrap") < 0) {
         return NULL;
     }
-    PyObject *value = Py_NewRef(c->obj ? c->obj : Py_None);
+    PyObject *value = read_result(c, READ_VALUE);
     bool is_exception = c->is_exception;
     bocpy_cown_store(c, st->interp, Py_None, false);
     Py_CLEAR(c->hold_before);
@@ -791,10 +1193,14 @@ static PyMethodDef Cown_methods[] = {
 
 static PyGetSetDef Cown_getset[] = {
     {"value", (getter)Cown_get_value, (setter)Cown_set_value,
-     "The owned value; only while this thread holds the cown.", NULL},
+     "The owned value: read and written by the cown's holder; the main thread may also "
+     "read it whenever no behavior holds the cown or waits for it.",
+     NULL},
     {"acquired", (getter)Cown_get_acquired, NULL, "True while this thread holds the cown.", NULL},
-    {"exception", (getter)Cown_get_exception, NULL,
-     "True when the value is an exception captured from a behavior.", NULL},
+    {"exception", (getter)Cown_get_exception, (setter)Cown_set_exception,
+     "True when the value is an exception captured from a behavior; the holder may set or "
+     "clear it.",
+     NULL},
     {"_id", (getter)Cown_get_id, NULL, "The cown's unique id (its place in the lock order).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

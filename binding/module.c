@@ -379,6 +379,7 @@ static PyMethodDef core_methods[] = {
     {"set_tags", core_set_tags, METH_O, NULL},
     {"_add_late_bind", (PyCFunction)(void (*)(void))core_add_late_bind, METH_FASTCALL, NULL},
     {"_rebuild_cown", core_rebuild_cown, METH_O, NULL},
+    {"_report_unretrieved", bocpy_core_report_unretrieved, METH_O, NULL},
     {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL, NULL},
     {"_register_code", core_register_code, METH_O, NULL},
     {"_bootstrap_header", core_bootstrap_header, METH_NOARGS, NULL},

@@ -100,8 +100,22 @@ bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
     tls_serialising = &ctx;
 
     PyObject *args[2] = {obj, st->protocol};
-    PyObject *bytes = PyObject_Vectorcall(st->dumps, args, 2, NULL);
-    if (bytes == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+    PyObject *bytes;
+    if (PyExceptionInstance_Check(obj)) {
+        /* Exceptions go to the extended pickler straight away: the standard
+         * recipe loses __cause__/__context__ and calls __init__ with
+         * whatever args ended up as, which many exception classes refuse
+         * (see bocpy/_pickling.py). */
+        PyObject *fallback = fallback_dumps(st);
+        bytes = fallback ? PyObject_CallOneArg(fallback, obj) : NULL;
+        if (bytes == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+            raise_untransferable(obj);
+        }
+    } else {
+        bytes = PyObject_Vectorcall(st->dumps, args, 2, NULL);
+    }
+    if (bytes == NULL && !PyExceptionInstance_Check(obj) &&
+        PyErr_ExceptionMatches(PyExc_Exception)) {
         /* The C pickler gave up; the extended one may know how.  (Anything
          * else -- KeyboardInterrupt, MemoryError's cousins -- propagates.) */
         PyObject *first = PyErr_GetRaisedException();
@@ -150,7 +164,60 @@ bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
     return blob;
 }
 
+/*
+ * The unpickler, called from a Python frame.  Worker threads rebuild values
+ * from C with no Python frame on their stack, where a reducer that needs
+ * one (`eval`, `exec`, `globals()`) fails with "SystemError: frame does not
+ * exist"; messages, unpickled under receive() from Python code, have one.
+ * So st->loads is replaced, the first time, by a one-line Python function
+ * (bocpy._pickling._loads_in_frame) whose globals are this interpreter's
+ * __main__ namespace -- what a behavior of the script sees -- with
+ * pickle.loads as its default argument; it is rebuilt when __main__ changes
+ * (a kept worker gets a fresh one at each start).  Returns a borrowed
+ * reference, or NULL with an exception set.
+ */
+static PyObject *loads_in_frame(bocpy_state *st) {
+    PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
+    PyObject *globals = main != NULL ? PyModule_GetDict(main) : NULL;
+    if (globals == NULL) {
+        return NULL;
+    }
+    PyObject *plain = st->loads;
+    if (PyFunction_Check(st->loads)) {
+        if (PyFunction_GET_GLOBALS(st->loads) == globals) {
+            return st->loads;
+        }
+        plain = PyTuple_GET_ITEM(PyFunction_GET_DEFAULTS(st->loads), 0);
+    }
+    PyObject *pickling = PyImport_ImportModule("bocpy._pickling");
+    PyObject *model = pickling ? PyObject_GetAttrString(pickling, "_loads_in_frame") : NULL;
+    Py_XDECREF(pickling);
+    if (model == NULL) {
+        return NULL;
+    }
+    if (!PyFunction_Check(model)) {
+        Py_DECREF(model);
+        PyErr_SetString(PyExc_SystemError, "bocpy._pickling._loads_in_frame is not a function");
+        return NULL;
+    }
+    PyObject *func = PyFunction_New(PyFunction_GET_CODE(model), globals);
+    Py_DECREF(model);
+    PyObject *defaults = func ? PyTuple_Pack(1, plain) : NULL;
+    if (defaults == NULL || PyFunction_SetDefaults(func, defaults) < 0) {
+        Py_XDECREF(defaults);
+        Py_XDECREF(func);
+        return NULL;
+    }
+    Py_DECREF(defaults);
+    Py_SETREF(st->loads, func);
+    return func;
+}
+
 PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob) {
+    PyObject *loads = loads_in_frame(st);
+    if (loads == NULL) {
+        return NULL;
+    }
     const bocpy_blob *outer = tls_deserialising;
     tls_deserialising = blob;
     /* Zero-copy view: the unpickler copies whatever it keeps. */
@@ -158,7 +225,7 @@ PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob) {
         PyMemoryView_FromMemory((char *)blob->data, (Py_ssize_t)blob->size, PyBUF_READ);
     PyObject *value = NULL;
     if (view != NULL) {
-        value = PyObject_CallOneArg(st->loads, view);
+        value = PyObject_CallOneArg(loads, view);
         Py_DECREF(view);
     }
     tls_deserialising = outer;

@@ -14,7 +14,7 @@ import typing
 import pytest
 
 import bocpy
-from bocpy import Cown, when
+from bocpy import Cown, when, whencall
 
 
 def wait_for_file(path: str, limit: float = 30.0) -> bool:
@@ -67,10 +67,24 @@ def test_unpicklable_value_nested_in_container_is_rejected():
 # ---------------------------------------------------------- holding a cown
 
 
-def test_value_get_without_holding_raises_with_a_hint():
+def _hold_until_told(c, tag):
+    bocpy.send(tag + "-held", None)
+    bocpy.receive(tag)
+    return c.value
+
+
+def test_value_get_while_a_behavior_holds_the_cown_raises_with_a_hint():
     c = Cown(1)
-    with pytest.raises(RuntimeError, match="acquire"):
-        c.value  # noqa: B018
+    assert c.value == 1  # nobody holds or awaits it: the main thread may read it
+    r = whencall(_hold_until_told, [c], ["test-cown-hold"])
+    bocpy.receive("test-cown-hold-held")
+    try:
+        with pytest.raises(RuntimeError, match="a behavior holds the cown or waits for it"):
+            c.value  # noqa: B018
+    finally:
+        bocpy.send("test-cown-hold", None)
+    bocpy.wait(timeout=30)
+    assert (r.value, c.value) == (1, 1)
 
 
 def test_value_set_without_holding_raises():
@@ -94,7 +108,7 @@ def test_with_statement_holds_and_releases():
     c = Cown(3)
     with c as held:
         assert c.acquired
-        assert held is c
+        assert held == 3  # `with cown as v:` binds the value
         c.value += 1
     assert not c.acquired
     with c:

@@ -49,6 +49,7 @@ from ._core import (
     wake_fd,
     when,
 )
+from ._pickling import UnrebuildableError
 
 __all__ = [
     "REMOVED",
@@ -57,6 +58,7 @@ __all__ = [
     "Cown",
     "PinnedCown",
     "PumpResult",
+    "UnrebuildableError",
     "WaitResult",
     "drain",
     "notice_delete",
@@ -137,6 +139,8 @@ class WaitResult(NamedTuple):
 def _finish(
     stats_list: list[dict[str, int]], stats: bool, board: bool
 ) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None:
+    # Exceptions left on result cowns that died unread are reported now.
+    _core._report_unretrieved(False)
     if board:
         snapshot: dict[str, Any] = noticeboard().to_dict()
         return WaitResult(stats_list, snapshot) if stats else snapshot
@@ -287,6 +291,15 @@ def _at_exit() -> None:
         os._exit(1)
 
 
+def _report_unretrieved_at_exit() -> None:
+    """Log every exception a behavior left that nobody read (logger ``bocpy``).
+
+    Runs last at exit, after the runtime finished: like asyncio's "exception
+    was never retrieved", so that a failure nobody looked at is not silent.
+    """
+    _core._report_unretrieved(True)
+
+
 def _close_pool_at_exit() -> None:
     """End the worker interpreters that ``wait()`` keeps for the next run."""
     try:
@@ -323,7 +336,9 @@ if _core._is_main_interpreter():
     atexit.register(_core._stop_watchdog)
     sys.excepthook = _note_crash(sys.excepthook)
     # atexit runs these last-registered first: the pool is ended after
-    # _at_exit has finished the runtime's work and stopped it.
+    # _at_exit has finished the runtime's work and stopped it, and unread
+    # exceptions are reported once nothing can read them any more.
+    atexit.register(_report_unretrieved_at_exit)
     atexit.register(_close_pool_at_exit)
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):
