@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SUBPROCESS_TIMEOUT
 
 import bocpy
-from conftest import SUBPROCESS_TIMEOUT
 
 EXT_SOURCE = Path(__file__).resolve().parent / "move_ext" / "movebuf.c"
 
