@@ -179,6 +179,43 @@ static int index_arg(BufferObject *self, PyObject *arg, Py_ssize_t *out) {
     return 0;
 }
 
+static Py_ssize_t Buffer_length(BufferObject *self) {
+    return check_live(self) < 0 ? -1 : self->size;
+}
+
+/* buf[i] and buf[i] = v, like a bytearray (negative indices are already
+ * adjusted by the sequence protocol). */
+static PyObject *Buffer_item(BufferObject *self, Py_ssize_t i) {
+    if (check_live(self) < 0) {
+        return NULL;
+    }
+    if (i < 0 || i >= self->size) {
+        PyErr_Format(PyExc_IndexError, "Buffer index %zd out of range [0, %zd)", i, self->size);
+        return NULL;
+    }
+    return PyLong_FromLong(self->data[i]);
+}
+
+static int Buffer_ass_item(BufferObject *self, Py_ssize_t i, PyObject *value) {
+    if (check_live(self) < 0) {
+        return -1;
+    }
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Buffer items cannot be deleted");
+        return -1;
+    }
+    if (i < 0 || i >= self->size) {
+        PyErr_Format(PyExc_IndexError, "Buffer index %zd out of range [0, %zd)", i, self->size);
+        return -1;
+    }
+    long v = PyLong_AsLong(value);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    self->data[i] = (unsigned char)(v & 0xff);
+    return 0;
+}
+
 static PyObject *Buffer_get(BufferObject *self, PyObject *arg) {
     Py_ssize_t i;
     if (check_live(self) < 0 || index_arg(self, arg, &i) < 0) {
@@ -292,6 +329,9 @@ static PyType_Slot Buffer_slots[] = {
     {Py_tp_dealloc, Buffer_dealloc},
     {Py_tp_methods, Buffer_methods},
     {Py_tp_getset, Buffer_getset},
+    {Py_sq_length, Buffer_length},
+    {Py_sq_item, Buffer_item},
+    {Py_sq_ass_item, Buffer_ass_item},
     {Py_bf_getbuffer, Buffer_getbuffer},
     {Py_bf_releasebuffer, Buffer_releasebuffer},
     {0, NULL},
