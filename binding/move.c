@@ -96,9 +96,9 @@ static int check_spec(PyTypeObject *type, const BocPyMoveType *spec) {
                      type->tp_name, spec->abi_version, BOCPY_MOVE_ABI_VERSION);
         return -1;
     }
-    const char *missing = spec->detach == NULL    ? "detach"
-                          : spec->restore == NULL ? "restore"
-                          : spec->attach == NULL  ? "attach"
+    const char *missing = spec->detach == NULL         ? "detach"
+                          : spec->restore == NULL      ? "restore"
+                          : spec->attach == NULL       ? "attach"
                           : spec->free_payload == NULL ? "free_payload"
                                                        : NULL;
     if (missing != NULL) {

@@ -166,7 +166,8 @@ static PyObject *move_dumps(bocpy_state *st, PyObject *obj) {
     PyObject *args[2] = {buffer, st->protocol};
     PyObject *pickler = PyObject_Vectorcall(st->move.pickler, args, 2, NULL);
     PyObject *bytes = NULL;
-    if (pickler != NULL && PyObject_SetAttrString(pickler, "dispatch_table", st->move.dispatch) == 0) {
+    if (pickler != NULL &&
+        PyObject_SetAttrString(pickler, "dispatch_table", st->move.dispatch) == 0) {
         PyObject *done = PyObject_CallMethod(pickler, "dump", "O", obj);
         if (done != NULL) {
             Py_DECREF(done);

@@ -395,7 +395,8 @@ static PyObject *movebuf_register_broken(PyObject *module, PyObject *arg) {
 }
 
 static PyMethodDef movebuf_methods[] = {
-    {"live_buffers", movebuf_live_buffers, METH_NOARGS, "Buffers not yet freed (all interpreters)."},
+    {"live_buffers", movebuf_live_buffers, METH_NOARGS,
+     "Buffers not yet freed (all interpreters)."},
     {"register_broken", movebuf_register_broken, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };

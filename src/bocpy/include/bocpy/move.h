@@ -73,7 +73,8 @@
  * with ImportError naming both versions if not.  Later compatible versions
  * only append fields to BocPyMoveAPI (its `size` says how many there are).
  *
- * C only, public CPython API only; include it after (or instead of) Python.h.
+ * Written in C against the public CPython API only; it includes Python.h
+ * itself.
  */
 #ifndef BOCPY_MOVE_H
 #define BOCPY_MOVE_H
@@ -82,6 +83,10 @@
 #define PY_SSIZE_T_CLEAN
 #endif
 #include <Python.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define BOCPY_MOVE_ABI_VERSION 1
 #define BOCPY_MOVE_CAPSULE "bocpy._core._C_API"
@@ -145,5 +150,9 @@ static inline PyObject *BocPyMove_SetStaleError(PyObject *obj) {
                  Py_TYPE(obj)->tp_name);
     return NULL;
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* BOCPY_MOVE_H */
