@@ -11,7 +11,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch])
+C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch] src/bocpy/include/bocpy/*.h tests/move_ext/*.c)
 
 .PHONY: all venv build demo test test-c test-python test-python-asan soak lint format bench clean
 

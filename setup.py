@@ -11,10 +11,11 @@ setup(
         Extension(
             "bocpy._core",
             sources=sources,
-            include_dirs=["libboc/include", "libboc/src", "binding"],
+            include_dirs=["libboc/include", "libboc/src", "binding", "src/bocpy/include"],
             depends=glob.glob("libboc/include/*.h")
             + glob.glob("libboc/src/*.h")
-            + glob.glob("binding/*.h"),
+            + glob.glob("binding/*.h")
+            + glob.glob("src/bocpy/include/bocpy/*.h"),
             define_macros=[("_GNU_SOURCE", "1")],
             extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-pthread"],

@@ -10,6 +10,7 @@
  * Files:
  *   interp.c    per-interpreter records: residents, garbage, foreign entry
  *   transfer.c  serialised values ("blobs") and the pickling context
+ *   move.c      types that cross by moving their buffer (<bocpy/move.h>)
  *   registry.c  behavior code: process-wide registry, per-interpreter caches
  *   cown.c      the Cown type and the life of a cown's value
  *   behavior.c  @when / whencall: building and scheduling behaviors
@@ -33,12 +34,14 @@
 #include <stdbool.h>
 
 #include "boc.h"
+#include "bocpy/move.h"
 #include "compat.h"
 
 typedef struct bocpy_interp bocpy_interp;
 typedef struct bocpy_cown bocpy_cown;
 typedef struct bocpy_blob bocpy_blob;
 typedef struct bocpy_state bocpy_state;
+typedef struct bocpy_move_entry bocpy_move_entry;
 
 /* ------------------------------------------------------------ interpreters */
 
@@ -110,13 +113,25 @@ bool bocpy_interp_call_in(bocpy_interp *rec, void (*fn)(void *), void *arg);
 
 /* ------------------------------------------------------------------ blobs */
 
+/* A buffer handed over by a movable type's detach (move.c), on its way
+ * to the attach that ends its trip.  `payload` is NULL once attached. */
+typedef struct bocpy_moved {
+    const bocpy_move_entry *type;
+    void *payload;
+} bocpy_moved;
+
 /* A value serialised for another interpreter: pickle bytes plus the cowns
  * the pickle refers to, each holding a strong reference for as long as the
- * blob exists (a cown inside a value must outlive its trip). */
+ * blob exists (a cown inside a value must outlive its trip), plus the
+ * buffers moved out of it (bocpy_serialize_move).  A blob with moves is
+ * single use: reading it attaches its buffers. */
 struct bocpy_blob {
     size_t size;
     size_t ncowns;
     bocpy_cown **cowns;
+    size_t nmoves;
+    bocpy_moved *moves;
+    bool whole; /* the value is moves[0] itself: no pickle */
     char data[];
 };
 
@@ -129,6 +144,23 @@ Py_ssize_t bocpy_transfer_add_cown(bocpy_cown *cown);
 bocpy_cown *bocpy_transfer_get_cown(Py_ssize_t index);
 /* NULL with TypeError naming the type when `obj` cannot cross. */
 bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj);
+/* The same for a cown's value: objects of registered move types in it are
+ * detached into the blob rather than copied.  When the result has moves
+ * (bocpy_blob_moves), `obj` is stale and the caller must drop it.  On
+ * failure nothing was detached. */
+bocpy_blob *bocpy_serialize_move(bocpy_state *st, PyObject *obj);
+/* True when `blob` (may be NULL) carries moved buffers: it is single use,
+ * and the object it was made from is stale. */
+static inline bool bocpy_blob_moves(const bocpy_blob *blob) {
+    return blob != NULL && blob->nmoves > 0;
+}
+/* Called by _rebuild_moved while a blob is being read: the object rebuilt
+ * from the blob's move at `index`, or NULL with an exception. */
+PyObject *bocpy_transfer_take_move(bocpy_state *st, Py_ssize_t index);
+/* Called by the move reducer while a move blob is being made: the
+ * (rebuild, (index,)) reduction of `obj`, whose buffer is detached into
+ * the blob; or its own __reduce_ex__ when no move is under way. */
+PyObject *bocpy_transfer_reduce_move(bocpy_state *st, PyObject *obj);
 PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob);
 /* No GIL needed. */
 void bocpy_blob_free(bocpy_blob *blob);
@@ -385,6 +417,42 @@ PyObject *bocpy_send(bocpy_state *st, PyObject *tag, PyObject *contents);
 PyObject *bocpy_receive(bocpy_state *st, PyObject *tags, PyObject *timeout, PyObject *after);
 PyObject *bocpy_drain(PyObject *tags, bool forget);
 
+/* ------------------------------------------------------------ move types */
+
+/* A registered movable type, process-wide (one per stable name).  Never
+ * freed, so blobs may point at it from any thread. */
+struct bocpy_move_entry {
+    char *name;   /* "<__module__>.<__qualname__>" */
+    char *module; /* imported to register the type where it is missing */
+    BocPyMoveType spec;
+    bocpy_move_entry *next;
+};
+
+/* Per interpreter (in its module state). */
+typedef struct bocpy_move_state {
+    PyObject *types;    /* dict: type -> int (bocpy_move_entry address) */
+    PyObject *names;    /* dict: name -> type registered here under it */
+    PyObject *dispatch; /* dict: type -> reducer, a pickler dispatch_table */
+    PyObject *rebuild;  /* _core._rebuild_moved */
+    PyObject *pickler;  /* pickle.Pickler */
+    PyObject *bytesio;  /* io.BytesIO */
+} bocpy_move_state;
+
+/* Module exec: the capsule and the move functions; 0 or -1. */
+int bocpy_move_module_init(PyObject *module, bocpy_state *st);
+int bocpy_move_traverse(bocpy_state *st, visitproc visit, void *arg);
+void bocpy_move_clear(bocpy_state *st);
+/* The entry of `obj`'s exact type when it is registered here, else NULL. */
+const bocpy_move_entry *bocpy_move_entry_of(bocpy_state *st, PyObject *obj);
+/* Detaches `obj`'s buffer (a payload), or NULL with an exception. */
+void *bocpy_move_detach(const bocpy_move_entry *type, PyObject *obj);
+void bocpy_move_restore(const bocpy_move_entry *type, PyObject *obj, void *payload);
+/* A new object owning `*payload` in this interpreter (which is then set to
+ * NULL), or NULL with an exception and `*payload` untouched. */
+PyObject *bocpy_move_attach(bocpy_state *st, const bocpy_move_entry *type, void **payload);
+/* Any thread, no GIL needed. */
+void bocpy_move_free(const bocpy_move_entry *type, void *payload);
+
 /* ----------------------------------------------------------- module state */
 
 typedef struct bocpy_codemap_entry {
@@ -414,7 +482,13 @@ struct bocpy_state {
     /* registry id -> function bound to this interpreter's module globals */
     PyObject **functions;
     size_t functions_cap;
+    bocpy_move_state move;
 };
+
+/* True when some type is registered as movable in this interpreter. */
+static inline bool bocpy_move_any(const bocpy_state *st) {
+    return st->move.types != NULL && PyDict_GET_SIZE(st->move.types) > 0;
+}
 
 bocpy_state *bocpy_state_of_type(PyTypeObject *tp);
 bocpy_state *bocpy_state_of_module(PyObject *module);

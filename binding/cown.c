@@ -287,7 +287,7 @@ typedef struct foreign_pickle {
 static void foreign_pickle_run(void *arg) {
     foreign_pickle *fp = arg;
     bocpy_cown *c = fp->cown;
-    fp->blob = bocpy_serialize(fp->home->state, c->obj);
+    fp->blob = bocpy_serialize_move(fp->home->state, c->obj);
     if (fp->blob == NULL) {
         /* A plain value kept without a copy (then this is MemoryError or
          * an interrupt), or a large one changed in place that can no longer
@@ -423,6 +423,11 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     c->obj = value;
     set_home(c, here);
     release_object(home, old);
+    if (bocpy_blob_moves(c->blob)) {
+        /* Its buffers now belong to `value`: the blob was single use. */
+        bocpy_blob_free(c->blob);
+        c->blob = NULL;
+    }
     atomic_fetch_add_explicit(&here->stats.migrations_in, 1, memory_order_relaxed);
     return 0;
 }
@@ -492,7 +497,7 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
      * interpreter for it): check now that it can cross, and keep the copy.
      * A refusal belongs to this hold: the cown goes back to the value it
      * found, and no other behavior's work is undone. */
-    bocpy_blob *blob = bocpy_serialize(st, now);
+    bocpy_blob *blob = bocpy_serialize_move(st, now);
     if (blob == NULL) {
         if (now != before) {
             /* A new object: put back the one the hold found (the live
@@ -516,6 +521,13 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
     bocpy_blob_free(c->blob);
     c->blob = blob;
     c->blob_stale = false;
+    if (bocpy_blob_moves(blob)) {
+        /* Buffers moved into the blob (<bocpy/move.h>): what is left here
+         * is stale, and the blob is now the value. */
+        c->obj = NULL;
+        set_home(c, NULL);
+        release_object(here, now);
+    }
     return 0;
 }
 
@@ -551,7 +563,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
 
         PyObject *obj = c->obj;
         if (obj != NULL && (c->blob == NULL || c->blob_stale)) {
-            bocpy_blob *fresh = bocpy_serialize(st, obj);
+            bocpy_blob *fresh = bocpy_serialize_move(st, obj);
             if (fresh == NULL && c->blob != NULL) {
                 /* Mutated in place into something that cannot leave this
                  * interpreter: keep the last copy that could, and say so. */
@@ -819,14 +831,16 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
             /* Check now, where the user can see which value is at fault,
              * and keep the copy: workers will start from it without
              * entering this interpreter. */
-            c->blob = bocpy_serialize(st, value);
+            c->blob = bocpy_serialize_move(st, value);
             if (c->blob == NULL) {
                 boc_cown_decref(&c->base);
                 return NULL;
             }
         }
-        c->obj = Py_NewRef(value);
-        set_home(c, st->interp);
+        if (!bocpy_blob_moves(c->blob)) { /* else the cown owns the moved buffers */
+            c->obj = Py_NewRef(value);
+            set_home(c, st->interp);
+        }
     }
     return bocpy_cown_object_new(type, c);
 }

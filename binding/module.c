@@ -450,7 +450,7 @@ static int core_exec(PyObject *module) {
         st->marshal_dumps == NULL || st->marshal_loads == NULL || st->rebuild_cown == NULL) {
         return -1;
     }
-    return 0;
+    return bocpy_move_module_init(module, st);
 }
 
 static int core_traverse(PyObject *module, visitproc visit, void *arg) {
@@ -464,7 +464,7 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->starter);
     Py_VISIT(st->main_dict);
     Py_VISIT(st->fallback_dumps);
-    return 0;
+    return bocpy_move_traverse(st, visit, arg);
 }
 
 static int core_clear(PyObject *module) {
@@ -484,6 +484,7 @@ static int core_clear(PyObject *module) {
     Py_CLEAR(st->rebuild_cown);
     Py_CLEAR(st->starter);
     Py_CLEAR(st->main_dict);
+    bocpy_move_clear(st);
     bocpy_registry_clear_state(st);
     return 0;
 }

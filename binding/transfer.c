@@ -12,15 +12,34 @@
  * extended pickler in bocpy/_pickling.py, which sends such functions through
  * the code registry.  A value that neither can send raises TypeError naming
  * its type, at the point where the user stored or captured it.
+ *
+ * A cown's value may instead MOVE (bocpy_serialize_move): objects of types
+ * registered with <bocpy/move.h> (move.c) give up their buffer, which the
+ * blob carries as a payload; the pickle refers to it by index, and reading
+ * the blob attaches it to a new object.  The move is all or nothing: if
+ * the pickle fails after some buffers were detached, they are restored to
+ * the objects they came from before the error is reported.
  */
 #include "bocpy.h"
 
 #include <string.h>
 
-/* The cowns collected by the pickle under way on this thread. */
+/* A buffer detached by the pickle under way, with the object it came from
+ * (a strong reference: restored into it if the pickle fails). */
+typedef struct detached {
+    const bocpy_move_entry *type;
+    PyObject *source;
+    void *payload;
+} detached;
+
+/* The cowns collected by the pickle under way on this thread, and, when it
+ * moves (`move`), the buffers detached so far. */
 typedef struct serialise_context {
     bocpy_cown **cowns;
     size_t count, capacity;
+    bool move;
+    detached *moves;
+    size_t nmoves, moves_capacity;
 } serialise_context;
 
 static _Thread_local serialise_context *tls_serialising;
@@ -59,6 +78,49 @@ static void context_reset(serialise_context *ctx) {
         boc_cown_decref(&ctx->cowns[i]->base);
     }
     ctx->count = 0;
+    /* The pickle failed: the buffers go back where they came from (last
+     * first, though each restore only touches its own object). */
+    while (ctx->nmoves > 0) {
+        detached *d = &ctx->moves[--ctx->nmoves];
+        bocpy_move_restore(d->type, d->source, d->payload);
+        Py_DECREF(d->source);
+    }
+}
+
+PyObject *bocpy_transfer_reduce_move(bocpy_state *st, PyObject *obj) {
+    serialise_context *ctx = tls_serialising;
+    const bocpy_move_entry *type = bocpy_move_entry_of(st, obj);
+    if (ctx == NULL || !ctx->move || type == NULL) {
+        /* Not a move under way: pickle it as the type itself would. */
+        return PyObject_CallMethod(obj, "__reduce_ex__", "O", st->protocol);
+    }
+    if (ctx->nmoves == ctx->moves_capacity) {
+        size_t capacity = ctx->moves_capacity ? ctx->moves_capacity * 2 : 4;
+        detached *grown = realloc(ctx->moves, capacity * sizeof(*grown));
+        if (grown == NULL) {
+            return PyErr_NoMemory();
+        }
+        ctx->moves = grown;
+        ctx->moves_capacity = capacity;
+    }
+    void *payload = bocpy_move_detach(type, obj);
+    if (payload == NULL) {
+        return NULL;
+    }
+    ctx->moves[ctx->nmoves] = (detached){type, Py_NewRef(obj), payload};
+    return Py_BuildValue("O(n)", st->move.rebuild, (Py_ssize_t)ctx->nmoves++);
+}
+
+PyObject *bocpy_transfer_take_move(bocpy_state *st, Py_ssize_t index) {
+    const bocpy_blob *blob = tls_deserialising;
+    if (blob == NULL || index < 0 || (size_t)index >= blob->nmoves) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_rebuild_moved() is internal to bocpy: it only works while bocpy "
+                        "rebuilds a cown's value");
+        return NULL;
+    }
+    bocpy_moved *m = &blob->moves[index];
+    return bocpy_move_attach(st, m->type, &m->payload);
 }
 
 static PyObject *fallback_dumps(bocpy_state *st) {
@@ -94,12 +156,103 @@ static void raise_untransferable(PyObject *obj) {
     }
 }
 
-bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
-    serialise_context ctx = {0};
+/* pickle.dumps, except that registered move types go through the move
+ * reducer (a dispatch_table only a Pickler instance can have). */
+static PyObject *move_dumps(bocpy_state *st, PyObject *obj) {
+    PyObject *buffer = PyObject_CallNoArgs(st->move.bytesio);
+    if (buffer == NULL) {
+        return NULL;
+    }
+    PyObject *args[2] = {buffer, st->protocol};
+    PyObject *pickler = PyObject_Vectorcall(st->move.pickler, args, 2, NULL);
+    PyObject *bytes = NULL;
+    if (pickler != NULL &&
+        PyObject_SetAttrString(pickler, "dispatch_table", st->move.dispatch) == 0) {
+        PyObject *done = PyObject_CallMethod(pickler, "dump", "O", obj);
+        if (done != NULL) {
+            Py_DECREF(done);
+            bytes = PyObject_CallMethod(buffer, "getvalue", NULL);
+        }
+    }
+    Py_XDECREF(pickler);
+    Py_DECREF(buffer);
+    return bytes;
+}
+
+static void context_free(serialise_context *ctx) {
+    context_reset(ctx);
+    free(ctx->cowns);
+    free(ctx->moves);
+}
+
+/* A blob of `size` pickle bytes taking over the context's cowns and moved
+ * buffers (the context is left empty), or NULL with MemoryError. */
+static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t size) {
+    bocpy_blob *blob = malloc(sizeof(*blob) + size);
+    bocpy_moved *moves = ctx->nmoves ? malloc(ctx->nmoves * sizeof(*moves)) : NULL;
+    if (blob == NULL || (ctx->nmoves > 0 && moves == NULL)) {
+        free(blob);
+        free(moves);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    blob->size = size;
+    blob->ncowns = ctx->count;
+    blob->cowns = ctx->cowns;
+    blob->nmoves = ctx->nmoves;
+    blob->moves = moves;
+    blob->whole = false;
+    for (size_t i = 0; i < ctx->nmoves; i++) {
+        moves[i] = (bocpy_moved){ctx->moves[i].type, ctx->moves[i].payload};
+        Py_DECREF(ctx->moves[i].source); /* stale now: the blob has its buffer */
+    }
+    if (size > 0) {
+        memcpy(blob->data, data, size);
+    }
+    free(ctx->moves);
+    *ctx = (serialise_context){0};
+    return blob;
+}
+
+/* A value that is itself a movable object: its buffer is the whole blob,
+ * no pickle needed (the chain-of-behaviors fast path). */
+static bocpy_blob *serialize_whole(const bocpy_move_entry *type, PyObject *obj) {
+    void *payload = bocpy_move_detach(type, obj);
+    if (payload == NULL) {
+        return NULL;
+    }
+    serialise_context ctx = {.move = true};
+    detached one = {type, Py_NewRef(obj), payload};
+    ctx.moves = malloc(sizeof(one));
+    if (ctx.moves == NULL) {
+        bocpy_move_restore(type, obj, payload);
+        Py_DECREF(obj);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    ctx.moves[0] = one;
+    ctx.nmoves = ctx.moves_capacity = 1;
+    bocpy_blob *blob = blob_new(&ctx, NULL, 0);
+    if (blob == NULL) {
+        context_free(&ctx);
+        return NULL;
+    }
+    blob->whole = true;
+    return blob;
+}
+
+static bocpy_blob *serialize(bocpy_state *st, PyObject *obj, bool move) {
+    move = move && bocpy_move_any(st);
+    if (move) {
+        const bocpy_move_entry *type = bocpy_move_entry_of(st, obj);
+        if (type != NULL) {
+            return serialize_whole(type, obj);
+        }
+    }
+    serialise_context ctx = {.move = move};
     serialise_context *outer = tls_serialising;
     tls_serialising = &ctx;
 
-    PyObject *args[2] = {obj, st->protocol};
     PyObject *bytes;
     if (PyExceptionInstance_Check(obj)) {
         /* Exceptions go to the extended pickler straight away: the standard
@@ -107,11 +260,20 @@ bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
          * whatever args ended up as, which many exception classes refuse
          * (see bocpy/_pickling.py). */
         PyObject *fallback = fallback_dumps(st);
-        bytes = fallback ? PyObject_CallOneArg(fallback, obj) : NULL;
+        if (fallback == NULL) {
+            bytes = NULL;
+        } else if (move) {
+            bytes = PyObject_CallFunctionObjArgs(fallback, obj, st->move.dispatch, NULL);
+        } else {
+            bytes = PyObject_CallOneArg(fallback, obj);
+        }
         if (bytes == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
             raise_untransferable(obj);
         }
+    } else if (move) {
+        bytes = move_dumps(st, obj);
     } else {
+        PyObject *args[2] = {obj, st->protocol};
         bytes = PyObject_Vectorcall(st->dumps, args, 2, NULL);
     }
     if (bytes == NULL && !PyExceptionInstance_Check(obj) &&
@@ -122,7 +284,8 @@ bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
         context_reset(&ctx);
         PyObject *fallback = fallback_dumps(st);
         if (fallback != NULL) {
-            bytes = PyObject_CallOneArg(fallback, obj);
+            bytes = move ? PyObject_CallFunctionObjArgs(fallback, obj, st->move.dispatch, NULL)
+                         : PyObject_CallOneArg(fallback, obj);
         }
         if (bytes == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
             /* Report the C pickler's reason: it is the one users know. */
@@ -134,34 +297,25 @@ bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) {
         }
     }
     tls_serialising = outer;
-    if (bytes == NULL) {
-        context_reset(&ctx);
-        free(ctx.cowns);
-        return NULL;
-    }
-
     char *data;
     Py_ssize_t size;
-    if (PyBytes_AsStringAndSize(bytes, &data, &size) < 0) {
-        Py_DECREF(bytes);
-        context_reset(&ctx);
-        free(ctx.cowns);
+    if (bytes == NULL || PyBytes_AsStringAndSize(bytes, &data, &size) < 0) {
+        Py_XDECREF(bytes);
+        context_free(&ctx);
         return NULL;
     }
-    bocpy_blob *blob = malloc(sizeof(*blob) + (size_t)size);
-    if (blob == NULL) {
-        Py_DECREF(bytes);
-        context_reset(&ctx);
-        free(ctx.cowns);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    blob->size = (size_t)size;
-    blob->ncowns = ctx.count;
-    blob->cowns = ctx.cowns;
-    memcpy(blob->data, data, (size_t)size);
+    bocpy_blob *blob = blob_new(&ctx, data, (size_t)size);
     Py_DECREF(bytes);
+    if (blob == NULL) {
+        context_free(&ctx);
+    }
     return blob;
+}
+
+bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) { return serialize(st, obj, false); }
+
+bocpy_blob *bocpy_serialize_move(bocpy_state *st, PyObject *obj) {
+    return serialize(st, obj, true);
 }
 
 /*
@@ -214,6 +368,9 @@ static PyObject *loads_in_frame(bocpy_state *st) {
 }
 
 PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob) {
+    if (blob->whole) {
+        return bocpy_move_attach(st, blob->moves[0].type, &blob->moves[0].payload);
+    }
     PyObject *loads = loads_in_frame(st);
     if (loads == NULL) {
         return NULL;
@@ -239,7 +396,12 @@ void bocpy_blob_free(bocpy_blob *blob) {
     for (size_t i = 0; i < blob->ncowns; i++) {
         boc_cown_decref(&blob->cowns[i]->base);
     }
+    /* Buffers never attached: their type frees them (no GIL needed). */
+    for (size_t i = 0; i < blob->nmoves; i++) {
+        bocpy_move_free(blob->moves[i].type, blob->moves[i].payload);
+    }
     free(blob->cowns);
+    free(blob->moves);
     free(blob);
 }
 

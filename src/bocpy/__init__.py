@@ -61,6 +61,8 @@ __all__ = [
     "UnrebuildableError",
     "WaitResult",
     "drain",
+    "get_include",
+    "get_sources",
     "notice_delete",
     "notice_read",
     "notice_seed",
@@ -96,6 +98,32 @@ def _default_worker_count() -> int:
 #: Workers started by default: one per core the process may use, less the
 #: main thread's, and at least one.
 WORKER_COUNT: int = _default_worker_count()
+
+
+def get_include() -> str:
+    """Return the directory to add to a C extension's include path.
+
+    It holds ``bocpy/move.h``, the public header through which an extension
+    type's objects cross bocpy's interpreters by moving their buffer instead
+    of being pickled (see ``docs/c-api.md``)::
+
+        Extension("myext", sources=["myext.c", *bocpy.get_sources()],
+                  include_dirs=[bocpy.get_include()])
+
+    The extension does not link against bocpy: the header reaches it at run
+    time through a capsule.
+    """
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+
+
+def get_sources() -> list[str]:
+    """Return the extra C sources an extension using ``bocpy/move.h`` compiles.
+
+    The header is self-contained (static inline helpers only), so on every
+    platform bocpy supports today the list is empty; build scripts should
+    still add it, so that they keep working if a platform ever needs one.
+    """
+    return []
 
 
 def whencall(

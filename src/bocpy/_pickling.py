@@ -292,12 +292,19 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps(obj: Any) -> bytes:
-    """Pickle ``obj``, sending local functions and lambdas by code."""
+def dumps(obj: Any, dispatch_table: dict[type, Any] | None = None) -> bytes:
+    """Pickle ``obj``, sending local functions and lambdas by code.
+
+    ``dispatch_table``, when given, is the pickler's: bocpy passes the one
+    that moves registered buffer types (see ``<bocpy/move.h>``).
+    """
     buffer = io.BytesIO()
     # The protocol is passed by position: on CPython 3.12 a C function's
     # first call with keyword arguments made in a sub-interpreter leaves a
     # tuple of that interpreter's in a process-wide cache, which the main
     # interpreter frees again at exit ("free(): invalid pointer").
-    _Pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
+    pickler = _Pickler(buffer, pickle.HIGHEST_PROTOCOL)
+    if dispatch_table is not None:
+        pickler.dispatch_table = dispatch_table
+    pickler.dump(obj)
     return buffer.getvalue()
