@@ -84,32 +84,48 @@ bool bocpy_matrix_check(PyObject *obj) { return Py_TYPE(obj)->tp_dealloc == matr
 
 /* ------------------------------------------------------------- buffers */
 
+/*
+ * Blocks come from malloc, over-allocated by MATRIX_ALIGN and shifted up to
+ * the next 64-byte boundary (posix_memalign costs several times more for
+ * the small blocks of 2-element vectors).  The shift, 1..64 bytes, is kept
+ * in the byte just below the data, so freeing needs only the data pointer:
+ * always free with buffer_free.
+ */
 static double *buffer_alloc(Py_ssize_t count, bool zero) {
     assert(count >= 1);
     size_t bytes = (size_t)count * sizeof(double);
-    bytes = (bytes + MATRIX_ALIGN - 1) & ~(size_t)(MATRIX_ALIGN - 1);
-    void *p = NULL;
-    if (posix_memalign(&p, MATRIX_ALIGN, bytes) != 0) {
+    unsigned char *block = malloc(bytes + MATRIX_ALIGN);
+    if (block == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
+    unsigned char *data =
+        (unsigned char *)(((uintptr_t)block + MATRIX_ALIGN) & ~(uintptr_t)(MATRIX_ALIGN - 1));
+    data[-1] = (unsigned char)(data - block);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (bytes >= MATRIX_HUGE_BYTES) {
-        uintptr_t start = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
-        uintptr_t end = ((uintptr_t)p + bytes) & ~(uintptr_t)4095;
+        uintptr_t start = ((uintptr_t)data + 4095) & ~(uintptr_t)4095;
+        uintptr_t end = ((uintptr_t)data + bytes) & ~(uintptr_t)4095;
         if (end > start) {
             (void)madvise((void *)start, end - start, MADV_HUGEPAGE); /* advice only */
         }
     }
 #endif
     if (zero) {
-        memset(p, 0, bytes);
+        memset(data, 0, bytes);
     }
-    return p;
+    return (double *)data;
+}
+
+static void buffer_free(double *data) {
+    if (data != NULL) {
+        unsigned char *p = (unsigned char *)data;
+        free(p - p[-1]);
+    }
 }
 
 void bocpy_matrix_buffer_free(bocpy_matrix_buffer *buf) {
-    free(buf->data);
+    buffer_free(buf->data);
     buf->data = NULL;
     buf->rows = buf->columns = 0;
 }
@@ -162,7 +178,7 @@ static MatrixObject *matrix_new(PyTypeObject *tp, Py_ssize_t rows, Py_ssize_t co
     }
     MatrixObject *m = PyObject_New(MatrixObject, tp);
     if (m == NULL) {
-        free(data);
+        buffer_free(data);
         return NULL;
     }
     m->buf.data = data;
@@ -372,7 +388,7 @@ typedef struct {
 } operand;
 
 static void operand_release(operand *op) {
-    free(op->owned);
+    buffer_free(op->owned);
     op->owned = NULL;
 }
 
@@ -400,7 +416,7 @@ static int sequence_values(PyObject *obj, double **out, Py_ssize_t *count) {
                              "Expected a list/tuple of numbers, but item %zd is '%.200s'", i,
                              Py_TYPE(items[i])->tp_name);
             }
-            free(data);
+            buffer_free(data);
             return -1;
         }
     }
@@ -778,8 +794,8 @@ static int matmul(double *restrict c, const double *restrict a, const double *re
     double *packed = buffer_alloc(MM_KC * MM_NC, false);
     double *zero_row = buffer_alloc(MM_KC, true);
     if (packed == NULL || zero_row == NULL) {
-        free(packed);
-        free(zero_row);
+        buffer_free(packed);
+        buffer_free(zero_row);
         return -1;
     }
     for (Py_ssize_t jc = 0; jc < n; jc += MM_NC) {
@@ -801,8 +817,8 @@ static int matmul(double *restrict c, const double *restrict a, const double *re
             }
         }
     }
-    free(packed);
-    free(zero_row);
+    buffer_free(packed);
+    buffer_free(zero_row);
     return 0;
 }
 
@@ -1243,7 +1259,7 @@ static PyObject *matrix_clip(PyObject *self, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     if (has_lo && has_hi && hi < lo) {
-        PyErr_Format(PyExc_AssertionError, "clip: maxval < minval (%g < %g)", hi, lo);
+        PyErr_Format(PyExc_AssertionError, "clip: maxval < minval (%R < %R)", v[1], v[0]);
         return NULL;
     }
     MatrixObject *t = matrix_new(Py_TYPE(self), m->buf.rows, m->buf.columns, false);
@@ -1688,7 +1704,7 @@ static PyObject *matrix_normalize(PyObject *self, PyObject *const *args, Py_ssiz
                 d[i * cols + j] *= scale[j];
             }
         }
-        free(scale);
+        buffer_free(scale);
     }
     return (PyObject *)t;
 }
@@ -2304,12 +2320,9 @@ static PyObject *matrix_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     }
     if (r == 0) {
         PyErr_Format(PyExc_TypeError,
-                     "Values must be either a number or a list/tuple of MxN numbers (%zd "
-                     "numbers for %zdx%zd), not %.200s",
-                     n, rows, cols,
-                     PyList_Check(values) || PyTuple_Check(values)
-                         ? "a sequence of that length holding a non-number or of another length"
-                         : Py_TYPE(values)->tp_name);
+                     "Values must be either a number or a list/tuple of MxN numbers (%zd for a "
+                     "%zdx%zd Matrix), not %R",
+                     n, rows, cols, values);
     }
     Py_DECREF(m);
     return NULL;
@@ -2378,7 +2391,7 @@ static PyObject *matrix_vector(PyObject *cls, PyObject *const *args, Py_ssize_t 
     }
     MatrixObject *m = PyObject_New(MatrixObject, (PyTypeObject *)cls);
     if (m == NULL) {
-        free(data);
+        buffer_free(data);
         return NULL;
     }
     m->buf.data = data;
