@@ -14,19 +14,19 @@ Printed per workload: the best time per operation of each, and the ratios
 
 from __future__ import annotations
 
-import os
-
-# Before NumPy loads its BLAS: one thread, so `@` compares like with like.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
-
 import argparse
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import timeit
 from dataclasses import dataclass
+
+# Before NumPy loads its BLAS: one thread, so `@` compares like with like.
+# (NumPy is imported in main().)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 
 #: Python-loop length of the small-vector workloads.
 LOOP = 2000
@@ -52,7 +52,9 @@ def _np_big(n: int, m: int) -> str:
     return f"rng = np.random.default_rng(1); a = rng.random(({n}, {m})); b = rng.random(({n}, {m}))"
 
 
-_VEC_SETUP = "p = Matrix.vector([1.0, 2.0]); v = Matrix.vector([0.5, -0.25]); q = Matrix.vector([3.0, 4.0])"
+_VEC_SETUP = (
+    "p = Matrix.vector([1.0, 2.0]); v = Matrix.vector([0.5, -0.25]); q = Matrix.vector([3.0, 4.0])"
+)
 _NP_VEC_SETUP = "p = np.array([1.0, 2.0]); v = np.array([0.5, -0.25]); q = np.array([3.0, 4.0])"
 
 WORKLOADS = [
@@ -62,10 +64,18 @@ WORKLOADS = [
     Workload("matmul 256x256", _big(256, 256), "a @ b", _np_big(256, 256), "a @ b"),
     Workload("matmul 1024x1024", _big(1024, 1024), "a @ b", _np_big(1024, 1024), "a @ b"),
     Workload(
-        "sum axis=0 1000x1000", _big(1000, 1000), "a.sum(axis=0)", _np_big(1000, 1000), "a.sum(axis=0)"
+        "sum axis=0 1000x1000",
+        _big(1000, 1000),
+        "a.sum(axis=0)",
+        _np_big(1000, 1000),
+        "a.sum(axis=0)",
     ),
     Workload(
-        "sum axis=1 1000x1000", _big(1000, 1000), "a.sum(axis=1)", _np_big(1000, 1000), "a.sum(axis=1)"
+        "sum axis=1 1000x1000",
+        _big(1000, 1000),
+        "a.sum(axis=1)",
+        _np_big(1000, 1000),
+        "a.sum(axis=1)",
     ),
     Workload(
         "2-vector p + v * 0.5 (loop)",
@@ -145,9 +155,15 @@ def fmt(seconds: float) -> str:
 
 def main() -> None:
     """Run every workload and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference-python", help="an interpreter with the reference bocpy installed")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per workload (best is kept)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--reference-python", help="an interpreter with the reference bocpy installed"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs per workload (best is kept)"
+    )
     args = parser.parse_args()
 
     import numpy as np
