@@ -1990,7 +1990,7 @@ static PyObject *matrix_subscript(PyObject *self, PyObject *key) {
     }
     /* Fast paths: m[i] and m[i, j] with plain ints. */
     if (PyLong_CheckExact(key)) {
-        Py_ssize_t i = PyLong_AsSsize_t(key), rows = m->buf.rows;
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError), rows = m->buf.rows;
         if (i == -1 && PyErr_Occurred()) {
             return NULL;
         }
@@ -2279,7 +2279,7 @@ static PyObject *matrix_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (cols_obj == NULL) {
-        if (PyIndex_Check(rows_obj)) {
+        if (!PyObject_CheckBuffer(rows_obj)) {
             PyErr_SetString(PyExc_TypeError,
                             "Matrix() needs rows and columns: Matrix(rows, columns, "
                             "values=None), or one 2-D float64 buffer such as a NumPy array");
