@@ -166,8 +166,7 @@ static inline int live(MatrixObject *m) {
 static inline Py_ssize_t msize(MatrixObject *m) { return m->buf.rows * m->buf.columns; }
 
 /* A new rows x columns Matrix of type `tp` (uninitialised unless `zero`). */
-static MatrixObject *matrix_new(PyTypeObject *tp, Py_ssize_t rows, Py_ssize_t columns,
-                                bool zero) {
+static MatrixObject *matrix_new(PyTypeObject *tp, Py_ssize_t rows, Py_ssize_t columns, bool zero) {
     Py_ssize_t n = checked_size(rows, columns);
     if (n < 0) {
         return NULL;
@@ -218,9 +217,9 @@ static int export_error(const char *what) {
  * keyword-only, the first `nrequired` must be given.  Missing optional ones
  * are left NULL in `out` (borrowed references).
  */
-static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, const char *const *names, int nparams, int npos_only,
-                      int max_positional, int nrequired, PyObject **out) {
+static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, int nparams, int npos_only, int max_positional,
+                      int nrequired, PyObject **out) {
     if (nargs > max_positional) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional argument%s (%zd given)",
                      fname, max_positional, max_positional == 1 ? "" : "s", nargs);
@@ -245,13 +244,13 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
                 }
             }
             if (found < 0) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'",
-                             fname, kname);
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'", fname,
+                             kname);
                 return -1;
             }
             if (out[found] != NULL) {
-                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                             fname, kname);
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                             kname);
                 return -1;
             }
             out[found] = args[nargs + k];
@@ -259,8 +258,7 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
     }
     for (int i = 0; i < nrequired; i++) {
         if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
-                         names[i]);
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[i]);
             return -1;
         }
     }
@@ -520,43 +518,43 @@ enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, 
  * A row stride of 0 repeats a row vector down the rows.  When both inputs
  * are full blocks the whole matrix is one long row.
  */
-#define DEFINE_BINARY_KERNEL(NAME, EXPR)                                                         \
-    static void NAME(double *restrict out, Py_ssize_t rows, Py_ssize_t cols,                     \
-                     const double *restrict a, Py_ssize_t ars, Py_ssize_t acs,                   \
-                     const double *restrict b, Py_ssize_t brs, Py_ssize_t bcs) {                 \
-        if (acs == 1 && bcs == 1 && ars == cols && brs == cols) {                                \
-            cols *= rows;                                                                        \
-            rows = 1;                                                                            \
-        }                                                                                        \
-        for (Py_ssize_t i = 0; i < rows; i++) {                                                  \
-            const double *restrict ar = a + i * ars;                                             \
-            const double *restrict br = b + i * brs;                                             \
-            double *restrict o = out + i * cols;                                                 \
-            if (acs && bcs) {                                                                    \
-                for (Py_ssize_t j = 0; j < cols; j++) {                                          \
-                    double x = ar[j], y = br[j];                                                 \
-                    o[j] = (EXPR);                                                               \
-                }                                                                                \
-            } else if (acs) {                                                                    \
-                const double y = br[0];                                                          \
-                for (Py_ssize_t j = 0; j < cols; j++) {                                          \
-                    double x = ar[j];                                                            \
-                    o[j] = (EXPR);                                                               \
-                }                                                                                \
-            } else if (bcs) {                                                                    \
-                const double x = ar[0];                                                          \
-                for (Py_ssize_t j = 0; j < cols; j++) {                                          \
-                    double y = br[j];                                                            \
-                    o[j] = (EXPR);                                                               \
-                }                                                                                \
-            } else {                                                                             \
-                const double x = ar[0], y = br[0];                                               \
-                const double v = (EXPR);                                                         \
-                for (Py_ssize_t j = 0; j < cols; j++) {                                          \
-                    o[j] = v;                                                                    \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
+#define DEFINE_BINARY_KERNEL(NAME, EXPR)                                                           \
+    static void NAME(double *restrict out, Py_ssize_t rows, Py_ssize_t cols,                       \
+                     const double *restrict a, Py_ssize_t ars, Py_ssize_t acs,                     \
+                     const double *restrict b, Py_ssize_t brs, Py_ssize_t bcs) {                   \
+        if (acs == 1 && bcs == 1 && ars == cols && brs == cols) {                                  \
+            cols *= rows;                                                                          \
+            rows = 1;                                                                              \
+        }                                                                                          \
+        for (Py_ssize_t i = 0; i < rows; i++) {                                                    \
+            const double *restrict ar = a + i * ars;                                               \
+            const double *restrict br = b + i * brs;                                               \
+            double *restrict o = out + i * cols;                                                   \
+            if (acs && bcs) {                                                                      \
+                for (Py_ssize_t j = 0; j < cols; j++) {                                            \
+                    double x = ar[j], y = br[j];                                                   \
+                    o[j] = (EXPR);                                                                 \
+                }                                                                                  \
+            } else if (acs) {                                                                      \
+                const double y = br[0];                                                            \
+                for (Py_ssize_t j = 0; j < cols; j++) {                                            \
+                    double x = ar[j];                                                              \
+                    o[j] = (EXPR);                                                                 \
+                }                                                                                  \
+            } else if (bcs) {                                                                      \
+                const double x = ar[0];                                                            \
+                for (Py_ssize_t j = 0; j < cols; j++) {                                            \
+                    double y = br[j];                                                              \
+                    o[j] = (EXPR);                                                                 \
+                }                                                                                  \
+            } else {                                                                               \
+                const double x = ar[0], y = br[0];                                                 \
+                const double v = (EXPR);                                                           \
+                for (Py_ssize_t j = 0; j < cols; j++) {                                            \
+                    o[j] = v;                                                                      \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 DEFINE_BINARY_KERNEL(kernel_add, x + y)
@@ -593,12 +591,12 @@ static void binary_run(enum binop op, double *out, Py_ssize_t rows, Py_ssize_t c
 
 enum unop { UOP_NEG, UOP_ABS, UOP_SQRT, UOP_CEIL, UOP_FLOOR, UOP_ROUND };
 
-#define DEFINE_UNARY_KERNEL(NAME, EXPR)                                                          \
-    static void NAME(double *restrict out, const double *restrict a, Py_ssize_t n) {             \
-        for (Py_ssize_t i = 0; i < n; i++) {                                                     \
-            double x = a[i];                                                                     \
-            out[i] = (EXPR);                                                                     \
-        }                                                                                        \
+#define DEFINE_UNARY_KERNEL(NAME, EXPR)                                                            \
+    static void NAME(double *restrict out, const double *restrict a, Py_ssize_t n) {               \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                       \
+            double x = a[i];                                                                       \
+            out[i] = (EXPR);                                                                       \
+        }                                                                                          \
     }
 
 DEFINE_UNARY_KERNEL(kernel_neg, -x)
@@ -664,8 +662,8 @@ static double sumsq_contiguous(const double *restrict a, Py_ssize_t n) {
 #define MM_NC 256
 #define MM_SMALL (48 * 48 * 48)
 
-static void pack_b(double *restrict packed, const double *restrict b, Py_ssize_t ldb,
-                   Py_ssize_t kc, Py_ssize_t nc) {
+static void pack_b(double *restrict packed, const double *restrict b, Py_ssize_t ldb, Py_ssize_t kc,
+                   Py_ssize_t nc) {
     for (Py_ssize_t j0 = 0; j0 < nc; j0 += MM_NR) {
         Py_ssize_t w = nc - j0 < MM_NR ? nc - j0 : MM_NR;
         for (Py_ssize_t p = 0; p < kc; p++) {
@@ -708,8 +706,7 @@ static void tile_generic(Py_ssize_t kc, const double *const *arow, const double 
 }
 
 #ifdef MATRIX_HAVE_AVX2_KERNEL
-__attribute__((target("avx2,fma"))) static void tile_avx2(Py_ssize_t kc,
-                                                          const double *const *arow,
+__attribute__((target("avx2,fma"))) static void tile_avx2(Py_ssize_t kc, const double *const *arow,
                                                           const double *restrict bp,
                                                           double *restrict c, Py_ssize_t ldc,
                                                           int mr, int nr) {
@@ -811,8 +808,8 @@ static int matmul(double *restrict c, const double *restrict a, const double *re
                 }
                 for (Py_ssize_t jr = 0; jr < nc; jr += MM_NR) {
                     int nr = nc - jr < MM_NR ? (int)(nc - jr) : MM_NR;
-                    tile(kc, arow, packed + (jr / MM_NR) * kc * MM_NR, c + ic * n + jc + jr, n,
-                         mr, nr);
+                    tile(kc, arow, packed + (jr / MM_NR) * kc * MM_NR, c + ic * n + jc + jr, n, mr,
+                         nr);
                 }
             }
         }
@@ -935,8 +932,8 @@ static MatrixObject *matmul_new(PyTypeObject *tp, const operand *a, const operan
         return NULL;
     }
     MatrixObject *res = matrix_new(tp, a->rows, b->columns, true);
-    if (res != NULL && matmul(res->buf.data, a->data, b->data, a->rows, a->columns, b->columns) <
-                           0) {
+    if (res != NULL &&
+        matmul(res->buf.data, a->data, b->data, a->rows, a->columns, b->columns) < 0) {
         Py_CLEAR(res);
     }
     return res;
@@ -1040,18 +1037,18 @@ static int out_arg(PyObject *obj, MatrixObject **out) {
     return 0;
 }
 
-#define DEFINE_UNARY_METHOD(NAME, OP)                                                            \
-    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,      \
-                                   PyObject *kwnames) {                                          \
-        static const char *const names[] = {"in_place", "out"};                                  \
-        PyObject *v[2];                                                                          \
-        bool in_place;                                                                           \
-        MatrixObject *out;                                                                       \
-        if (parse_args(#NAME, args, nargs, kwnames, names, 2, 0, 1, 0, v) < 0 ||                 \
-            bool_arg(v[0], &in_place) < 0 || out_arg(v[1], &out) < 0) {                         \
-            return NULL;                                                                         \
-        }                                                                                        \
-        return unary_op(M(self), OP, in_place, out);                                             \
+#define DEFINE_UNARY_METHOD(NAME, OP)                                                              \
+    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,        \
+                                   PyObject *kwnames) {                                            \
+        static const char *const names[] = {"in_place", "out"};                                    \
+        PyObject *v[2];                                                                            \
+        bool in_place;                                                                             \
+        MatrixObject *out;                                                                         \
+        if (parse_args(#NAME, args, nargs, kwnames, names, 2, 0, 1, 0, v) < 0 ||                   \
+            bool_arg(v[0], &in_place) < 0 || out_arg(v[1], &out) < 0) {                            \
+            return NULL;                                                                           \
+        }                                                                                          \
+        return unary_op(M(self), OP, in_place, out);                                               \
     }
 
 DEFINE_UNARY_METHOD(negate, UOP_NEG)
@@ -1081,10 +1078,10 @@ static PyObject *method_binary(const char *fname, PyObject *self, PyObject *cons
     return res;
 }
 
-#define DEFINE_BINARY_METHOD(NAME, OP)                                                           \
-    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,      \
-                                   PyObject *kwnames) {                                          \
-        return method_binary(#NAME, self, args, nargs, kwnames, OP);                             \
+#define DEFINE_BINARY_METHOD(NAME, OP)                                                             \
+    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,        \
+                                   PyObject *kwnames) {                                            \
+        return method_binary(#NAME, self, args, nargs, kwnames, OP);                               \
     }
 
 DEFINE_BINARY_METHOD(add, OP_ADD)
@@ -1097,8 +1094,7 @@ static PyObject *method_compare(const char *fname, PyObject *self, PyObject *con
                                 Py_ssize_t nargs, PyObject *kwnames, enum binop op) {
     static const char *const names[] = {"other"};
     PyObject *v[1];
-    if (parse_args(fname, args, nargs, kwnames, names, 1, 0, 1, 1, v) < 0 ||
-        live(M(self)) < 0) {
+    if (parse_args(fname, args, nargs, kwnames, names, 1, 0, 1, 1, v) < 0 || live(M(self)) < 0) {
         return NULL;
     }
     operand a, b;
@@ -1111,10 +1107,10 @@ static PyObject *method_compare(const char *fname, PyObject *self, PyObject *con
     return res;
 }
 
-#define DEFINE_COMPARE_METHOD(NAME, OP)                                                          \
-    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,      \
-                                   PyObject *kwnames) {                                          \
-        return method_compare(#NAME, self, args, nargs, kwnames, OP);                            \
+#define DEFINE_COMPARE_METHOD(NAME, OP)                                                            \
+    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,        \
+                                   PyObject *kwnames) {                                            \
+        return method_compare(#NAME, self, args, nargs, kwnames, OP);                              \
     }
 
 DEFINE_COMPARE_METHOD(less, OP_LT)
@@ -1145,8 +1141,9 @@ static int broadcast_arg(const char *fname, const char *what, PyObject *obj, Mat
         int r = as_real(obj, &op->scalar);
         if (r <= 0) {
             if (r == 0) {
-                PyErr_Format(PyExc_TypeError, "%s: %s must be a Matrix or a real number, not '%.200s'",
-                             fname, what, Py_TYPE(obj)->tp_name);
+                PyErr_Format(PyExc_TypeError,
+                             "%s: %s must be a Matrix or a real number, not '%.200s'", fname, what,
+                             Py_TYPE(obj)->tp_name);
             }
             return -1;
         }
@@ -1174,8 +1171,8 @@ static PyObject *matrix_fma(PyObject *self, PyObject *const *args, Py_ssize_t na
     MatrixObject *m = M(self);
     operand b, c;
     if (parse_args("fma", args, nargs, kwnames, names, 3, 2, 3, 2, v) < 0 ||
-        bool_arg(v[2], &in_place) < 0 || live(m) < 0 || broadcast_arg("fma", "b", v[0], m, &b) < 0 ||
-        broadcast_arg("fma", "c", v[1], m, &c) < 0) {
+        bool_arg(v[2], &in_place) < 0 || live(m) < 0 ||
+        broadcast_arg("fma", "b", v[0], m, &b) < 0 || broadcast_arg("fma", "c", v[1], m, &c) < 0) {
         return NULL;
     }
     MatrixObject *t = in_place ? (MatrixObject *)Py_NewRef(m)
@@ -1190,7 +1187,8 @@ static PyObject *matrix_fma(PyObject *self, PyObject *const *args, Py_ssize_t na
     double *o = t->buf.data;
     for (Py_ssize_t i = 0; i < rows; i++) {
         for (Py_ssize_t j = 0; j < cols; j++) {
-            o[i * cols + j] = fma(a[i * cols + j], b.data[i * brs + j * bcs], c.data[i * crs + j * ccs]);
+            o[i * cols + j] =
+                fma(a[i * cols + j], b.data[i * brs + j * bcs], c.data[i * crs + j * ccs]);
         }
     }
     return (PyObject *)t;
@@ -1385,17 +1383,17 @@ static PyObject *reduce(MatrixObject *self, enum reduction kind, int axis) {
     return (PyObject *)res;
 }
 
-#define DEFINE_REDUCTION(NAME, KIND)                                                             \
-    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,      \
-                                   PyObject *kwnames) {                                          \
-        static const char *const names[] = {"axis"};                                             \
-        PyObject *v[1];                                                                          \
-        int axis;                                                                                \
-        if (parse_args(#NAME, args, nargs, kwnames, names, 1, 0, 1, 0, v) < 0 ||                 \
-            axis_arg(v[0], &axis) < 0) {                                                         \
-            return NULL;                                                                         \
-        }                                                                                        \
-        return reduce(M(self), KIND, axis);                                                      \
+#define DEFINE_REDUCTION(NAME, KIND)                                                               \
+    static PyObject *matrix_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs,        \
+                                   PyObject *kwnames) {                                            \
+        static const char *const names[] = {"axis"};                                               \
+        PyObject *v[1];                                                                            \
+        int axis;                                                                                  \
+        if (parse_args(#NAME, args, nargs, kwnames, names, 1, 0, 1, 0, v) < 0 ||                   \
+            axis_arg(v[0], &axis) < 0) {                                                           \
+            return NULL;                                                                           \
+        }                                                                                          \
+        return reduce(M(self), KIND, axis);                                                        \
     }
 
 DEFINE_REDUCTION(sum, RED_SUM)
@@ -1431,8 +1429,8 @@ static PyObject *matrix_vecdot(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_ssize_t rows, cols;
     if (broadcast_shape(&a, &b, &rows, &cols) < 0) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "vecdot: lhs %zdx%zd incompatible with rhs %zdx%zd",
-                     a.rows, a.columns, b.rows, b.columns);
+        PyErr_Format(PyExc_ValueError, "vecdot: lhs %zdx%zd incompatible with rhs %zdx%zd", a.rows,
+                     a.columns, b.rows, b.columns);
         operand_release(&b);
         return NULL;
     }
@@ -1550,7 +1548,7 @@ static PyObject *matrix_cross(PyObject *self, PyObject *const *args, Py_ssize_t 
         ocs = 1;
     } else {
         PyErr_Format(PyExc_ValueError, "cross: %s lhs %zdx%zd incompatible with rhs %zdx%zd",
-                     single ? (l.comp == 2 ? "2D vector" : "3D vector")
+                     single        ? (l.comp == 2 ? "2D vector" : "3D vector")
                      : l.comp == 2 ? (l.by_rows ? "Nx2 batch" : "2xN batch")
                                    : (l.by_rows ? "Nx3 batch" : "3xN batch"),
                      rows, cols, o->buf.rows, o->buf.columns);
@@ -2169,7 +2167,8 @@ static PyObject *matrix_put(PyObject *self, PyObject *const *args, Py_ssize_t na
     operand val;
     PyObject *res = NULL;
     if (!IS_MATRIX(v[1]) && as_real(v[1], &val.scalar) == 0 && !PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "put(): value must be a Matrix or a real number, not '%.200s'",
+        PyErr_Format(PyExc_TypeError,
+                     "put(): value must be a Matrix or a real number, not '%.200s'",
                      Py_TYPE(v[1])->tp_name);
     } else if (!PyErr_Occurred() && assign_value(m, v[1], r.count, c.count, &val) == 0) {
         scatter(m, &r, &c, &val, accumulate);
@@ -2235,8 +2234,7 @@ static PyObject *from_buffer(PyTypeObject *tp, PyObject *obj) {
         return NULL;
     }
     const char *fmt = view.format != NULL ? view.format : "B";
-    if (fmt[0] == '@' || fmt[0] == '=' ||
-        fmt[0] == (PY_LITTLE_ENDIAN ? '<' : '>')) {
+    if (fmt[0] == '@' || fmt[0] == '=' || fmt[0] == (PY_LITTLE_ENDIAN ? '<' : '>')) {
         fmt++;
     }
     PyObject *res = NULL;
@@ -2469,8 +2467,8 @@ static PyObject *matrix_concat(PyObject *cls, PyObject *const *args, Py_ssize_t 
     for (Py_ssize_t k = 0; k < count; k++) {
         const operand *op = &ops[k];
         for (Py_ssize_t i = 0; i < op->rows; i++) {
-            double *dst = axis == 0 ? m->buf.data + (offset + i) * cols
-                                    : m->buf.data + i * cols + offset;
+            double *dst =
+                axis == 0 ? m->buf.data + (offset + i) * cols : m->buf.data + i * cols + offset;
             memcpy(dst, op->data + i * op->columns, (size_t)op->columns * sizeof(double));
         }
         offset += axis == 0 ? op->rows : op->columns;
@@ -2527,7 +2525,8 @@ static uint64_t rng_next(void) {
     if (!rng_seeded) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        rng_seed((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)(uintptr_t)&rng_state);
+        rng_seed((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^
+                 (uint64_t)(uintptr_t)&rng_state);
     }
     uint64_t *s = rng_state;
     uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
@@ -2822,8 +2821,9 @@ static int component_index(MatrixObject *m, void *closure, Py_ssize_t *out) {
         return -1;
     }
     if (i >= msize(m)) {
-        PyErr_Format(PyExc_IndexError, "a %zdx%zd Matrix has no .%c (it needs at least %zd elements)",
-                     m->buf.rows, m->buf.columns, component_names[i], i + 1);
+        PyErr_Format(PyExc_IndexError,
+                     "a %zdx%zd Matrix has no .%c (it needs at least %zd elements)", m->buf.rows,
+                     m->buf.columns, component_names[i], i + 1);
         return -1;
     }
     *out = i;
@@ -2903,8 +2903,8 @@ static PyObject *matrix_reduce(PyObject *self, PyObject *unused) {
     if (st == NULL) {
         return NULL;
     }
-    PyObject *bytes = PyBytes_FromStringAndSize((const char *)m->buf.data,
-                                                msize(m) * (Py_ssize_t)sizeof(double));
+    PyObject *bytes =
+        PyBytes_FromStringAndSize((const char *)m->buf.data, msize(m) * (Py_ssize_t)sizeof(double));
     if (bytes == NULL) {
         return NULL;
     }
@@ -3046,11 +3046,13 @@ PyObject *bocpy_matrix_attach(bocpy_state *st, bocpy_matrix_buffer *buf) {
 
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 #define CLASSKW (METH_FASTCALL | METH_KEYWORDS | METH_CLASS)
-#define METHOD(NAME, FLAGS, DOC) {#NAME, (PyCFunction)(void (*)(void))matrix_##NAME, FLAGS, PyDoc_STR(DOC)}
+#define METHOD(NAME, FLAGS, DOC)                                                                   \
+    {#NAME, (PyCFunction)(void (*)(void))matrix_##NAME, FLAGS, PyDoc_STR(DOC)}
 
 static PyMethodDef matrix_methods[] = {
     METHOD(transpose, FASTKW, "transpose(in_place=False): the transposed matrix."),
-    METHOD(sum, FASTKW, "sum(axis=None): total (float), column sums (axis=0) or row sums (axis=1)."),
+    METHOD(sum, FASTKW,
+           "sum(axis=None): total (float), column sums (axis=0) or row sums (axis=1)."),
     METHOD(mean, FASTKW, "mean(axis=None): arithmetic mean, overall or along an axis."),
     METHOD(magnitude, FASTKW, "magnitude(axis=None): Euclidean (L2) norm."),
     METHOD(magnitude_squared, FASTKW, "magnitude_squared(axis=None): sum of squares."),
@@ -3118,9 +3120,8 @@ static PyGetSetDef matrix_getset[] = {
 };
 
 static PyType_Slot matrix_slots[] = {
-    {Py_tp_doc, (void *)PyDoc_STR(
-                    "Matrix(rows, columns, values=None) or Matrix(buffer)\n--\n\n"
-                    "A dense 2-D matrix of float64, usable in every interpreter.")},
+    {Py_tp_doc, (void *)PyDoc_STR("Matrix(rows, columns, values=None) or Matrix(buffer)\n--\n\n"
+                                  "A dense 2-D matrix of float64, usable in every interpreter.")},
     {Py_tp_new, matrix_tp_new},
     {Py_tp_dealloc, matrix_dealloc},
     {Py_tp_repr, matrix_repr},
