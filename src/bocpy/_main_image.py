@@ -125,7 +125,9 @@ _Item = ast.stmt | _Bind
 # --------------------------------------------------------------------------
 
 
-def build_image(module: types.ModuleType, is_transferable: Callable[[object], bool]) -> list[Step]:
+def build_image(
+    module: types.ModuleType, is_transferable: Callable[[object], bool]
+) -> list[Step]:
     """Build the image of ``module`` (normally ``sys.modules["__main__"]``).
 
     Runs in the main interpreter, after (part of) the script has executed.
@@ -332,7 +334,9 @@ class _Builder:
                     kept.append(item)
         return kept, binds
 
-    def _filter_assignment(self, node: ast.Assign | ast.AnnAssign | ast.AugAssign) -> list[_Item]:
+    def _filter_assignment(
+        self, node: ast.Assign | ast.AnnAssign | ast.AugAssign
+    ) -> list[_Item]:
         """Filter a top-level assignment.
 
         Names with a transferable value are bound.  If some names are not,
@@ -489,7 +493,9 @@ def _walk_module_scope(node: ast.AST) -> Iterator[ast.AST]:
     """Like :func:`ast.walk`, without entering nested scopes' bodies."""
     yield node
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        if isinstance(
+            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+        ):
             continue
         yield from _walk_module_scope(child)
 
