@@ -21,7 +21,7 @@ $(VENV)/.ready: scripts/ensure-python.sh pyproject.toml
 	@base="$$(bash scripts/ensure-python.sh --quiet)" && \
 	  echo "using $$base" && \
 	  "$$base" -m venv --clear $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff mypy clang-format==18.1.8 'pyglet>=2.1'
+	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff mypy clang-format==18.1.8 'pyglet>=2.1' numpy
 	@touch $@
 
 venv: $(VENV)/.ready

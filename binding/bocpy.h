@@ -22,6 +22,7 @@
  *   strtable.c  the string-keyed hash table both of those use
  *   args.c      argument checks shared by the module functions
  *   runtime.c   starting, waiting for and stopping the runtime
+ *   matrix.c    the Matrix type (matrix.h)
  *   module.c    module state, start/wait/quiesce, module functions
  */
 #ifndef BOCPY_H
@@ -36,6 +37,7 @@
 #include "boc.h"
 #include "bocpy/move.h"
 #include "compat.h"
+#include "matrix.h"
 
 typedef struct bocpy_interp bocpy_interp;
 typedef struct bocpy_cown bocpy_cown;
@@ -465,6 +467,8 @@ struct bocpy_state {
     PyTypeObject *pinned_type;
     PyTypeObject *when_type;
     PyTypeObject *board_view_type;
+    PyTypeObject *matrix_type;  /* bocpy.Matrix of this interpreter */
+    PyObject *matrix_rebuild;   /* _core._matrix_rebuild (unpickles a Matrix) */
     PyObject *removed;          /* bocpy.REMOVED of this interpreter */
     PyObject *pump_result_type; /* bocpy.PumpResult (main interpreter) */
     PyObject *module;           /* borrowed: the state lives inside it */

@@ -427,7 +427,7 @@ static int core_exec(PyObject *module) {
         return -1;
     }
     st->when_type = (PyTypeObject *)bocpy_when_type_create(module);
-    if (st->when_type == NULL) {
+    if (st->when_type == NULL || bocpy_matrix_register(module, st) < 0) {
         return -1;
     }
     PyObject *pickle = PyImport_ImportModule("pickle");
@@ -461,6 +461,8 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->removed);
     Py_VISIT(st->pump_result_type);
     Py_VISIT(st->when_type);
+    Py_VISIT(st->matrix_type);
+    Py_VISIT(st->matrix_rebuild);
     Py_VISIT(st->starter);
     Py_VISIT(st->main_dict);
     Py_VISIT(st->fallback_dumps);
@@ -475,6 +477,8 @@ static int core_clear(PyObject *module) {
     Py_CLEAR(st->removed);
     Py_CLEAR(st->pump_result_type);
     Py_CLEAR(st->when_type);
+    Py_CLEAR(st->matrix_type);
+    Py_CLEAR(st->matrix_rebuild);
     Py_CLEAR(st->dumps);
     Py_CLEAR(st->loads);
     Py_CLEAR(st->protocol);
