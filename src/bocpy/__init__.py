@@ -120,8 +120,9 @@ def start(worker_count: int | None = None) -> None:
     if _core._runtime_info()[0]:
         _core.start(worker_count, None, [])  # checks the count only
         return
-    from . import _worker
+    from . import _logging, _worker
 
+    _logging.start_main()
     header, values = _worker.build_bootstrap()
     _core.start(worker_count, header, values)
     _worker.refresh_main()
@@ -137,6 +138,7 @@ class WaitResult(NamedTuple):
 def _finish(
     stats_list: list[dict[str, int]], stats: bool, board: bool
 ) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None:
+    _flush_logs()
     if board:
         snapshot: dict[str, Any] = noticeboard().to_dict()
         return WaitResult(stats_list, snapshot) if stats else snapshot
@@ -248,6 +250,13 @@ def set_pump_watchdog(
 
 # --------------------------------------------------------------- process exit
 
+
+def _flush_logs() -> None:
+    """Hand the records behaviors logged to the main loggers before returning."""
+    logs = sys.modules.get("bocpy._logging")
+    if logs is not None:
+        logs.flush()
+
 _crashed = False
 
 
@@ -274,12 +283,14 @@ def _at_exit() -> None:
     try:
         if not _crashed:
             _core.wait(None, True)
+            _flush_logs()
             return
     except KeyboardInterrupt:
         pass
     _core._cancel()
     try:
         _core.wait(5.0, True)
+        _flush_logs()
     except BaseException:
         sys.stdout.flush()
         sys.stderr.write("bocpy: behaviors still running at exit; exiting without them\n")

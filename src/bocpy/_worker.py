@@ -17,7 +17,7 @@ import sys
 import traceback
 from typing import Any
 
-from . import _core, _main_image
+from . import _core, _logging, _main_image
 
 #: Warnings from applying the ``__main__`` image in this worker (for debugging).
 image_warnings: list[str] = []
@@ -102,9 +102,19 @@ def bootstrap() -> None:
     if header is None:
         return
     sys.argv[:] = header["argv"]
+    sync_logging()
     image_warnings[:] = _main_image.apply_image(
         header["steps"], main.__dict__, load=_core._bootstrap_value
     )
+
+
+def sync_logging() -> None:
+    """Worker: send logged records to the main interpreter, at its levels.
+
+    Runs at bootstrap, and (from the binding) before a behavior whenever
+    the main interpreter's levels changed.
+    """
+    _logging.sync_worker()
 
 
 def shutdown() -> None:
