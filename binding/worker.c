@@ -228,8 +228,24 @@ static void sync_log_levels(worker_context *ctx) {
 
 /* ------------------------------------------------------ one behavior */
 
+/* A NameError for a global of the script that could not be sent to this
+ * worker gets a message that names it and says why (bocpy._worker). */
+static void explain_name_error(PyObject *exc) {
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_NameError)) {
+        return;
+    }
+    PyObject *worker = PyImport_ImportModule("bocpy._worker");
+    PyObject *rv = worker ? PyObject_CallMethod(worker, "explain_name_error", "O", exc) : NULL;
+    if (rv == NULL) {
+        PyErr_Clear(); /* the original message stays */
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(worker);
+}
+
 static PyObject *capture_exception(void) {
     PyObject *exc = PyErr_GetRaisedException();
+    explain_name_error(exc);
     PyObject *tb = PyException_GetTraceback(exc);
     if (tb == NULL) {
         return exc;

@@ -93,7 +93,8 @@ def test_definitions_imports_and_constants(tmp_path: Path) -> None:
         first, *rest = 1, 2, 3
         COUNT: int = 5
         COUNT += 1
-        LOCK = threading.Lock()          # not transferable, has a call: skipped
+        LOCK = threading.Lock()          # not transferable, calls an import: re-run
+        STREAM = open(__file__)          # not transferable, calls open(): skipped
 
         def helper(x):
             return x + LIMIT
@@ -125,7 +126,10 @@ def test_definitions_imports_and_constants(tmp_path: Path) -> None:
     assert namespace["LABEL"] == "limit=10"
     assert (namespace["first"], namespace["rest"]) == (1, [2, 3])
     assert namespace["COUNT"] == 6
-    assert "LOCK" not in namespace
+    assert isinstance(namespace["LOCK"], type(module.LOCK))
+    assert namespace["LOCK"] is not module.LOCK
+    assert "STREAM" not in namespace
+    module.STREAM.close()
     assert namespace["helper"](1) == 11
     assert namespace["helper"].__module__ == "__main__"
     assert namespace["helper"].__globals__ is namespace
@@ -327,10 +331,8 @@ def test_failing_step_warns_and_later_steps_apply(tmp_path: Path) -> None:
     module = run_script(
         tmp_path,
         """
-        import threading
-
-        lock = threading.Lock()
-        ALIAS = lock
+        handle = open(__file__)
+        ALIAS = handle
 
         def after():
             return "after"
@@ -340,8 +342,9 @@ def test_failing_step_warns_and_later_steps_apply(tmp_path: Path) -> None:
     )
     namespace, warnings = replay(module)
 
-    line = line_of(module, "ALIAS = lock")
-    assert warnings == [f"line {line}: NameError: name 'lock' is not defined"]
+    module.handle.close()
+    line = line_of(module, "ALIAS = handle")
+    assert warnings == [f"line {line}: NameError: name 'handle' is not defined"]
     assert namespace["after"]() == "after"
     assert namespace["AFTER"] == 1
     assert "ALIAS" not in namespace
@@ -551,7 +554,7 @@ def test_relative_imports_with_package(
 
 
 def test_failing_is_transferable_counts_as_false(tmp_path: Path) -> None:
-    module = run_script(tmp_path, "X = 1\nY = int('2')\n")
+    module = run_script(tmp_path, "X = 1\nY = id(X)\n")
 
     def explode(value: object) -> bool:
         raise RuntimeError(value)
