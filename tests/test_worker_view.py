@@ -239,3 +239,211 @@ def test_records_logged_without_wait_are_printed_at_exit(run_script):
     )
     assert proc.returncode == 0, proc.stderr
     assert lines(proc.stdout) == ["from a script that never waits"]
+
+
+# ------------------------------------------------ python -c and standard input
+
+INLINE_SCRIPT = """
+import math
+import os.path as osp
+import threading
+from bocpy import *
+
+LOCK = threading.Lock()
+c = Cown(16)
+
+@when(c)
+def root(c):
+    return math.sqrt(c.value), osp.basename("/a/b.txt")
+
+@when(c)
+def locked(c):
+    with LOCK:
+        return "locked"
+
+wait()
+print(root.unwrap())
+try:
+    print(locked.unwrap())
+except NameError as err:
+    print("NameError:", err)
+"""
+
+
+def test_python_c_scripts_use_their_imports_and_globals(tmp_path):
+    proc = run_inline(INLINE_SCRIPT, stdin=False, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert lines(proc.stdout) == ["(4.0, 'b.txt')", "locked"]
+
+
+def test_python_c_with_grouped_options(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "dev",
+            "-Bc",
+            "import math; from bocpy import *\n"
+            "@when()\ndef f():\n    return math.factorial(5)\n"
+            "wait(); print(f.unwrap())",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert lines(proc.stdout) == ["120"]
+
+
+def test_scripts_from_standard_input_use_their_imports(tmp_path):
+    # Read from a pipe, the source is gone: modules are re-imported, and a
+    # global that cannot be pickled gets a NameError that says why.
+    proc = run_inline(INLINE_SCRIPT, stdin=True, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = lines(proc.stdout)
+    assert out[0] == "(4.0, 'b.txt')"
+    assert out[1].startswith("NameError: name 'LOCK' is not defined in this worker")
+    assert "cannot pickle '_thread.lock' object" in out[1]
+    assert "no source file" in out[1]
+
+
+# --------------------------------------------- globals that cannot be pickled
+
+
+def test_unpicklable_globals_are_recreated_in_workers(run_script):
+    proc = run_script(
+        """
+        import logging
+        import re
+        import sys
+        import threading
+        from bocpy import Cown, when, wait
+
+        PATTERN = "ab+"
+        LOCK = threading.Lock()
+        RLOCK: threading.RLock = threading.RLock()
+        log = logging.getLogger(__name__)
+        WORD = re.compile(PATTERN, re.I | re.M)
+        WORDS = [re.compile(p, re.I) for p in ("x", "y")]
+        LOCKS = {name: threading.Lock() for name in ("a", "b")}
+
+        def main():
+            logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
+            c = Cown("ABBB")
+
+            @when(c)
+            def check(c):
+                with LOCK, RLOCK, LOCKS["a"]:
+                    log.info("matched %s", WORD.fullmatch(c.value).group())
+                return bool(WORDS[1].match("Y")), WORD.flags & re.I != 0
+
+            wait()
+            print(check.unwrap())
+
+        if __name__ == "__main__":
+            main()
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert lines(proc.stdout) == ["__main__ matched ABBB", "(True, True)"]
+
+
+def test_globals_that_cannot_reach_workers_raise_a_name_error_that_says_why(run_script):
+    proc = run_script(
+        """
+        import threading
+        from bocpy import when, wait
+
+        STREAM = open(__file__)
+        with open(__file__) as f:
+            IN_WITH = threading.Lock()
+        FAILS = threading.Lock() if STREAM.closed else threading.Lock()
+
+        def use(name):
+            return globals()[name] if name == "x" else eval(name)
+
+        def main():
+            global LATE
+            LATE = threading.Lock()
+
+            @when()
+            def stream():
+                return STREAM.name
+
+            @when()
+            def in_with():
+                return IN_WITH
+
+            @when()
+            def late():
+                return LATE
+
+            @when()
+            def plain_typo():
+                return NOT_A_GLOBAL
+
+            wait()
+            for result in (stream, in_with, late, plain_typo):
+                try:
+                    result.unwrap()
+                except NameError as err:
+                    print(err)
+            STREAM.close()
+
+        if __name__ == "__main__":
+            main()
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = lines(proc.stdout)
+    assert len(out) == 4, out
+    prefix = "name '{0}' is not defined in this worker: the script's global '{0}' could not be sent"
+    assert out[0].startswith(prefix.format("STREAM"))
+    assert "cannot pickle 'TextIOWrapper'" in out[0]
+    assert "line 5" in out[0] and "'open'" in out[0]
+    assert out[1].startswith(prefix.format("IN_WITH"))
+    assert "top-level 'with' block (line 6)" in out[1]
+    assert out[2].startswith(prefix.format("LATE"))
+    assert "'if __name__ == \"__main__\":' block" in out[2]
+    assert out[3] == "name 'NOT_A_GLOBAL' is not defined"
+
+
+def test_rerun_that_fails_in_the_worker_is_explained(run_script):
+    proc = run_script(
+        """
+        import threading
+        from bocpy import when, wait
+
+        class Guard:
+            def __init__(self):
+                if threading.current_thread() is not threading.main_thread():
+                    raise RuntimeError("a Guard is made on the main thread")
+                self.lock = threading.Lock()
+
+        GUARD = Guard()
+
+        def main():
+            @when()
+            def uses_guard():
+                return GUARD.lock.locked()
+
+            wait()
+            try:
+                uses_guard.unwrap()
+            except NameError as err:
+                print(err)
+
+        if __name__ == "__main__":
+            main()
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = lines(proc.stdout)
+    assert len(out) == 1, out
+    assert out[0].startswith("name 'GUARD' is not defined in this worker")
+    assert out[0].endswith(
+        "re-running its assignment (line 11) in the worker failed "
+        "(RuntimeError: a Guard is made on the main thread)"
+    )

@@ -248,7 +248,10 @@ def bootstrap() -> None:
     _missing.update(header.get("unsent", {}))
     for name, line in header.get("rerun", {}).items():
         if name not in main.__dict__:
-            failure = next((w for w in image_warnings if w.startswith(f"line {line}:")), None)
+            prefix = f"line {line}: "
+            failure = next(
+                (w[len(prefix) :] for w in image_warnings if w.startswith(prefix)), None
+            )
             _missing[name] = (
                 f"its value cannot be pickled, and re-running its assignment (line {line}) "
                 f"in the worker failed ({failure or 'it did not assign it'})"
