@@ -447,3 +447,89 @@ def test_rerun_that_fails_in_the_worker_is_explained(run_script):
         "re-running its assignment (line 11) in the worker failed "
         "(RuntimeError: a Guard is made on the main thread)"
     )
+
+
+# ------------------------------------------------------------------ methods
+
+
+def test_whencall_and_when_accept_methods(run_script):
+    proc = run_script(
+        """
+        from bocpy import Cown, wait, when, whencall
+
+        class Account:
+            rate = 2
+
+            def __init__(self, bonus):
+                self.bonus = bonus
+                self.calls = 0
+
+            def deposit(self, balance, amount, note="deposit"):
+                self.calls += 1  # on the behavior's copy of the receiver
+                balance.value += amount + self.bonus
+                return note, self.calls
+
+            def audit(self, balance):
+                return balance.value + self.bonus
+
+            @classmethod
+            def interest(cls, balance):
+                balance.value *= cls.rate
+                return cls.__name__
+
+            @staticmethod
+            def fee(balance, amount=1):
+                balance.value -= amount
+                return amount
+
+        def main():
+            balance = Cown(0)
+            account = Account(bonus=5)
+            results = [
+                whencall(account.deposit, [balance], [10]),
+                whencall(account.deposit, [balance], [1, "second"]),
+                whencall(Account.interest, [balance], []),
+                whencall(account.interest, [balance]),
+                whencall(Account.fee, [balance], [3]),
+                whencall(account.fee, [balance], []),
+                whencall(Account.__dict__["fee"], [balance]),
+                when(balance)(account.audit),
+            ]
+            for bad in (
+                lambda: whencall(account.deposit, [balance], []),
+                lambda: when(balance)(account.deposit),
+                lambda: whencall(Account.__dict__["interest"], [balance]),
+            ):
+                try:
+                    bad()
+                except TypeError as err:
+                    print("TypeError:", err)
+            wait()
+            for result in results:
+                print(result.unwrap())
+            print(balance.unwrap(), account.calls)
+
+        if __name__ == "__main__":
+            main()
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = lines(proc.stdout)
+    missing = (
+        "TypeError: behavior 'Account.deposit' has 2 parameters without defaults after its "
+        "receiver but is given 1 argument;"
+    )
+    assert out[0].startswith(missing)
+    assert out[1].startswith(missing)
+    assert out[2].startswith("TypeError: cannot schedule the classmethod object 'Account.interest'")
+    assert out[3:] == [
+        "('deposit', 1)",
+        "('second', 1)",
+        "Account",
+        "Account",
+        "3",
+        "1",
+        "1",
+        "84",
+        "79 0",
+    ]
