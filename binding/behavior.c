@@ -336,9 +336,9 @@ static PyObject *When_call(WhenObject *self, PyObject *args, PyObject *kwargs) {
     /* A bound method or a staticmethod: bocpy._as_behavior makes a function
      * of it (the receiver captured), or returns it for check_function. */
     PyObject *bocpy = PyImport_ImportModule("bocpy");
-    PyObject *made = bocpy ? PyObject_CallMethod(bocpy, "_as_behavior", "On", func,
-                                                 PyTuple_GET_SIZE(self->args))
-                           : NULL;
+    PyObject *made =
+        bocpy ? PyObject_CallMethod(bocpy, "_as_behavior", "On", func, PyTuple_GET_SIZE(self->args))
+              : NULL;
     Py_XDECREF(bocpy);
     if (made == NULL) {
         return NULL;

@@ -145,24 +145,25 @@ PyObject *bocpy_log_wait(PyObject *module, PyObject *arg) {
         return NULL;
     }
     bool ready;
-    Py_BEGIN_ALLOW_THREADS;
-    pthread_mutex_lock(&log_lock);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)timeout;
-    until.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec += 1;
-        until.tv_nsec -= 1000000000L;
-    }
-    while (log_head == NULL && !log_woken) {
-        if (pthread_cond_timedwait(&log_ready, &log_lock, &until) != 0) {
-            break;
+    Py_BEGIN_ALLOW_THREADS
+        ;
+        pthread_mutex_lock(&log_lock);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (time_t)timeout;
+        until.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec += 1;
+            until.tv_nsec -= 1000000000L;
         }
-    }
-    ready = log_head != NULL;
-    log_woken = false;
-    pthread_mutex_unlock(&log_lock);
+        while (log_head == NULL && !log_woken) {
+            if (pthread_cond_timedwait(&log_ready, &log_lock, &until) != 0) {
+                break;
+            }
+        }
+        ready = log_head != NULL;
+        log_woken = false;
+        pthread_mutex_unlock(&log_lock);
     Py_END_ALLOW_THREADS;
     return PyBool_FromLong(ready);
 }

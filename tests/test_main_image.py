@@ -141,9 +141,7 @@ def test_definitions_imports_and_constants(tmp_path: Path) -> None:
     assert "ahelper" in namespace
 
 
-def test_top_level_code_is_not_rerun(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_top_level_code_is_not_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module = run_script(
         tmp_path,
         """
@@ -245,9 +243,7 @@ def test_when_result_not_transferable_is_left_out(tmp_path: Path) -> None:
     assert callable(namespace["when"])
 
 
-def test_main_guard_is_skipped(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_main_guard_is_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module = run_script(
         tmp_path,
         """
@@ -282,9 +278,7 @@ def test_main_guard_is_skipped(
     assert namespace["work"]() == 1
 
 
-def test_conditional_imports(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_conditional_imports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module = run_script(
         tmp_path,
         """
@@ -529,9 +523,7 @@ def test_binds_are_in_source_order(tmp_path: Path) -> None:
     assert (namespace["A"], namespace["B"], namespace["g"]()) == (1, 2, 1)
 
 
-def test_relative_imports_with_package(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_imports_with_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     package = "bocpy_test_pkg_main_image"
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("", encoding="utf-8")

@@ -14,7 +14,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import SUBPROCESS_TIMEOUT, subprocess_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX subprocess semantics")
@@ -330,7 +329,9 @@ def test_unpicklable_globals_are_recreated_in_workers(run_script):
         LOCKS = {name: threading.Lock() for name in ("a", "b")}
 
         def main():
-            logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
+            logging.basicConfig(
+                level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s"
+            )
             c = Cown("ABBB")
 
             @when(c)

@@ -234,9 +234,7 @@ def _finish(
     return stats_list if stats else None
 
 
-def wait(
-    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
-) -> Any:
+def wait(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
     """Block until every behavior has run, then tear the runtime down.
 
     The next ``@when`` starts a fresh runtime; existing cowns keep their
@@ -255,9 +253,7 @@ def wait(
     return _finish(_core.wait(timeout, True), stats, noticeboard)
 
 
-def quiesce(
-    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
-) -> Any:
+def quiesce(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
     """Block until every behavior has run, leaving the runtime running.
 
     Afterwards every cown can be acquired on the main thread.  Raises
@@ -345,6 +341,7 @@ def _flush_logs() -> None:
     logs = sys.modules.get("bocpy._logging")
     if logs is not None:
         logs.flush()
+
 
 _crashed = False
 

@@ -79,7 +79,7 @@ def _hook_level_changes() -> None:
     global _hooked
     if _hooked:
         return
-    manager = logging.Logger.manager
+    manager: Any = logging.Logger.manager  # _clear_cache is private: not in typeshed
     clear_cache = manager._clear_cache
 
     def _clear_cache_and_publish() -> None:
@@ -89,7 +89,7 @@ def _hook_level_changes() -> None:
         except Exception:  # never break the caller's setLevel()
             pass
 
-    manager._clear_cache = _clear_cache_and_publish  # type: ignore[method-assign]
+    manager._clear_cache = _clear_cache_and_publish
     _hooked = True
 
 
@@ -100,9 +100,7 @@ def start_main() -> None:
     publish_levels()
     if _drain_thread is None or not _drain_thread.is_alive():
         _stopping = False
-        _drain_thread = threading.Thread(
-            target=_drain_forever, name="bocpy-logging", daemon=True
-        )
+        _drain_thread = threading.Thread(target=_drain_forever, name="bocpy-logging", daemon=True)
         _drain_thread.start()
         if not _stop_registered:
             atexit.register(_stop_drain)

@@ -165,6 +165,7 @@ def build_image(
         unreadable file, or a syntax error.
     """
     filename = getattr(module, "__file__", None)
+    text: str | None
     if source is not None:
         filename, text = source
     elif isinstance(filename, str):
@@ -386,9 +387,7 @@ class _Builder:
                     kept.append(item)
         return kept, binds
 
-    def _filter_assignment(
-        self, node: ast.Assign | ast.AnnAssign | ast.AugAssign
-    ) -> list[_Item]:
+    def _filter_assignment(self, node: ast.Assign | ast.AnnAssign | ast.AugAssign) -> list[_Item]:
         """Filter a top-level assignment.
 
         Names with a transferable value are bound.  If some names are not,
@@ -672,9 +671,7 @@ def _walk_module_scope(node: ast.AST) -> Iterator[ast.AST]:
     """Like :func:`ast.walk`, without entering nested scopes' bodies."""
     yield node
     for child in ast.iter_child_nodes(node):
-        if isinstance(
-            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-        ):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             continue
         yield from _walk_module_scope(child)
 

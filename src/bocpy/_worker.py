@@ -249,9 +249,7 @@ def bootstrap() -> None:
     for name, line in header.get("rerun", {}).items():
         if name not in main.__dict__:
             prefix = f"line {line}: "
-            failure = next(
-                (w[len(prefix) :] for w in image_warnings if w.startswith(prefix)), None
-            )
+            failure = next((w[len(prefix) :] for w in image_warnings if w.startswith(prefix)), None)
             _missing[name] = (
                 f"its value cannot be pickled, and re-running its assignment (line {line}) "
                 f"in the worker failed ({failure or 'it did not assign it'})"
