@@ -132,7 +132,7 @@ def _stop_drain() -> None:
 def _handle_all(batch: list[bytes]) -> None:
     for data in batch:
         try:
-            record = logging.makeLogRecord(pickle.loads(data))
+            record = _rebuild(pickle.loads(data))
             if record.name == logging.root.name:
                 logger = logging.getLogger()
             else:
@@ -141,6 +141,20 @@ def _handle_all(batch: list[bytes]) -> None:
                 logger.handle(record)
         except Exception as exc:  # a handler's own errors go to handleError
             sys.stderr.write(f"bocpy: could not log a record from a behavior: {exc!r}\n")
+
+
+def _rebuild(fields: dict[str, Any]) -> logging.LogRecord:
+    """A record with ``fields``, as ``logging.makeLogRecord`` makes it.
+
+    With the default record factory, the record is made without running
+    ``LogRecord.__init__``, whose work (the time, the thread, the process)
+    every field it sets overwrites.
+    """
+    if logging.getLogRecordFactory() is not logging.LogRecord:
+        return logging.makeLogRecord(fields)
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__.update(fields)
+    return record
 
 
 # ---------------------------------------------------------------------------
