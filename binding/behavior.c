@@ -330,7 +330,22 @@ static PyObject *When_call(WhenObject *self, PyObject *args, PyObject *kwargs) {
         return NULL;
     }
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
-    return bocpy_whencall(st, func, self->args, NULL);
+    if (PyFunction_Check(func)) {
+        return bocpy_whencall(st, func, self->args, NULL);
+    }
+    /* A bound method or a staticmethod: bocpy._as_behavior makes a function
+     * of it (the receiver captured), or returns it for check_function. */
+    PyObject *bocpy = PyImport_ImportModule("bocpy");
+    PyObject *made =
+        bocpy ? PyObject_CallMethod(bocpy, "_as_behavior", "On", func, PyTuple_GET_SIZE(self->args))
+              : NULL;
+    Py_XDECREF(bocpy);
+    if (made == NULL) {
+        return NULL;
+    }
+    PyObject *rv = bocpy_whencall(st, made, self->args, NULL);
+    Py_DECREF(made);
+    return rv;
 }
 
 static void When_dealloc(WhenObject *self) {

@@ -344,6 +344,16 @@ PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
  *          beyond the first `keep` (see pool.c for why it may race with a
  *          starting runtime).
  * The pool holds as many interpreters as the largest runtime used. */
+/* Records logged in workers, on their way to the main interpreter, and the
+ * main interpreter's levels on their way to workers (worker.c); the
+ * _core._log_* functions. */
+PyObject *bocpy_log_forward(PyObject *module, PyObject *arg);
+PyObject *bocpy_log_take(PyObject *module, PyObject *unused);
+PyObject *bocpy_log_wait(PyObject *module, PyObject *arg);
+PyObject *bocpy_log_wake(PyObject *module, PyObject *unused);
+PyObject *bocpy_set_log_levels(PyObject *module, PyObject *arg);
+PyObject *bocpy_log_levels(PyObject *module, PyObject *unused);
+
 /* Worker threads that exist right now (starting, running or stopping). */
 unsigned bocpy_workers_alive(void);
 PyThreadState *bocpy_pool_enter(void);

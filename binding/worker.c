@@ -19,6 +19,7 @@
 
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 /* A worker thread's view of itself. */
 typedef struct worker_context {
@@ -30,6 +31,7 @@ typedef struct worker_context {
     bocpy_interp *record;
     bocpy_state *state;
     size_t late_binds_seen;
+    uint64_t log_levels_seen;
 } worker_context;
 
 extern char bocpy_start_error[512];
@@ -46,10 +48,205 @@ unsigned bocpy_workers_alive(void) {
 }
 void bocpy_worker_started(unsigned index, bocpy_interp *record);
 
+/* ------------------------------------------- records logged in workers
+ *
+ * A behavior's logging records belong to the main interpreter's logging
+ * configuration.  Workers push each record, pickled by bocpy._worker, on
+ * one process-wide FIFO; the main interpreter takes them off (a drain
+ * thread, and wait() before it returns) and hands them to its loggers.  One
+ * FIFO keeps each worker's records in the order it logged them.  In the
+ * other direction, the main interpreter publishes the levels its loggers
+ * use, so that workers drop exactly the records it would reject. */
+
+typedef struct log_entry {
+    struct log_entry *next;
+    size_t len;
+    char data[];
+} log_entry;
+
+/* log_lock guards the queue, log_woken and the published levels. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t log_ready = PTHREAD_COND_INITIALIZER;
+static log_entry *log_head, *log_tail;
+static bool log_woken;
+static char *log_levels;
+static size_t log_levels_len;
+/* Bumped (under log_lock) each time the levels change.  A worker reads it
+ * before each behavior: release/acquire make the new levels, stored before
+ * the bump, visible to a worker that sees the new number. */
+static _Atomic uint64_t log_levels_version;
+
+static int bytes_view(PyObject *arg, const char *what, char **data, Py_ssize_t *len) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s takes bytes, not '%.200s'", what, Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    return PyBytes_AsStringAndSize(arg, data, len);
+}
+
+PyObject *bocpy_log_forward(PyObject *module, PyObject *arg) {
+    (void)module;
+    char *data;
+    Py_ssize_t len;
+    if (bytes_view(arg, "_log_forward()", &data, &len) < 0) {
+        return NULL;
+    }
+    log_entry *entry = malloc(sizeof(*entry) + (size_t)len);
+    if (entry == NULL) {
+        return PyErr_NoMemory();
+    }
+    entry->next = NULL;
+    entry->len = (size_t)len;
+    memcpy(entry->data, data, (size_t)len);
+    pthread_mutex_lock(&log_lock);
+    if (log_tail != NULL) {
+        log_tail->next = entry;
+    } else {
+        log_head = entry;
+    }
+    log_tail = entry;
+    pthread_cond_broadcast(&log_ready);
+    pthread_mutex_unlock(&log_lock);
+    Py_RETURN_NONE;
+}
+
+PyObject *bocpy_log_take(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    pthread_mutex_lock(&log_lock);
+    log_entry *taken = log_head;
+    log_head = log_tail = NULL;
+    pthread_mutex_unlock(&log_lock);
+
+    PyObject *records = PyList_New(0);
+    while (taken != NULL) {
+        log_entry *next = taken->next;
+        if (records != NULL) {
+            PyObject *item = PyBytes_FromStringAndSize(taken->data, (Py_ssize_t)taken->len);
+            if (item == NULL || PyList_Append(records, item) < 0) {
+                Py_CLEAR(records); /* the rest are freed below, unread */
+            }
+            Py_XDECREF(item);
+        }
+        free(taken);
+        taken = next;
+    }
+    return records;
+}
+
+PyObject *bocpy_log_wait(PyObject *module, PyObject *arg) {
+    (void)module;
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(timeout >= 0.0 && timeout <= 3600.0)) {
+        PyErr_Format(PyExc_ValueError, "_log_wait() takes 0 to 3600 seconds, not %R", arg);
+        return NULL;
+    }
+    bool ready;
+    Py_BEGIN_ALLOW_THREADS
+        ;
+        pthread_mutex_lock(&log_lock);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (time_t)timeout;
+        until.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec += 1;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (log_head == NULL && !log_woken) {
+            if (pthread_cond_timedwait(&log_ready, &log_lock, &until) != 0) {
+                break;
+            }
+        }
+        ready = log_head != NULL;
+        log_woken = false;
+        pthread_mutex_unlock(&log_lock);
+    Py_END_ALLOW_THREADS;
+    return PyBool_FromLong(ready);
+}
+
+PyObject *bocpy_log_wake(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    pthread_mutex_lock(&log_lock);
+    log_woken = true;
+    pthread_cond_broadcast(&log_ready);
+    pthread_mutex_unlock(&log_lock);
+    Py_RETURN_NONE;
+}
+
+PyObject *bocpy_set_log_levels(PyObject *module, PyObject *arg) {
+    (void)module;
+    char *data;
+    Py_ssize_t len;
+    if (bytes_view(arg, "_set_log_levels()", &data, &len) < 0) {
+        return NULL;
+    }
+    char *copy = malloc((size_t)len + 1);
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    memcpy(copy, data, (size_t)len);
+    pthread_mutex_lock(&log_lock);
+    free(log_levels);
+    log_levels = copy;
+    log_levels_len = (size_t)len;
+    atomic_fetch_add_explicit(&log_levels_version, 1, memory_order_release);
+    pthread_mutex_unlock(&log_lock);
+    Py_RETURN_NONE;
+}
+
+PyObject *bocpy_log_levels(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    pthread_mutex_lock(&log_lock);
+    PyObject *rv = log_levels ? PyBytes_FromStringAndSize(log_levels, (Py_ssize_t)log_levels_len)
+                              : Py_NewRef(Py_None);
+    pthread_mutex_unlock(&log_lock);
+    return rv;
+}
+
+/* Worker thread, holding its GIL: adopt levels published since it last
+ * looked.  A failure is reported and the worker carries on with the levels
+ * it had. */
+static void sync_log_levels(worker_context *ctx) {
+    uint64_t version = atomic_load_explicit(&log_levels_version, memory_order_acquire);
+    if (version == ctx->log_levels_seen) {
+        return;
+    }
+    ctx->log_levels_seen = version;
+    PyObject *boot = PyImport_ImportModule("bocpy._worker");
+    PyObject *rv = boot ? PyObject_CallMethod(boot, "sync_logging", NULL) : NULL;
+    if (rv == NULL) {
+        PyErr_WriteUnraisable(boot);
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(boot);
+}
+
 /* ------------------------------------------------------ one behavior */
+
+/* A NameError for a global of the script that could not be sent to this
+ * worker gets a message that names it and says why (bocpy._worker). */
+static void explain_name_error(PyObject *exc) {
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_NameError)) {
+        return;
+    }
+    PyObject *worker = PyImport_ImportModule("bocpy._worker");
+    PyObject *rv = worker ? PyObject_CallMethod(worker, "explain_name_error", "O", exc) : NULL;
+    if (rv == NULL) {
+        PyErr_Clear(); /* the original message stays */
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(worker);
+}
 
 static PyObject *capture_exception(void) {
     PyObject *exc = PyErr_GetRaisedException();
+    explain_name_error(exc);
     PyObject *tb = PyException_GetTraceback(exc);
     if (tb == NULL) {
         return exc;
@@ -406,6 +603,8 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         return abandon_worker(ctx, false, failed);
     }
     ctx->has_gil = true;
+    /* Read before the bootstrap syncs the levels: a later change is seen. */
+    ctx->log_levels_seen = atomic_load_explicit(&log_levels_version, memory_order_acquire);
     PyObject *core = bootstrap_worker();
     if (core == NULL && pooled) {
         /* A behavior of an earlier runtime broke this kept interpreter (it
@@ -458,6 +657,7 @@ static void worker_run(void *user, boc_behavior *b, void *arg) {
         }
         PyErr_Clear();
     }
+    sync_log_levels(ctx);
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
     bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL);
     bocpy_garbage_drain(ctx->record);

@@ -93,7 +93,8 @@ def test_definitions_imports_and_constants(tmp_path: Path) -> None:
         first, *rest = 1, 2, 3
         COUNT: int = 5
         COUNT += 1
-        LOCK = threading.Lock()          # not transferable, has a call: skipped
+        LOCK = threading.Lock()          # not transferable, calls an import: re-run
+        STREAM = open(__file__)          # not transferable, calls open(): skipped
 
         def helper(x):
             return x + LIMIT
@@ -125,7 +126,10 @@ def test_definitions_imports_and_constants(tmp_path: Path) -> None:
     assert namespace["LABEL"] == "limit=10"
     assert (namespace["first"], namespace["rest"]) == (1, [2, 3])
     assert namespace["COUNT"] == 6
-    assert "LOCK" not in namespace
+    assert isinstance(namespace["LOCK"], type(module.LOCK))
+    assert namespace["LOCK"] is not module.LOCK
+    assert "STREAM" not in namespace
+    module.STREAM.close()
     assert namespace["helper"](1) == 11
     assert namespace["helper"].__module__ == "__main__"
     assert namespace["helper"].__globals__ is namespace
@@ -137,9 +141,7 @@ def test_definitions_imports_and_constants(tmp_path: Path) -> None:
     assert "ahelper" in namespace
 
 
-def test_top_level_code_is_not_rerun(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_top_level_code_is_not_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module = run_script(
         tmp_path,
         """
@@ -241,9 +243,7 @@ def test_when_result_not_transferable_is_left_out(tmp_path: Path) -> None:
     assert callable(namespace["when"])
 
 
-def test_main_guard_is_skipped(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_main_guard_is_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module = run_script(
         tmp_path,
         """
@@ -278,9 +278,7 @@ def test_main_guard_is_skipped(
     assert namespace["work"]() == 1
 
 
-def test_conditional_imports(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_conditional_imports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module = run_script(
         tmp_path,
         """
@@ -327,10 +325,8 @@ def test_failing_step_warns_and_later_steps_apply(tmp_path: Path) -> None:
     module = run_script(
         tmp_path,
         """
-        import threading
-
-        lock = threading.Lock()
-        ALIAS = lock
+        handle = open(__file__)
+        ALIAS = handle
 
         def after():
             return "after"
@@ -340,8 +336,9 @@ def test_failing_step_warns_and_later_steps_apply(tmp_path: Path) -> None:
     )
     namespace, warnings = replay(module)
 
-    line = line_of(module, "ALIAS = lock")
-    assert warnings == [f"line {line}: NameError: name 'lock' is not defined"]
+    module.handle.close()
+    line = line_of(module, "ALIAS = handle")
+    assert warnings == [f"line {line}: NameError: name 'handle' is not defined"]
     assert namespace["after"]() == "after"
     assert namespace["AFTER"] == 1
     assert "ALIAS" not in namespace
@@ -526,9 +523,7 @@ def test_binds_are_in_source_order(tmp_path: Path) -> None:
     assert (namespace["A"], namespace["B"], namespace["g"]()) == (1, 2, 1)
 
 
-def test_relative_imports_with_package(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_imports_with_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     package = "bocpy_test_pkg_main_image"
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("", encoding="utf-8")
@@ -551,7 +546,7 @@ def test_relative_imports_with_package(
 
 
 def test_failing_is_transferable_counts_as_false(tmp_path: Path) -> None:
-    module = run_script(tmp_path, "X = 1\nY = int('2')\n")
+    module = run_script(tmp_path, "X = 1\nY = id(X)\n")
 
     def explode(value: object) -> bool:
         raise RuntimeError(value)

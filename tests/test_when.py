@@ -124,12 +124,19 @@ class WithMethod:
 
 @pytest.mark.parametrize(
     "target",
-    [5, print, "f", Cown, functools.partial(double, 2), WithMethod().method],
-    ids=["int", "builtin", "str", "class", "partial", "bound-method"],
+    [5, print, "f", Cown, functools.partial(double, 2), [].append],
+    ids=["int", "builtin", "str", "class", "partial", "builtin-method"],
 )
 def test_decorating_a_non_function_is_rejected(target):
     with pytest.raises(TypeError):
         when()(target)
+
+
+def test_decorating_a_bound_method_schedules_it_on_a_copy_of_its_receiver():
+    receiver = WithMethod()
+    result = when()(receiver.method)
+    bocpy.wait()
+    assert result.unwrap() == 1
 
 
 def test_whencall_rejects_a_non_function():

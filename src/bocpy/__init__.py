@@ -26,6 +26,7 @@ import atexit
 import os
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -136,9 +137,97 @@ def whencall(
     """Schedule ``func`` on the cowns in ``args``, like ``@when(*args)``.
 
     ``captures`` are extra values passed after the cowns; they are copied
-    now, when the behavior is scheduled.  Returns the result cown.
+    now, when the behavior is scheduled.  ``func`` may be a function, a
+    bound method or classmethod (its receiver is copied now, like a
+    capture, and passed first) or a staticmethod.  Returns the result cown.
     """
-    return _core.whencall(func, args, captures)
+    given = (len(args) if isinstance(args, list) else 0) + (
+        len(captures) if isinstance(captures, list) else 0
+    )
+    return _core.whencall(_as_behavior(func, given), args, captures)
+
+
+def _as_behavior(func: Any, given: int) -> Any:
+    """Make a function of a method, for ``whencall`` and ``@when``.
+
+    A bound method (an instance's, or a classmethod bound to its class)
+    becomes a function that calls the underlying function with the
+    receiver first: the receiver is captured, so it is copied when the
+    behavior is scheduled, and the behavior works on that copy.  A
+    ``staticmethod`` object gives its function.  Anything else is returned
+    as it is (and the binding says what is wrong with it, if anything).
+    ``given`` is the number of arguments the behavior will receive.
+    """
+    if isinstance(func, staticmethod):
+        return func.__func__
+    if isinstance(func, classmethod):
+        raise TypeError(
+            f"cannot schedule the classmethod object {func.__func__.__qualname__!r} itself: "
+            "schedule it through its class (whencall(MyClass.method, ...)), which binds "
+            "the class as its first argument"
+        )
+    if not isinstance(func, types.MethodType):
+        return func
+    function = func.__func__
+    receiver = func.__self__
+    if isinstance(function, types.MethodType) or not isinstance(function, types.FunctionType):
+        return func  # e.g. a method of a C type: the binding refuses it
+    _check_method(function, given)
+
+    def method_behavior(*args: Any) -> Any:
+        return function(receiver, *args)
+
+    method_behavior.__name__ = function.__name__
+    method_behavior.__qualname__ = function.__qualname__
+    method_behavior.__doc__ = function.__doc__
+    return method_behavior
+
+
+# Code flags (the values of inspect.CO_*; inspect is slow to import).
+_CO_VARARGS = 0x04
+_CO_GENERATOR = 0x20
+_CO_COROUTINE = 0x80
+_CO_ITERABLE_COROUTINE = 0x100
+_CO_ASYNC_GENERATOR = 0x200
+
+
+def _check_method(function: types.FunctionType, given: int) -> None:
+    """Check that ``function`` (a method's) can take a receiver and ``given`` arguments."""
+    name = function.__qualname__
+    code = function.__code__
+    if code.co_flags & (_CO_COROUTINE | _CO_ITERABLE_COROUTINE | _CO_ASYNC_GENERATOR):
+        raise TypeError(
+            f"behavior {name!r} is an 'async def' method; behaviors run to completion on a "
+            "worker and cannot be awaited: define it with plain 'def'"
+        )
+    if code.co_flags & _CO_GENERATOR:
+        raise TypeError(
+            f"behavior {name!r} is a generator method (it uses 'yield'); a behavior runs "
+            "once and returns its result: return a list instead"
+        )
+    params = code.co_argcount - 1  # the receiver's is filled
+    if params < 0:
+        raise TypeError(f"method {name!r} takes no parameter for its receiver")
+    required = params - len(function.__defaults__ or ())
+    if given < required:
+        raise TypeError(
+            f"behavior {name!r} has {required} parameters without defaults after its "
+            f"receiver but is given {given} argument{'' if given == 1 else 's'}; give one "
+            "cown (or list of cowns) per parameter, and give extra parameters default "
+            "values (they are captured)"
+        )
+    if given > params and not code.co_flags & _CO_VARARGS:
+        raise TypeError(
+            f"behavior {name!r} takes {params} parameter{'' if params == 1 else 's'} after "
+            f"its receiver but is given {given} arguments; add a parameter per cown (or use "
+            "*args)"
+        )
+    kwonly = code.co_kwonlyargcount
+    if kwonly > len(function.__kwdefaults__ or {}):
+        raise TypeError(
+            f"behavior {name!r} has keyword-only parameters without defaults; behaviors "
+            "receive only their cowns, so give those parameters default values"
+        )
 
 
 def start(worker_count: int | None = None) -> None:
@@ -152,8 +241,9 @@ def start(worker_count: int | None = None) -> None:
     if _core._runtime_info()[0]:
         _core.start(worker_count, None, [])  # checks the count only
         return
-    from . import _worker
+    from . import _logging, _worker
 
+    _logging.start_main()
     header, values = _worker.build_bootstrap()
     _core.start(worker_count, header, values)
     _worker.refresh_main()
@@ -169,6 +259,7 @@ class WaitResult(NamedTuple):
 def _finish(
     stats_list: list[dict[str, int]], stats: bool, board: bool
 ) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None:
+    _flush_logs()
     # Exceptions left on result cowns that died unread are reported now.
     _core._report_unretrieved(False)
     if board:
@@ -177,9 +268,7 @@ def _finish(
     return stats_list if stats else None
 
 
-def wait(
-    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
-) -> Any:
+def wait(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
     """Block until every behavior has run, then tear the runtime down.
 
     The next ``@when`` starts a fresh runtime; existing cowns keep their
@@ -198,9 +287,7 @@ def wait(
     return _finish(_core.wait(timeout, True), stats, noticeboard)
 
 
-def quiesce(
-    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
-) -> Any:
+def quiesce(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
     """Block until every behavior has run, leaving the runtime running.
 
     Afterwards every cown can be acquired on the main thread.  Raises
@@ -282,6 +369,14 @@ def set_pump_watchdog(
 
 # --------------------------------------------------------------- process exit
 
+
+def _flush_logs() -> None:
+    """Hand the records behaviors logged to the main loggers before returning."""
+    logs = sys.modules.get("bocpy._logging")
+    if logs is not None:
+        logs.flush()
+
+
 _crashed = False
 
 
@@ -308,12 +403,14 @@ def _at_exit() -> None:
     try:
         if not _crashed:
             _core.wait(None, True)
+            _flush_logs()
             return
     except KeyboardInterrupt:
         pass
     _core._cancel()
     try:
         _core.wait(5.0, True)
+        _flush_logs()
     except BaseException:
         sys.stdout.flush()
         sys.stderr.write("bocpy: behaviors still running at exit; exiting without them\n")

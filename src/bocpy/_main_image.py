@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SCHEDULING_DECORATORS", "apply_image", "build_image"]
+__all__ = ["SCHEDULING_DECORATORS", "ImageReport", "apply_image", "build_image"]
 
 #: Decorator names that schedule a behavior when the decorated function is
 #: defined.  A top-level ``def``/``class`` decorated with ``@when(...)`` or
@@ -125,8 +125,26 @@ _Item = ast.stmt | _Bind
 # --------------------------------------------------------------------------
 
 
+@dataclass
+class ImageReport:
+    """What an image leaves out or re-runs, for explaining a worker's ``NameError``.
+
+    ``unsent`` maps a global that workers will not have to the reason.
+    ``rerun`` maps a global whose assignment workers re-run (its value
+    could not be sent) to the line of that assignment: if re-running it
+    fails there, the worker says so.
+    """
+
+    unsent: dict[str, str] = field(default_factory=dict)
+    rerun: dict[str, int] = field(default_factory=dict)
+
+
 def build_image(
-    module: types.ModuleType, is_transferable: Callable[[object], bool]
+    module: types.ModuleType,
+    is_transferable: Callable[[object], bool],
+    *,
+    source: tuple[str, str] | None = None,
+    report: ImageReport | None = None,
 ) -> list[Step]:
     """Build the image of ``module`` (normally ``sys.modules["__main__"]``).
 
@@ -136,30 +154,46 @@ def build_image(
         (falling back to the module's loader).
     :param is_transferable: Predicate telling whether a value can be sent to
         a worker interpreter.  An exception raised by it counts as ``False``.
+    :param source: ``(filename, text)`` of a script that has no file (the
+        code given to ``python -c``); used instead of ``__file__``.
+    :param report: Filled with what workers will lack and why, and with
+        the assignments they re-run (see :class:`ImageReport`).
     :return: The ordered list of steps; it starts with a bind of
-        ``__file__`` (and of ``__package__`` when it is a non-empty string).
-        Empty if the module has no usable source: no ``__file__`` (REPL,
-        ``-c``, stdin, frozen), unreadable file, or a syntax error.
+        ``__file__`` (when the module has one, and of ``__package__`` when
+        it is a non-empty string).  Empty if the module has no usable
+        source: no ``__file__`` (REPL, stdin, frozen) and no ``source``,
+        unreadable file, or a syntax error.
     """
     filename = getattr(module, "__file__", None)
-    if not isinstance(filename, str):
+    text: str | None
+    if source is not None:
+        filename, text = source
+    elif isinstance(filename, str):
+        text = _read_source(module, filename)
+    else:
         return []
-    source = _read_source(module, filename)
-    if source is None:
+    if text is None:
         return []
     global _last_parse
-    if _last_parse is not None and (_last_parse.filename, _last_parse.source) == (filename, source):
+    if _last_parse is not None and (_last_parse.filename, _last_parse.source) == (filename, text):
         parsed = _last_parse
     else:
         try:
-            tree = ast.parse(source, filename)
+            tree = ast.parse(text, filename)
         except (SyntaxError, ValueError, RecursionError):
             return []
-        parsed = _last_parse = _Parsed(filename, source, tree, _future_flags(tree))
+        parsed = _last_parse = _Parsed(filename, text, tree, _future_flags(tree))
 
-    builder = _Builder(namespace=vars(module), is_transferable=is_transferable, parsed=parsed)
+    builder = _Builder(
+        namespace=vars(module),
+        is_transferable=is_transferable,
+        parsed=parsed,
+        report=report if report is not None else ImageReport(),
+    )
     tree = parsed.tree
-    steps: list[Step] = [("bind", "__file__", filename)]
+    steps: list[Step] = []
+    if source is None:
+        steps.append(("bind", "__file__", filename))
     package = getattr(module, "__package__", None)
     if isinstance(package, str) and package:
         steps.append(("bind", "__package__", package))
@@ -258,8 +292,15 @@ class _Builder:
     namespace: dict[str, Any]
     is_transferable: Callable[[object], bool]
     parsed: _Parsed
+    report: ImageReport
     _bound: set[str] = field(default_factory=set)
     _transferable: dict[str, bool] = field(default_factory=dict)
+    #: Names the image defines by running statements: imports, functions,
+    #: classes, and assignments it keeps.
+    _defined: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._defined.update(_definitions(self.parsed.tree.body))
 
     # -- steps --------------------------------------------------------------
 
@@ -296,6 +337,7 @@ class _Builder:
         for name in names:
             if name not in self._bound and self._bindable(name):
                 self._bound.add(name)
+                self._defined.add(name)
                 items.append(_Bind(name))
         return items
 
@@ -318,7 +360,18 @@ class _Builder:
         if isinstance(node, (ast.Try, ast.TryStar)):
             return self._filter_try(node)
         if isinstance(node, _SKIPPED_BLOCKS):
-            return self._binds(_assigned_names(node))
+            names = _assigned_names(node)
+            for name in names:
+                if name in self.namespace and not self._bindable(name):
+                    value = self.namespace[name]
+                    self.report.unsent.setdefault(
+                        name,
+                        f"its value, a {type(value).__name__!r}, cannot be sent "
+                        f"({_pickling_error(value)}), and it is assigned inside a top-level "
+                        f"'{type(node).__name__.lower()}' block (line {node.lineno}), which "
+                        "workers do not run",
+                    )
+            return self._binds(names)
         # Expressions (calls, docstrings), del, global, assert, raise, ...
         return []
 
@@ -334,9 +387,7 @@ class _Builder:
                     kept.append(item)
         return kept, binds
 
-    def _filter_assignment(
-        self, node: ast.Assign | ast.AnnAssign | ast.AugAssign
-    ) -> list[_Item]:
+    def _filter_assignment(self, node: ast.Assign | ast.AnnAssign | ast.AugAssign) -> list[_Item]:
         """Filter a top-level assignment.
 
         Names with a transferable value are bound.  If some names are not,
@@ -363,15 +414,57 @@ class _Builder:
 
         items: list[_Item] = []
         unbindable = [n for n in names if not self._bindable(n)]
-        if (
+        rerun = (
+            unbindable
+            and plain
+            and not _PROTECTED_NAMES.intersection(names)
+            and not isinstance(node, ast.AugAssign)
+            and all(self._rerunnable(e) for e in expressions)
+        )
+        if rerun or (
             unbindable
             and plain
             and not _PROTECTED_NAMES.intersection(names)
             and all(_is_constant_expression(e) for e in expressions)
         ):
             items.append(node)
+            self._defined.update(names)
+            for name in unbindable:
+                self.report.rerun[name] = node.lineno
+                self.report.unsent.pop(name, None)
+        else:
+            for name in unbindable:
+                if name in self.namespace and name not in self._bound:
+                    self.report.unsent[name] = self._why_not_rerun(node, name)
         items.extend(self._binds(names + walrus))
         return items
+
+    def _rerunnable(self, expression: ast.expr) -> bool:
+        """Whether ``expression`` only uses imports, functions, classes and literals.
+
+        Such an expression may call things (``threading.Lock()``,
+        ``logging.getLogger(__name__)``, ``re.compile("x", re.I)``): a
+        worker evaluates it again when its value cannot be sent.
+        """
+        return not _unknown_names(expression, self._defined)
+
+    def _why_not_rerun(self, node: ast.stmt, name: str) -> str:
+        """Why the global ``name`` assigned by ``node`` does not reach workers."""
+        value = self.namespace[name]
+        why = f"its value, a {type(value).__name__!r}, cannot be sent ({_pickling_error(value)})"
+        value_node = getattr(node, "value", None)
+        unknown = _unknown_names(value_node, self._defined) if value_node is not None else []
+        if isinstance(node, ast.AugAssign):
+            rerun = "an augmented assignment is not re-run in workers"
+        elif unknown:
+            rerun = (
+                f"its assignment (line {node.lineno}) is not re-run in workers because it "
+                f"uses {', '.join(repr(n) for n in unknown)}, not only imports, functions, "
+                "classes and literals"
+            )
+        else:
+            rerun = f"its assignment (line {node.lineno}) cannot be re-run in workers"
+        return f"{why}, and {rerun}"
 
     def _filter_if(self, node: ast.If) -> list[_Item]:
         """Filter an ``if``; a ``__main__`` guard keeps only its other branch."""
@@ -415,6 +508,91 @@ class _Builder:
             finalbody=final,
         )
         return [*binds, ast.copy_location(new, node)]
+
+
+#: Builtins a re-run assignment may call: they only compute.  Others
+#: (``open``, ``print``, ``input``, ``exec``, ...) act on the world.
+_PURE_BUILTINS: frozenset[str] = frozenset(
+    {
+        "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable",
+        "chr", "complex", "dict", "divmod", "enumerate", "filter", "float", "format",
+        "frozenset", "getattr", "hasattr", "hash", "hex", "int", "isinstance",
+        "issubclass", "iter", "len", "list", "map", "max", "min", "next", "object",
+        "oct", "ord", "pow", "property", "range", "repr", "reversed", "round", "set",
+        "slice", "sorted", "str", "sum", "tuple", "type", "zip", "True", "False",
+        "None", "Ellipsis", "NotImplemented", "classmethod", "staticmethod",
+    }
+)  # fmt: skip
+
+#: Module globals that every worker's ``__main__`` has.
+_MODULE_DUNDERS: frozenset[str] = frozenset({"__name__", "__file__", "__doc__"})
+
+
+def _definitions(body: list[ast.stmt]) -> set[str]:
+    """Names bound by the imports, ``def`` and ``class`` statements of ``body``.
+
+    Blocks of top-level ``if`` and ``try`` statements count (their
+    definitions are kept); ``@when``-decorated definitions do not.
+    """
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name != "*":
+                    names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if not any(_is_scheduling(d) for d in node.decorator_list):
+                names.add(node.name)
+        elif isinstance(node, ast.If):
+            names |= _definitions(node.body) | _definitions(node.orelse)
+        elif isinstance(node, (ast.Try, ast.TryStar)):
+            names |= _definitions(node.body) | _definitions(node.orelse)
+            names |= _definitions(node.finalbody)
+            for handler in node.handlers:
+                names |= _definitions(handler.body)
+    return names
+
+
+def _unknown_names(expression: ast.AST, defined: set[str]) -> list[str]:
+    """Names ``expression`` reads that are not ``defined``, pure builtins or its own.
+
+    Its own names are the parameters of its lambdas and the targets of its
+    comprehensions.  Walruses, ``await`` and ``yield`` count as unknown.
+    """
+    local: set[str] = set()
+    for node in ast.walk(expression):
+        if isinstance(node, ast.Lambda):
+            arguments = node.args
+            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
+                local.add(arg.arg)
+            for extra in (arguments.vararg, arguments.kwarg):
+                if extra is not None:
+                    local.add(extra.arg)
+        elif isinstance(node, ast.comprehension):
+            names: list[str] = []
+            _collect_target_names(node.target, names)
+            local.update(names)
+    unknown: list[str] = []
+    for node in ast.walk(expression):
+        if isinstance(node, (ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
+            return [f"<{type(node).__name__.lower()}>"]
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            name = node.id
+            known = name in defined or name in local or name in _MODULE_DUNDERS
+            if not known and name not in _PURE_BUILTINS and name not in unknown:
+                unknown.append(name)
+    return unknown
+
+
+def _pickling_error(value: object) -> str:
+    """The error pickling ``value`` raises, as ``Type: message``."""
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "it cannot cross to another interpreter"
 
 
 def _pass(node: ast.AST) -> list[ast.stmt]:
@@ -493,9 +671,7 @@ def _walk_module_scope(node: ast.AST) -> Iterator[ast.AST]:
     """Like :func:`ast.walk`, without entering nested scopes' bodies."""
     yield node
     for child in ast.iter_child_nodes(node):
-        if isinstance(
-            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-        ):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             continue
         yield from _walk_module_scope(child)
 
