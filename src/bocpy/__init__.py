@@ -53,7 +53,6 @@ from ._core import (
 )
 
 __all__ = [
-    "__version__",
     "REMOVED",
     "TIMEOUT",
     "WORKER_COUNT",
@@ -61,6 +60,7 @@ __all__ = [
     "PinnedCown",
     "PumpResult",
     "WaitResult",
+    "__version__",
     "drain",
     "notice_delete",
     "notice_read",

@@ -6,9 +6,9 @@ every other one may also be passed by keyword.
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Generic, TypeVar, final, overload, type_check_only
+from typing import Any, Generic, Self, TypeVar, final, overload, type_check_only
 
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")

@@ -19,7 +19,6 @@ and where a body's exception goes; what is the same lives here:
 from __future__ import annotations
 
 import math
-
 from typing import ClassVar, Final, TypedDict, Unpack
 
 from . import PumpResult, pump
