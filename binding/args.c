@@ -113,10 +113,12 @@ int bocpy_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
     return 0;
 }
 
-int bocpy_positive_int_arg(PyObject *obj, const char *what, bool milliseconds, long long *out) {
+int bocpy_positive_int_arg(PyObject *obj, const char *what, bool none_ok, bool milliseconds,
+                           long long *out) {
+    const char *accepted = none_ok ? "None or a positive int" : "a positive int";
     if (PyBool_Check(obj) || !PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be None or a positive int, not '%.200s' (%R)",
-                     what, Py_TYPE(obj)->tp_name, obj);
+        PyErr_Format(PyExc_TypeError, "%s must be %s, not '%.200s' (%R)", what, accepted,
+                     Py_TYPE(obj)->tp_name, obj);
         return -1;
     }
     int overflow;
@@ -125,14 +127,13 @@ int bocpy_positive_int_arg(PyObject *obj, const char *what, bool milliseconds, l
         return -1;
     }
     if (overflow < 0 || (overflow == 0 && value <= 0)) {
-        PyErr_Format(PyExc_TypeError, "%s must be None or a positive int, got %R", what, obj);
+        PyErr_Format(PyExc_TypeError, "%s must be %s, got %R", what, accepted, obj);
         return -1;
     }
     if (milliseconds && (overflow > 0 || value > BOCPY_MAX_MS)) {
         PyErr_Format(PyExc_OverflowError,
-                     "%s=%R is past the largest supported number of milliseconds (%lld); pass "
-                     "None for no limit",
-                     what, obj, (long long)BOCPY_MAX_MS);
+                     "%s=%R is past the largest supported number of milliseconds (%lld)%s", what,
+                     obj, (long long)BOCPY_MAX_MS, none_ok ? "; pass None for no limit" : "");
         return -1;
     }
     /* A count too large for C is no bound at all. */

@@ -356,10 +356,12 @@ int bocpy_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
 #define BOCPY_MAX_MS (INT64_MAX / 1000000 - 1)
 /* set_wait_pump_poll()'s default, in milliseconds. */
 #define BOCPY_DEFAULT_WAIT_POLL_MS 50
-/* A positive int (not bool): TypeError otherwise, naming `what`.  With
- * `milliseconds`, values past BOCPY_MAX_MS are an OverflowError; without,
- * values too large for C become LLONG_MAX. */
-int bocpy_positive_int_arg(PyObject *obj, const char *what, bool milliseconds, long long *out);
+/* A positive int (not bool): TypeError otherwise, naming `what` (and
+ * saying None is accepted too when `none_ok`: the caller handles None).
+ * With `milliseconds`, values past BOCPY_MAX_MS are an OverflowError;
+ * without, values too large for C become LLONG_MAX. */
+int bocpy_positive_int_arg(PyObject *obj, const char *what, bool none_ok, bool milliseconds,
+                           long long *out);
 
 /* ------------------------------------------------- noticeboard, messages */
 

@@ -223,7 +223,7 @@ static int parse_bound(PyObject *obj, const char *name, bool milliseconds, long 
     if (obj == Py_None) {
         return 0;
     }
-    return bocpy_positive_int_arg(obj, name, milliseconds, out);
+    return bocpy_positive_int_arg(obj, name, true, milliseconds, out);
 }
 
 PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
@@ -283,7 +283,7 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback) {
 
 PyObject *bocpy_set_wait_pump_poll(PyObject *ms_obj) {
     long long ms;
-    if (bocpy_positive_int_arg(ms_obj, "ms (the poll period in milliseconds)", false, &ms) < 0) {
+    if (bocpy_positive_int_arg(ms_obj, "ms (the poll period in milliseconds)", false, false, &ms) < 0) {
         return NULL;
     }
     /* relaxed: a lone setting, read afresh by each wait slice. */
