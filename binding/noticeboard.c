@@ -568,6 +568,20 @@ static PyObject *BoardView_keys_list(BoardView *self) {
     return list;
 }
 
+/* The UTF-8 bytes of a key a view looks up; NULL with no exception for a
+ * key that cannot be on the board (not a str, or not encodable), NULL with
+ * an exception on other errors. */
+static const char *view_key(PyObject *key, Py_ssize_t *len) {
+    if (!PyUnicode_Check(key)) {
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8AndSize(key, len);
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        PyErr_Clear();
+    }
+    return name;
+}
+
 /* self[key]: NULL with *found false and no exception when absent (a key
  * that is not a valid noticeboard key is simply absent, as in a dict). */
 static PyObject *BoardView_lookup(BoardView *self, PyObject *key, bool *found) {
@@ -575,11 +589,8 @@ static PyObject *BoardView_lookup(BoardView *self, PyObject *key, bool *found) {
     if (VIEW_GUARD() < 0) {
         return NULL;
     }
-    if (!PyUnicode_Check(key)) {
-        return NULL;
-    }
     Py_ssize_t len;
-    const char *name = PyUnicode_AsUTF8AndSize(key, &len);
+    const char *name = view_key(key, &len);
     if (name == NULL) {
         return NULL;
     }
@@ -613,12 +624,12 @@ static int BoardView_contains(BoardView *self, PyObject *key) {
     if (VIEW_GUARD() < 0) {
         return -1;
     }
-    if (!PyUnicode_Check(key)) {
-        return 0;
-    }
     Py_ssize_t len;
-    const char *name = PyUnicode_AsUTF8AndSize(key, &len);
-    if (name == NULL || nb_lock_read() < 0) {
+    const char *name = view_key(key, &len);
+    if (name == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (nb_lock_read() < 0) {
         return -1;
     }
     nb_version *v = visible(bocpy_strtable_find(&entries, name, (size_t)len, false), self->version);

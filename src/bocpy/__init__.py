@@ -166,6 +166,11 @@ def start(worker_count: int | None = None) -> None:
     :raises RuntimeError: if the runtime already runs with a different worker
         count (call :func:`wait` first), or when called from a behavior.
     """
+    if not _core._is_main_interpreter():
+        raise RuntimeError(
+            "bocpy.start() can only be called from the main interpreter, not from inside a "
+            "behavior"
+        )
     if _core._runtime_info()[0]:
         if worker_count is not None:
             _core.start(worker_count, None, [])  # checks the count only
