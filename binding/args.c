@@ -71,9 +71,9 @@ uint64_t bocpy_seconds_to_ns(double seconds) {
     return seconds >= 1.8e10 ? UINT64_MAX : (uint64_t)(seconds * 1e9);
 }
 
-int bocpy_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                     PyObject *kwnames, const char *const *names, Py_ssize_t nparams,
-                     Py_ssize_t nrequired, PyObject **out) {
+int bocpy_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     const char *const *names, Py_ssize_t nparams, Py_ssize_t nrequired,
+                     PyObject **out) {
     assert(nrequired <= nparams);
     if (nargs > nparams) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)", fname,

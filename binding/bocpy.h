@@ -348,9 +348,9 @@ uint64_t bocpy_seconds_to_ns(double seconds);
 /* METH_FASTCALL|METH_KEYWORDS arguments of `fname`, by position or by
  * keyword: out[i] gets parameter `names[i]` (borrowed), or NULL when an
  * optional one is absent.  The first `nrequired` are required. */
-int bocpy_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                     PyObject *kwnames, const char *const *names, Py_ssize_t nparams,
-                     Py_ssize_t nrequired, PyObject **out);
+int bocpy_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     const char *const *names, Py_ssize_t nparams, Py_ssize_t nrequired,
+                     PyObject **out);
 /* The largest millisecond count whose nanoseconds fit an int64 (the
  * reference's limit): larger bounds are an OverflowError. */
 #define BOCPY_MAX_MS (INT64_MAX / 1000000 - 1)

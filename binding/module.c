@@ -33,13 +33,13 @@ bocpy_state *bocpy_state_of_type(PyTypeObject *tp) {
 
 /* Parses this function's (args, nargs, kwnames) into `a`, one slot per
  * name (NULL when an optional one is absent); returns NULL on error. */
-#define PARSE_ARGS(fname, nrequired, ...)                                                     \
-    static const char *const arg_names[] = {__VA_ARGS__};                                      \
-    PyObject *a[sizeof(arg_names) / sizeof(arg_names[0])];                                     \
-    if (bocpy_parse_args(fname, args, nargs, kwnames, arg_names,                               \
-                         (Py_ssize_t)(sizeof(arg_names) / sizeof(arg_names[0])), nrequired,     \
-                         a) < 0) {                                                             \
-        return NULL;                                                                           \
+#define PARSE_ARGS(fname, nrequired, ...)                                                          \
+    static const char *const arg_names[] = {__VA_ARGS__};                                          \
+    PyObject *a[sizeof(arg_names) / sizeof(arg_names[0])];                                         \
+    if (bocpy_parse_args(fname, args, nargs, kwnames, arg_names,                                   \
+                         (Py_ssize_t)(sizeof(arg_names) / sizeof(arg_names[0])), nrequired,        \
+                         a) < 0) {                                                                 \
+        return NULL;                                                                               \
     }
 
 static PyObject *core_whencall(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -268,14 +268,14 @@ static PyObject *core_wake_fd(PyObject *module, PyObject *unused) {
     return bocpy_wake_fd();
 }
 
-static PyObject *core_set_wake_callback(PyObject *module, PyObject *const *args,
-                                        Py_ssize_t nargs, PyObject *kwnames) {
+static PyObject *core_set_wake_callback(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                        PyObject *kwnames) {
     PARSE_ARGS("set_wake_callback", 1, "callback");
     return bocpy_set_wake_callback(bocpy_state_of_module(module), a[0]);
 }
 
-static PyObject *core_set_wait_pump_poll(PyObject *module, PyObject *const *args,
-                                         Py_ssize_t nargs, PyObject *kwnames) {
+static PyObject *core_set_wait_pump_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                         PyObject *kwnames) {
     (void)module;
     PARSE_ARGS("set_wait_pump_poll", 0, "ms");
     if (a[0] == NULL) {
@@ -405,9 +405,8 @@ PyDoc_STRVAR(when_doc,
              ":raises TypeError: if an argument is not a Cown or a list of Cowns, or the "
              "function's parameters do not fit the cowns.");
 
-PyDoc_STRVAR(whencall_doc,
-             "whencall($module, func, args, captures=None, /)\n--\n\n"
-             "Schedule func on the cowns in args; the C half of bocpy.whencall().");
+PyDoc_STRVAR(whencall_doc, "whencall($module, func, args, captures=None, /)\n--\n\n"
+                           "Schedule func on the cowns in args; the C half of bocpy.whencall().");
 
 PyDoc_STRVAR(start_doc, "start($module, worker_count, header, values, /)\n--\n\n"
                         "Start the runtime; the C half of bocpy.start().");
@@ -417,9 +416,8 @@ PyDoc_STRVAR(wait_doc,
              "Wait for quiescence (and with stop, end the run and clear the board); the C half "
              "of bocpy.wait() and bocpy.quiesce().  Returns (stats, board dict or None).");
 
-PyDoc_STRVAR(pump_doc,
-             "pump($module, deadline_ms, max_behaviors, raise_on_error, /)\n--\n\n"
-             "Run queued pinned behaviors; the C half of bocpy.pump().");
+PyDoc_STRVAR(pump_doc, "pump($module, deadline_ms, max_behaviors, raise_on_error, /)\n--\n\n"
+                       "Run queued pinned behaviors; the C half of bocpy.pump().");
 
 PyDoc_STRVAR(set_pump_watchdog_doc,
              "set_pump_watchdog($module, warn_ms, on_starve, /)\n--\n\n"
@@ -508,12 +506,11 @@ PyDoc_STRVAR(noticeboard_doc,
              ":raises RuntimeError: inside a notice_update() function (so is reading a view "
              "there).");
 
-PyDoc_STRVAR(send_doc,
-             "send($module, tag, contents)\n--\n\n"
-             "Queue a message under tag, from any thread of any interpreter.\n\n"
-             ":param tag: a str.\n"
-             ":param contents: any picklable value (copied now).\n"
-             ":raises TypeError: if tag is not a str.");
+PyDoc_STRVAR(send_doc, "send($module, tag, contents)\n--\n\n"
+                       "Queue a message under tag, from any thread of any interpreter.\n\n"
+                       ":param tag: a str.\n"
+                       ":param contents: any picklable value (copied now).\n"
+                       ":raises TypeError: if tag is not a str.");
 
 PyDoc_STRVAR(receive_doc,
              "receive($module, tags, timeout=-1, after=None)\n--\n\n"
@@ -529,11 +526,10 @@ PyDoc_STRVAR(receive_doc,
              "number, or after is not callable.\n"
              ":raises RuntimeError: if tags is empty.");
 
-PyDoc_STRVAR(drain_doc,
-             "drain($module, tags)\n--\n\n"
-             "Discard the queued messages of tags; drain([]) does nothing.\n\n"
-             ":param tags: a str, or a sequence of str.\n"
-             ":raises TypeError: if tags is not a str or a sequence of str.");
+PyDoc_STRVAR(drain_doc, "drain($module, tags)\n--\n\n"
+                        "Discard the queued messages of tags; drain([]) does nothing.\n\n"
+                        ":param tags: a str, or a sequence of str.\n"
+                        ":raises TypeError: if tags is not a str or a sequence of str.");
 
 PyDoc_STRVAR(set_tags_doc,
              "set_tags($module, tags)\n--\n\n"
@@ -589,8 +585,7 @@ static PyMethodDef core_methods[] = {
     {"_pool_size", core_pool_size, METH_NOARGS, "_pool_size($module, /)\n--\n\n"},
     {"_registry_size", core_registry_size, METH_NOARGS, "_registry_size($module, /)\n--\n\n"},
     {"_forget_code", core_forget_code, METH_NOARGS, "_forget_code($module, /)\n--\n\n"},
-    {"_code_cache_size", core_code_cache_size, METH_NOARGS,
-     "_code_cache_size($module, /)\n--\n\n"},
+    {"_code_cache_size", core_code_cache_size, METH_NOARGS, "_code_cache_size($module, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
 

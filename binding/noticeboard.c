@@ -502,8 +502,7 @@ typedef struct {
     uint64_t version;
 } BoardView;
 
-#define VIEW_GUARD()                                                                   \
-    refuse_inside_update("a noticeboard() view")
+#define VIEW_GUARD() refuse_inside_update("a noticeboard() view")
 
 static void BoardView_dealloc(BoardView *self) {
     PyTypeObject *tp = Py_TYPE(self);

@@ -250,8 +250,7 @@ PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
      * within an int64. */
     uint64_t deadline_ns = (uint64_t)deadline_ms * 1000000u;
     uint64_t max_count = (uint64_t)max_behaviors;
-    int rc = bocpy_pump_run(st, deadline_ns, max_count,
-                            raise_on_error != 0, &result);
+    int rc = bocpy_pump_run(st, deadline_ns, max_count, raise_on_error != 0, &result);
     bocpy_garbage_drain(st->interp);
     if (rc < 0) {
         return NULL;
@@ -283,12 +282,12 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback) {
 
 PyObject *bocpy_set_wait_pump_poll(PyObject *ms_obj) {
     long long ms;
-    if (bocpy_positive_int_arg(ms_obj, "ms (the poll period in milliseconds)", false, false, &ms) < 0) {
+    if (bocpy_positive_int_arg(ms_obj, "ms (the poll period in milliseconds)", false, false, &ms) <
+        0) {
         return NULL;
     }
     /* relaxed: a lone setting, read afresh by each wait slice. */
-    atomic_store_explicit(&wait_poll_ms, ms > LONG_MAX ? LONG_MAX : (long)ms,
-                          memory_order_relaxed);
+    atomic_store_explicit(&wait_poll_ms, ms > LONG_MAX ? LONG_MAX : (long)ms, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 

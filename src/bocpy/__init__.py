@@ -168,8 +168,7 @@ def start(worker_count: int | None = None) -> None:
     """
     if not _core._is_main_interpreter():
         raise RuntimeError(
-            "bocpy.start() can only be called from the main interpreter, not from inside a "
-            "behavior"
+            "bocpy.start() can only be called from the main interpreter, not from inside a behavior"
         )
     if _core._runtime_info()[0]:
         if worker_count is not None:
