@@ -61,6 +61,7 @@ from bocpy import (
     drain,
     notice_delete,
     notice_read,
+    notice_seed,
     notice_update,
     notice_write,
     receive,
@@ -269,6 +270,7 @@ def throughput(direction: str, count: int, repeats: int) -> Sample:
 def update_rate_main(count: int, repeats: int, write: bool = False) -> Sample:
     key = PREFIX + "counter"
     rates: list[float] = []
+    start()  # the board belongs to a run: the main thread writes while one runs
     for _ in range(repeats):
         notice_delete(key)
         began = time.perf_counter()
@@ -279,7 +281,7 @@ def update_rate_main(count: int, repeats: int, write: bool = False) -> Sample:
             for _ in range(count):
                 notice_update(key, add_one, 0)
         rates.append(count / (time.perf_counter() - began))
-    notice_delete(key)
+    wait()  # ends the run, clearing its board
     return Sample(rates)
 
 
@@ -288,8 +290,7 @@ def update_rate_workers(count: int, repeats: int) -> tuple[Sample, bool]:
     rates: list[float] = []
     exact = True
     for _ in range(repeats):
-        notice_delete(key)
-        start(2)
+        start(2)  # a new run: its board starts empty (wait() clears it)
         halves = [updater_behavior(key, count // 2) for _ in range(2)]
         board = wait(noticeboard=True)
         spans = [h.unwrap() for h in halves]
@@ -297,16 +298,18 @@ def update_rate_workers(count: int, repeats: int) -> tuple[Sample, bool]:
         ended = max(e for _, e in spans)
         rates.append(2 * (count // 2) / ((ended - began) / 1e9))
         exact = exact and board.get(key) == 2 * (count // 2)
-    notice_delete(key)
     return Sample(rates), exact
 
 
 def fill_board(entries: int) -> list[str]:
-    """Make the board hold ``entries`` keys of ours, ``READ_KEY`` among them."""
-    notice_write(READ_KEY, "the value read")
+    """Seed the next run's board with ``entries`` keys of ours, ``READ_KEY`` among them.
+
+    The run's closing ``wait()`` clears them (the board belongs to the run).
+    """
+    notice_seed(READ_KEY, "the value read")
     keys = [f"{PREFIX}fill:{i:05}" for i in range(entries - 1)]
     for k in keys:
-        notice_write(k, k)
+        notice_seed(k, k)
     return keys
 
 
@@ -333,12 +336,10 @@ def read_cost(steps: int, repeats: int) -> dict[str, Sample]:
             if name == "none":
                 value = chain_run_us(plain_chain, steps)
             else:
-                keys = fill_board(int(name))
+                fill_board(int(name))
                 assert len(bocpy.noticeboard()) >= int(name)
                 value = chain_run_us(reading_chain, steps)
-                for k in keys:
-                    notice_delete(k)
-                notice_delete(READ_KEY)
+                assert len(bocpy.noticeboard()) == 0  # wait() cleared the run's board
             if round_:
                 runs[name].append(value)
     return {name: Sample(values) for name, values in runs.items()}

@@ -409,6 +409,23 @@ int bocpy_float_arg(PyObject *obj, const char *what, double *out);
 int bocpy_int_arg(PyObject *obj, const char *what, long long lo, long long hi, long long *out);
 /* Seconds to nanoseconds, UINT64_MAX ("no limit") when it would overflow. */
 uint64_t bocpy_seconds_to_ns(double seconds);
+/* METH_FASTCALL|METH_KEYWORDS arguments of `fname`, by position or by
+ * keyword: out[i] gets parameter `names[i]` (borrowed), or NULL when an
+ * optional one is absent.  The first `nrequired` are required. */
+int bocpy_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     const char *const *names, Py_ssize_t nparams, Py_ssize_t nrequired,
+                     PyObject **out);
+/* The largest millisecond count whose nanoseconds fit an int64 (the
+ * reference's limit): larger bounds are an OverflowError. */
+#define BOCPY_MAX_MS (INT64_MAX / 1000000 - 1)
+/* set_wait_pump_poll()'s default, in milliseconds. */
+#define BOCPY_DEFAULT_WAIT_POLL_MS 50
+/* A positive int (not bool): TypeError otherwise, naming `what` (and
+ * saying None is accepted too when `none_ok`: the caller handles None).
+ * With `milliseconds`, values past BOCPY_MAX_MS are an OverflowError;
+ * without, values too large for C become LLONG_MAX. */
+int bocpy_positive_int_arg(PyObject *obj, const char *what, bool none_ok, bool milliseconds,
+                           long long *out);
 
 /* ------------------------------------------------- noticeboard, messages */
 
@@ -420,14 +437,19 @@ void bocpy_noticeboard_thread_exit(void);
 PyObject *bocpy_board_view_type_create(PyObject *module);
 PyObject *bocpy_removed_create(PyObject *module);
 PyObject *bocpy_noticeboard(bocpy_state *st, bool fresh);
-PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value);
-PyObject *bocpy_notice_delete(PyObject *key);
+/* notice_write, or with `seed` notice_seed (which may write while no
+ * runtime runs: it seeds the next run's board). */
+PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value, bool seed);
+PyObject *bocpy_notice_delete(bocpy_state *st, PyObject *key);
+/* Empties the board (wait() does, as it ends a run); -1 with an exception. */
+int bocpy_noticeboard_clear(void);
 PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyObject *dflt,
                               PyObject *removed);
 PyObject *bocpy_notice_read(bocpy_state *st, PyObject *key, PyObject *dflt);
 PyObject *bocpy_send(bocpy_state *st, PyObject *tag, PyObject *contents);
 PyObject *bocpy_receive(bocpy_state *st, PyObject *tags, PyObject *timeout, PyObject *after);
-PyObject *bocpy_drain(PyObject *tags, bool forget);
+PyObject *bocpy_drain(PyObject *tags);
+PyObject *bocpy_set_tags(PyObject *tags);
 
 /* ------------------------------------------------------------ move types */
 

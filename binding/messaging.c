@@ -55,7 +55,7 @@ static void channel_clear(channel *ch) {
     ch->length = 0;
 }
 
-/* A tuple of tag strings from a str or a sequence of str. */
+/* A tuple of tag strings from a str or a sequence of str (maybe empty). */
 static PyObject *tags_tuple(PyObject *tags) {
     PyObject *tuple = PyUnicode_Check(tags) ? PyTuple_Pack(1, tags) : PySequence_Tuple(tags);
     if (tuple == NULL) {
@@ -64,11 +64,6 @@ static PyObject *tags_tuple(PyObject *tags) {
             PyErr_Format(PyExc_TypeError, "tags must be a str or a sequence of str, not '%.200s'",
                          Py_TYPE(tags)->tp_name);
         }
-        return NULL;
-    }
-    if (PyTuple_GET_SIZE(tuple) == 0) {
-        Py_DECREF(tuple);
-        PyErr_SetString(PyExc_ValueError, "tags must name at least one tag");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++) {
@@ -157,6 +152,12 @@ PyObject *bocpy_receive(bocpy_state *st, PyObject *tags_obj, PyObject *timeout_o
     if (tags == NULL) {
         return NULL;
     }
+    if (PyTuple_GET_SIZE(tags) == 0) {
+        Py_DECREF(tags);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "receive() needs at least one tag to wait for, got an empty sequence");
+        return NULL;
+    }
     double timeout = -1;
     if (timeout_obj != Py_None && bocpy_float_arg(timeout_obj, "timeout", &timeout) < 0) {
         Py_DECREF(tags);
@@ -233,7 +234,7 @@ PyObject *bocpy_receive(bocpy_state *st, PyObject *tags_obj, PyObject *timeout_o
     return pair;
 }
 
-PyObject *bocpy_drain(PyObject *tags_obj, bool forget) {
+PyObject *bocpy_drain(PyObject *tags_obj) {
     PyObject *tags = tags_tuple(tags_obj);
     if (tags == NULL) {
         return NULL;
@@ -242,12 +243,40 @@ PyObject *bocpy_drain(PyObject *tags_obj, bool forget) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tags); i++) {
         Py_ssize_t len;
         const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(tags, i), &len);
-        channel *ch = channel_find(name, (size_t)len, forget);
+        channel *ch = channel_find(name, (size_t)len, false);
         if (ch != NULL) {
             channel_clear(ch);
         }
     }
     pthread_mutex_unlock(&channels_lock);
     Py_DECREF(tags);
+    Py_RETURN_NONE;
+}
+
+PyObject *bocpy_set_tags(PyObject *tags_obj) {
+    PyObject *tags = tags_tuple(tags_obj);
+    if (tags == NULL) {
+        return NULL;
+    }
+    lock_channels();
+    /* Every queue is cleared; with no channel cap, "assigning" tags only
+     * means their channels exist from now on (an empty list assigns none:
+     * tags get channels on first use, as before). */
+    for (size_t i = 0; i < channels.cap; i++) {
+        if (channels.slots[i].key != NULL && channels.slots[i].value != NULL) {
+            channel_clear(channels.slots[i].value);
+        }
+    }
+    bool out_of_memory = false;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tags) && !out_of_memory; i++) {
+        Py_ssize_t len;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(tags, i), &len);
+        out_of_memory = channel_find(name, (size_t)len, true) == NULL;
+    }
+    pthread_mutex_unlock(&channels_lock);
+    Py_DECREF(tags);
+    if (out_of_memory) {
+        return PyErr_NoMemory();
+    }
     Py_RETURN_NONE;
 }

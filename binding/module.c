@@ -31,6 +31,17 @@ bocpy_state *bocpy_state_of_type(PyTypeObject *tp) {
 
 /* ------------------------------------------------------------ functions */
 
+/* Parses this function's (args, nargs, kwnames) into `a`, one slot per
+ * name (NULL when an optional one is absent); returns NULL on error. */
+#define PARSE_ARGS(fname, nrequired, ...)                                                          \
+    static const char *const arg_names[] = {__VA_ARGS__};                                          \
+    PyObject *a[sizeof(arg_names) / sizeof(arg_names[0])];                                         \
+    if (bocpy_parse_args(fname, args, nargs, kwnames, arg_names,                                   \
+                         (Py_ssize_t)(sizeof(arg_names) / sizeof(arg_names[0])), nrequired,        \
+                         a) < 0) {                                                                 \
+        return NULL;                                                                               \
+    }
+
 static PyObject *core_whencall(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 2 || nargs > 3) {
         PyErr_SetString(PyExc_TypeError,
@@ -74,15 +85,38 @@ static PyObject *core_start(PyObject *module, PyObject *const *args, Py_ssize_t 
 }
 
 static PyObject *core_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_core.wait(timeout, stop)");
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "_core.wait(timeout, stop, board=False)");
         return NULL;
     }
     int stop = PyObject_IsTrue(args[1]);
-    if (stop < 0) {
+    int want_board = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
+    if (stop < 0 || want_board < 0) {
         return NULL;
     }
-    return bocpy_wait(bocpy_state_of_module(module), args[0], stop);
+    bocpy_state *st = bocpy_state_of_module(module);
+    PyObject *stats = bocpy_wait(st, args[0], stop);
+    if (stats == NULL) {
+        return NULL;
+    }
+    /* The board as the run left it: a view pinned before wait() clears the
+     * board (the board belongs to the run), copied after. */
+    PyObject *view = want_board ? bocpy_noticeboard(st, true) : NULL;
+    if ((want_board && view == NULL) || (stop && bocpy_noticeboard_clear() < 0)) {
+        Py_XDECREF(view);
+        Py_DECREF(stats);
+        return NULL;
+    }
+    PyObject *board = view ? PyObject_CallMethod(view, "to_dict", NULL) : Py_NewRef(Py_None);
+    Py_XDECREF(view);
+    if (board == NULL) {
+        Py_DECREF(stats);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, stats, board);
+    Py_DECREF(stats);
+    Py_DECREF(board);
+    return pair;
 }
 
 static PyObject *core_cancel(PyObject *module, PyObject *unused) {
@@ -234,13 +268,23 @@ static PyObject *core_wake_fd(PyObject *module, PyObject *unused) {
     return bocpy_wake_fd();
 }
 
-static PyObject *core_set_wake_callback(PyObject *module, PyObject *callback) {
-    return bocpy_set_wake_callback(bocpy_state_of_module(module), callback);
+static PyObject *core_set_wake_callback(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                        PyObject *kwnames) {
+    PARSE_ARGS("set_wake_callback", 1, "callback");
+    return bocpy_set_wake_callback(bocpy_state_of_module(module), a[0]);
 }
 
-static PyObject *core_set_wait_pump_poll(PyObject *module, PyObject *ms) {
+static PyObject *core_set_wait_pump_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                         PyObject *kwnames) {
     (void)module;
-    return bocpy_set_wait_pump_poll(ms);
+    PARSE_ARGS("set_wait_pump_poll", 0, "ms");
+    if (a[0] == NULL) {
+        PyObject *dflt = PyLong_FromLong(BOCPY_DEFAULT_WAIT_POLL_MS);
+        PyObject *rv = dflt ? bocpy_set_wait_pump_poll(dflt) : NULL;
+        Py_XDECREF(dflt);
+        return rv;
+    }
+    return bocpy_set_wait_pump_poll(a[0]);
 }
 
 static PyObject *core_set_pump_watchdog(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -271,46 +315,44 @@ static PyObject *core_set_pump_result(PyObject *module, PyObject *cls) {
     Py_RETURN_NONE;
 }
 
-static PyObject *core_notice_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "notice_write(key, value)");
-        return NULL;
-    }
-    return bocpy_notice_write(bocpy_state_of_module(module), args[0], args[1]);
+static PyObject *core_notice_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames) {
+    PARSE_ARGS("notice_write", 2, "key", "value");
+    return bocpy_notice_write(bocpy_state_of_module(module), a[0], a[1], false);
 }
 
 static PyObject *core_notice_seed(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     bocpy_state *st = bocpy_state_of_module(module);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_core.notice_seed(key, value)");
+        return NULL;
+    }
     if (!st->interp->is_main || bocpy_pumping()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "notice_seed() is for the main thread between runs; inside a behavior "
                         "use notice_write()");
         return NULL;
     }
-    return core_notice_write(module, args, nargs);
+    return bocpy_notice_write(st, args[0], args[1], true);
 }
 
-static PyObject *core_notice_delete(PyObject *module, PyObject *key) {
-    (void)module;
-    return bocpy_notice_delete(key);
+static PyObject *core_notice_delete(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames) {
+    PARSE_ARGS("notice_delete", 1, "key");
+    return bocpy_notice_delete(bocpy_state_of_module(module), a[0]);
 }
 
-static PyObject *core_notice_update(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 2 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "notice_update(key, fn, default=None)");
-        return NULL;
-    }
+static PyObject *core_notice_update(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames) {
+    PARSE_ARGS("notice_update", 2, "key", "fn", "default");
     bocpy_state *st = bocpy_state_of_module(module);
-    return bocpy_notice_update(st, args[0], args[1], nargs == 3 ? args[2] : Py_None, st->removed);
+    return bocpy_notice_update(st, a[0], a[1], a[2] ? a[2] : Py_None, st->removed);
 }
 
-static PyObject *core_notice_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "notice_read(key, default=None)");
-        return NULL;
-    }
-    return bocpy_notice_read(bocpy_state_of_module(module), args[0],
-                             nargs == 2 ? args[1] : Py_None);
+static PyObject *core_notice_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames) {
+    PARSE_ARGS("notice_read", 1, "key", "default");
+    return bocpy_notice_read(bocpy_state_of_module(module), a[0], a[1] ? a[1] : Py_None);
 }
 
 static PyObject *core_noticeboard(PyObject *module, PyObject *unused) {
@@ -318,89 +360,246 @@ static PyObject *core_noticeboard(PyObject *module, PyObject *unused) {
     return bocpy_noticeboard(bocpy_state_of_module(module), false);
 }
 
-static PyObject *core_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send(tag, contents)");
-        return NULL;
-    }
-    return bocpy_send(bocpy_state_of_module(module), args[0], args[1]);
+static PyObject *core_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames) {
+    PARSE_ARGS("send", 2, "tag", "contents");
+    return bocpy_send(bocpy_state_of_module(module), a[0], a[1]);
 }
 
-static PyObject *core_receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "_core.receive(tags, timeout, after)");
-        return NULL;
-    }
-    return bocpy_receive(bocpy_state_of_module(module), args[0], args[1], args[2]);
+static PyObject *core_receive(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames) {
+    PARSE_ARGS("receive", 1, "tags", "timeout", "after");
+    return bocpy_receive(bocpy_state_of_module(module), a[0], a[1] ? a[1] : Py_None,
+                         a[2] ? a[2] : Py_None);
 }
 
-static PyObject *core_drain(PyObject *module, PyObject *tags) {
+static PyObject *core_drain(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
     (void)module;
-    return bocpy_drain(tags, false);
+    PARSE_ARGS("drain", 1, "tags");
+    return bocpy_drain(a[0]);
 }
 
-static PyObject *core_set_tags(PyObject *module, PyObject *tags) {
+static PyObject *core_set_tags(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    PARSE_ARGS("set_tags", 1, "tags");
     bocpy_state *st = bocpy_state_of_module(module);
     if (!st->interp->is_main) {
-        PyErr_SetString(PyExc_RuntimeError, "set_tags() is for the main interpreter");
+        PyErr_SetString(PyExc_RuntimeError,
+                        "set_tags() is for the main interpreter: it clears every message queue, "
+                        "so call it before (or between) runs, not from inside a behavior");
         return NULL;
     }
-    return bocpy_drain(tags, true);
+    return bocpy_set_tags(a[0]);
 }
 
-PyDoc_STRVAR(when_doc, "when(*cowns)\n--\n\n"
-                       "Decorator: schedule the function as a behavior that runs once it has "
-                       "exclusive access to every cown (a list is a group of cowns, passed as a "
-                       "list).  The decorated name becomes the result Cown.");
+PyDoc_STRVAR(when_doc,
+             "when(*cowns)\n--\n\n"
+             "Decorator: schedule the decorated function as a behavior.\n\n"
+             "The behavior runs once it has exclusive access to every cown named; it gets one "
+             "parameter per argument (a list of cowns is a group, delivered as a list).  Extra "
+             "trailing parameters with defaults are captures, copied now.\n\n"
+             ":param cowns: Cown objects, or lists of them.\n"
+             ":returns: a decorator that schedules the function and returns its result Cown "
+             "(which replaces the function's name).\n"
+             ":raises TypeError: if an argument is not a Cown or a list of Cowns, or the "
+             "function's parameters do not fit the cowns.");
+
+PyDoc_STRVAR(whencall_doc, "whencall($module, func, args, captures=None, /)\n--\n\n"
+                           "Schedule func on the cowns in args; the C half of bocpy.whencall().");
+
+PyDoc_STRVAR(start_doc, "start($module, worker_count, header, values, /)\n--\n\n"
+                        "Start the runtime; the C half of bocpy.start().");
+
+PyDoc_STRVAR(wait_doc,
+             "wait($module, timeout, stop, board=False, /)\n--\n\n"
+             "Wait for quiescence (and with stop, end the run and clear the board); the C half "
+             "of bocpy.wait() and bocpy.quiesce().  Returns (stats, board dict or None).");
+
+PyDoc_STRVAR(pump_doc, "pump($module, deadline_ms, max_behaviors, raise_on_error, /)\n--\n\n"
+                       "Run queued pinned behaviors; the C half of bocpy.pump().");
+
+PyDoc_STRVAR(set_pump_watchdog_doc,
+             "set_pump_watchdog($module, warn_ms, on_starve, /)\n--\n\n"
+             "Arm or disarm the pump watchdog; the C half of bocpy.set_pump_watchdog().");
+
+PyDoc_STRVAR(notice_seed_doc, "notice_seed($module, key, value, /)\n--\n\n"
+                              "Write synchronously from the main thread; the C half of "
+                              "bocpy.notice_seed().");
+
+PyDoc_STRVAR(wake_fd_doc,
+             "wake_fd($module, /)\n--\n\n"
+             "The file descriptor that becomes readable when pinned work is queued.\n\n"
+             "An event loop watches it (asyncio's add_reader, Tk's createfilehandler) and calls "
+             "pump() when it fires; pump() clears it.\n\n"
+             ":returns: the descriptor, an int (-1 outside the main interpreter).");
+
+PyDoc_STRVAR(set_wake_callback_doc,
+             "set_wake_callback($module, callback)\n--\n\n"
+             "Call callback() (on the main thread) whenever pinned work is queued.\n\n"
+             ":param callback: a callable taking no arguments, or None to remove it.\n"
+             ":raises TypeError: if callback is neither callable nor None.\n"
+             ":raises RuntimeError: outside the main interpreter.");
+
+PyDoc_STRVAR(set_wait_pump_poll_doc,
+             "set_wait_pump_poll($module, ms=50)\n--\n\n"
+             "Set how often wait() and quiesce() look for pinned work when no wake-up "
+             "arrives.\n\n"
+             ":param ms: the longest sleep between looks, in milliseconds (default 50).\n"
+             ":raises TypeError: if ms is not a positive int (bool, float, 0 and negatives "
+             "included).");
+
+PyDoc_STRVAR(notice_write_doc,
+             "notice_write($module, key, value)\n--\n\n"
+             "Set key on the noticeboard to value.\n\n"
+             "Behaviors that started before the write keep their snapshot; later ones see it. "
+             "The value is copied (pickled) now.\n\n"
+             ":param key: a str without NUL characters.\n"
+             ":param value: any picklable value; cowns in it stay alive with the entry.\n"
+             ":raises TypeError: if key is not a str (\"noticeboard key must be a str\").\n"
+             ":raises ValueError: if key contains \"\\0\".\n"
+             ":raises RuntimeError: on the main interpreter while no runtime runs (use "
+             "notice_seed() to seed the next run), or inside a notice_update() function.");
+
+PyDoc_STRVAR(notice_delete_doc,
+             "notice_delete($module, key)\n--\n\n"
+             "Remove key from the noticeboard (nothing happens if it is absent).\n\n"
+             ":param key: a str without NUL characters.\n"
+             ":raises TypeError: if key is not a str.\n"
+             ":raises ValueError: if key contains \"\\0\".\n"
+             ":raises RuntimeError: on the main interpreter while no runtime runs, or inside a "
+             "notice_update() function.");
+
+PyDoc_STRVAR(notice_update_doc,
+             "notice_update($module, key, fn, default=None)\n--\n\n"
+             "Atomically replace key's value with fn(current value, or default).\n\n"
+             "No other write to the board happens between reading the value and storing fn's "
+             "result, so concurrent updates are never lost.  Returning bocpy.REMOVED deletes "
+             "the key.  fn must not touch the noticeboard itself.\n\n"
+             ":param key: a str without NUL characters.\n"
+             ":param fn: a callable taking the current value and returning the new one.\n"
+             ":param default: the value fn gets when key is absent (default None).\n"
+             ":raises TypeError: if key is not a str, or fn is not callable.\n"
+             ":raises ValueError: if key contains \"\\0\".\n"
+             ":raises RuntimeError: on the main interpreter while no runtime runs, or when fn "
+             "uses the noticeboard.\n"
+             "Whatever fn raises propagates, and the key keeps its value.");
+
+PyDoc_STRVAR(notice_read_doc,
+             "notice_read($module, key, default=None)\n--\n\n"
+             "Read key from this behavior's noticeboard snapshot.\n\n"
+             "Inside a behavior every read sees the board as it was at the behavior's first "
+             "read; outside one, the board as it is now.\n\n"
+             ":param key: a str without NUL characters.\n"
+             ":param default: returned when key is absent (default None).\n"
+             ":returns: the value (a fresh copy), or default.\n"
+             ":raises TypeError: if key is not a str.\n"
+             ":raises ValueError: if key contains \"\\0\".\n"
+             ":raises RuntimeError: inside a notice_update() function.");
+
+PyDoc_STRVAR(noticeboard_doc,
+             "noticeboard($module, /)\n--\n\n"
+             "A read-only view of the whole noticeboard.\n\n"
+             ":returns: a collections.abc.Mapping of str keys, fixed at this behavior's snapshot "
+             "(or, outside a behavior, at this moment).  Values are read lazily; to_dict() "
+             "copies them all.\n"
+             ":raises RuntimeError: inside a notice_update() function (so is reading a view "
+             "there).");
+
+PyDoc_STRVAR(send_doc, "send($module, tag, contents)\n--\n\n"
+                       "Queue a message under tag, from any thread of any interpreter.\n\n"
+                       ":param tag: a str.\n"
+                       ":param contents: any picklable value (copied now).\n"
+                       ":raises TypeError: if tag is not a str.");
+
+PyDoc_STRVAR(receive_doc,
+             "receive($module, tags, timeout=-1, after=None)\n--\n\n"
+             "Wait for a message under one of tags and return it as [tag, contents].\n\n"
+             "Messages of one tag arrive in the order they were sent; with several tags the "
+             "first one (in the order given) that has a message wins.  Ctrl-C interrupts a "
+             "blocked receive on the main thread.\n\n"
+             ":param tags: a str, or a non-empty sequence of str.\n"
+             ":param timeout: seconds to wait; negative or None waits as long as it takes.\n"
+             ":param after: called (with no arguments) on time-out; its result is returned.\n"
+             ":returns: [tag, contents]; on time-out after() if given, else (TIMEOUT, None).\n"
+             ":raises TypeError: if tags is not a str or a sequence of str, timeout is not a "
+             "number, or after is not callable.\n"
+             ":raises RuntimeError: if tags is empty.");
+
+PyDoc_STRVAR(drain_doc, "drain($module, tags)\n--\n\n"
+                        "Discard the queued messages of tags; drain([]) does nothing.\n\n"
+                        ":param tags: a str, or a sequence of str.\n"
+                        ":raises TypeError: if tags is not a str or a sequence of str.");
+
+PyDoc_STRVAR(set_tags_doc,
+             "set_tags($module, tags)\n--\n\n"
+             "Clear every message queue and make the channels for tags.\n\n"
+             "There is no limit on tags, so assigning them in advance is never needed; "
+             "set_tags([]) clears every queue and leaves tags to be made on first use.\n\n"
+             ":param tags: a str, or a sequence of str (maybe empty).\n"
+             ":raises TypeError: if tags is not a str or a sequence of str.\n"
+             ":raises RuntimeError: outside the main interpreter.");
+
+#define FAST(f) (PyCFunction)(void (*)(void))(f)
+#define KW (METH_FASTCALL | METH_KEYWORDS)
 
 static PyMethodDef core_methods[] = {
-    {"when", (PyCFunction)(void (*)(void))bocpy_when, METH_FASTCALL, when_doc},
-    {"whencall", (PyCFunction)(void (*)(void))core_whencall, METH_FASTCALL,
-     "whencall(func, args, captures=None): schedule func on the cowns in args."},
-    {"start", (PyCFunction)(void (*)(void))core_start, METH_FASTCALL, NULL},
-    {"wait", (PyCFunction)(void (*)(void))core_wait, METH_FASTCALL, NULL},
-    {"_cancel", core_cancel, METH_NOARGS, NULL},
-    {"pump", (PyCFunction)(void (*)(void))core_pump, METH_FASTCALL, NULL},
-    {"wake_fd", core_wake_fd, METH_NOARGS, NULL},
-    {"set_wake_callback", core_set_wake_callback, METH_O, NULL},
-    {"set_wait_pump_poll", core_set_wait_pump_poll, METH_O, NULL},
-    {"set_pump_watchdog", (PyCFunction)(void (*)(void))core_set_pump_watchdog, METH_FASTCALL, NULL},
-    {"_stop_watchdog", core_stop_watchdog, METH_NOARGS, NULL},
-    {"_set_pump_result", core_set_pump_result, METH_O, NULL},
-    {"notice_write", (PyCFunction)(void (*)(void))core_notice_write, METH_FASTCALL, NULL},
-    {"notice_seed", (PyCFunction)(void (*)(void))core_notice_seed, METH_FASTCALL, NULL},
-    {"notice_delete", core_notice_delete, METH_O, NULL},
-    {"notice_update", (PyCFunction)(void (*)(void))core_notice_update, METH_FASTCALL, NULL},
-    {"notice_read", (PyCFunction)(void (*)(void))core_notice_read, METH_FASTCALL, NULL},
-    {"noticeboard", core_noticeboard, METH_NOARGS, NULL},
-    {"send", (PyCFunction)(void (*)(void))core_send, METH_FASTCALL, NULL},
-    {"receive", (PyCFunction)(void (*)(void))core_receive, METH_FASTCALL, NULL},
-    {"drain", core_drain, METH_O, NULL},
-    {"set_tags", core_set_tags, METH_O, NULL},
-    {"_add_late_bind", (PyCFunction)(void (*)(void))core_add_late_bind, METH_FASTCALL, NULL},
-    {"_rebuild_cown", core_rebuild_cown, METH_O, NULL},
-    {"_report_unretrieved", bocpy_core_report_unretrieved, METH_O, NULL},
-    {"_rebuild_function", (PyCFunction)(void (*)(void))core_rebuild_function, METH_FASTCALL, NULL},
-    {"_register_code", core_register_code, METH_O, NULL},
-    {"_bootstrap_header", core_bootstrap_header, METH_NOARGS, NULL},
-    {"_bootstrap_value", core_bootstrap_value, METH_O, NULL},
-    {"_set_starter", core_set_starter, METH_O, NULL},
-    {"_is_main_interpreter", core_is_main_interpreter, METH_NOARGS, NULL},
-    {"_is_transferable", core_is_transferable, METH_O, NULL},
-    {"_log_forward", bocpy_log_forward, METH_O, NULL},
-    {"_log_take", bocpy_log_take, METH_NOARGS, NULL},
-    {"_log_wait", bocpy_log_wait, METH_O, NULL},
-    {"_log_wake", bocpy_log_wake, METH_NOARGS, NULL},
-    {"_set_log_levels", bocpy_set_log_levels, METH_O, NULL},
-    {"_log_levels", bocpy_log_levels, METH_NOARGS, NULL},
-    {"_runtime_info", core_runtime_info, METH_NOARGS, NULL},
-    {"_close_pool", core_close_pool, METH_NOARGS, NULL},
-    {"_pool_size", core_pool_size, METH_NOARGS, NULL},
-    {"_registry_size", core_registry_size, METH_NOARGS, NULL},
-    {"_forget_code", core_forget_code, METH_NOARGS, NULL},
-    {"_code_cache_size", core_code_cache_size, METH_NOARGS, NULL},
+    {"when", FAST(bocpy_when), METH_FASTCALL, when_doc},
+    {"whencall", FAST(core_whencall), METH_FASTCALL, whencall_doc},
+    {"start", FAST(core_start), METH_FASTCALL, start_doc},
+    {"wait", FAST(core_wait), METH_FASTCALL, wait_doc},
+    {"_cancel", core_cancel, METH_NOARGS, "_cancel($module, /)\n--\n\n"},
+    {"pump", FAST(core_pump), METH_FASTCALL, pump_doc},
+    {"wake_fd", core_wake_fd, METH_NOARGS, wake_fd_doc},
+    {"set_wake_callback", FAST(core_set_wake_callback), KW, set_wake_callback_doc},
+    {"set_wait_pump_poll", FAST(core_set_wait_pump_poll), KW, set_wait_pump_poll_doc},
+    {"set_pump_watchdog", FAST(core_set_pump_watchdog), METH_FASTCALL, set_pump_watchdog_doc},
+    {"_stop_watchdog", core_stop_watchdog, METH_NOARGS, "_stop_watchdog($module, /)\n--\n\n"},
+    {"_set_pump_result", core_set_pump_result, METH_O, "_set_pump_result($module, cls, /)\n--\n\n"},
+    {"notice_write", FAST(core_notice_write), KW, notice_write_doc},
+    {"notice_seed", FAST(core_notice_seed), METH_FASTCALL, notice_seed_doc},
+    {"notice_delete", FAST(core_notice_delete), KW, notice_delete_doc},
+    {"notice_update", FAST(core_notice_update), KW, notice_update_doc},
+    {"notice_read", FAST(core_notice_read), KW, notice_read_doc},
+    {"noticeboard", core_noticeboard, METH_NOARGS, noticeboard_doc},
+    {"send", FAST(core_send), KW, send_doc},
+    {"receive", FAST(core_receive), KW, receive_doc},
+    {"drain", FAST(core_drain), KW, drain_doc},
+    {"set_tags", FAST(core_set_tags), KW, set_tags_doc},
+    {"_add_late_bind", FAST(core_add_late_bind), METH_FASTCALL,
+     "_add_late_bind($module, name, value, /)\n--\n\n"},
+    {"_rebuild_cown", core_rebuild_cown, METH_O, "_rebuild_cown($module, index, /)\n--\n\n"},
+    {"_rebuild_function", FAST(core_rebuild_function), METH_FASTCALL,
+     "_rebuild_function($module, code_id, defaults, kwdefaults, cells, /)\n--\n\n"},
+    {"_register_code", core_register_code, METH_O, "_register_code($module, func, /)\n--\n\n"},
+    {"_bootstrap_header", core_bootstrap_header, METH_NOARGS,
+     "_bootstrap_header($module, /)\n--\n\n"},
+    {"_bootstrap_value", core_bootstrap_value, METH_O,
+     "_bootstrap_value($module, index, /)\n--\n\n"},
+    {"_set_starter", core_set_starter, METH_O, "_set_starter($module, func, /)\n--\n\n"},
+    {"_is_main_interpreter", core_is_main_interpreter, METH_NOARGS,
+     "_is_main_interpreter($module, /)\n--\n\n"},
+    {"_is_transferable", core_is_transferable, METH_O, "_is_transferable($module, obj, /)\n--\n\n"},
+    {"_report_unretrieved", bocpy_core_report_unretrieved, METH_O,
+     "_report_unretrieved($module, live, /)\n--\n\n"},
+    {"_log_forward", bocpy_log_forward, METH_O, "_log_forward($module, record, /)\n--\n\n"},
+    {"_log_take", bocpy_log_take, METH_NOARGS, "_log_take($module, /)\n--\n\n"},
+    {"_log_wait", bocpy_log_wait, METH_O, "_log_wait($module, timeout, /)\n--\n\n"},
+    {"_log_wake", bocpy_log_wake, METH_NOARGS, "_log_wake($module, /)\n--\n\n"},
+    {"_set_log_levels", bocpy_set_log_levels, METH_O,
+     "_set_log_levels($module, levels, /)\n--\n\n"},
+    {"_log_levels", bocpy_log_levels, METH_NOARGS, "_log_levels($module, /)\n--\n\n"},
+    {"_runtime_info", core_runtime_info, METH_NOARGS, "_runtime_info($module, /)\n--\n\n"},
+    {"_close_pool", core_close_pool, METH_NOARGS, "_close_pool($module, /)\n--\n\n"},
+    {"_pool_size", core_pool_size, METH_NOARGS, "_pool_size($module, /)\n--\n\n"},
+    {"_registry_size", core_registry_size, METH_NOARGS, "_registry_size($module, /)\n--\n\n"},
+    {"_forget_code", core_forget_code, METH_NOARGS, "_forget_code($module, /)\n--\n\n"},
+    {"_code_cache_size", core_code_cache_size, METH_NOARGS, "_code_cache_size($module, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
+
+#undef FAST
+#undef KW
 
 /* ----------------------------------------------------------- lifecycle */
 
@@ -428,6 +627,7 @@ static int core_exec(PyObject *module) {
     st->board_view_type = (PyTypeObject *)bocpy_board_view_type_create(module);
     st->removed = bocpy_removed_create(module);
     if (st->board_view_type == NULL || st->removed == NULL ||
+        PyModule_AddType(module, st->board_view_type) < 0 ||
         PyModule_AddObjectRef(module, "REMOVED", st->removed) < 0 ||
         PyModule_AddStringConstant(module, "TIMEOUT", BOCPY_TIMEOUT_TAG) < 0) {
         return -1;

@@ -49,7 +49,7 @@ static atomic_bool wake_callback_pending;
 static _Thread_local bool tls_pumping;
 /* Threads inside pump() (one at most: see pump_enter). */
 static atomic_int pumpers;
-static atomic_long wait_poll_ms = 50;
+static atomic_long wait_poll_ms = BOCPY_DEFAULT_WAIT_POLL_MS;
 
 /* ---------------------------------------------------------------- hooks */
 
@@ -217,22 +217,13 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
     return 0;
 }
 
-static bool parse_positive(PyObject *obj, const char *name, double *out) {
+/* A positive-int bound, or 0 for None (no bound). */
+static int parse_bound(PyObject *obj, const char *name, bool milliseconds, long long *out) {
     *out = 0;
     if (obj == Py_None) {
-        return true;
+        return 0;
     }
-    if (bocpy_float_arg(obj, name, out) < 0) {
-        return false;
-    }
-    if (!(*out > 0)) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s must be > 0 (got %R); pass None for no limit, or skip pump() when "
-                     "there is no time for it",
-                     name, obj);
-        return false;
-    }
-    return true;
+    return bocpy_positive_int_arg(obj, name, true, milliseconds, out);
 }
 
 PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
@@ -249,22 +240,17 @@ PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
                         "behavior; return from the behavior and let the running pump go on");
         return NULL;
     }
-    double deadline_ms, max_behaviors;
-    if (!parse_positive(deadline_obj, "deadline_ms", &deadline_ms) ||
-        !parse_positive(max_obj, "max_behaviors", &max_behaviors)) {
-        return NULL;
-    }
-    if (max_obj != Py_None && !PyLong_Check(max_obj)) {
-        PyErr_Format(PyExc_TypeError, "max_behaviors must be an int, not '%.200s'",
-                     Py_TYPE(max_obj)->tp_name);
+    long long deadline_ms, max_behaviors;
+    if (parse_bound(deadline_obj, "deadline_ms", true, &deadline_ms) < 0 ||
+        parse_bound(max_obj, "max_behaviors", false, &max_behaviors) < 0) {
         return NULL;
     }
     bocpy_pump_result result;
-    /* 0 means "no bound" to bocpy_pump_run; bounds too large to count are none. */
-    uint64_t deadline_ns = deadline_ms > 0 ? bocpy_seconds_to_ns(deadline_ms / 1000.0) : 0;
-    uint64_t max_count = max_behaviors >= 1.8e19 ? 0 : (uint64_t)max_behaviors;
-    int rc = bocpy_pump_run(st, deadline_ns == UINT64_MAX ? 0 : deadline_ns, max_count,
-                            raise_on_error != 0, &result);
+    /* 0 means "no bound" to bocpy_pump_run; BOCPY_MAX_MS keeps the product
+     * within an int64. */
+    uint64_t deadline_ns = (uint64_t)deadline_ms * 1000000u;
+    uint64_t max_count = (uint64_t)max_behaviors;
+    int rc = bocpy_pump_run(st, deadline_ns, max_count, raise_on_error != 0, &result);
     bocpy_garbage_drain(st->interp);
     if (rc < 0) {
         return NULL;
@@ -296,10 +282,12 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback) {
 
 PyObject *bocpy_set_wait_pump_poll(PyObject *ms_obj) {
     long long ms;
-    if (bocpy_int_arg(ms_obj, "ms (milliseconds)", 1, 60000, &ms) < 0) {
+    if (bocpy_positive_int_arg(ms_obj, "ms (the poll period in milliseconds)", false, false, &ms) <
+        0) {
         return NULL;
     }
-    atomic_store_explicit(&wait_poll_ms, (long)ms, memory_order_relaxed);
+    /* relaxed: a lone setting, read afresh by each wait slice. */
+    atomic_store_explicit(&wait_poll_ms, ms > LONG_MAX ? LONG_MAX : (long)ms, memory_order_relaxed);
     Py_RETURN_NONE;
 }
 
@@ -335,7 +323,8 @@ static int fire_watchdog(void *arg) {
     PyObject *rv;
     if (watchdog_on_starve != NULL) {
         PyObject *callback = Py_NewRef(watchdog_on_starve);
-        rv = PyObject_CallFunction(callback, "KO", age, message);
+        /* (severity, message): 0 is the warning, the only severity so far. */
+        rv = PyObject_CallFunction(callback, "iO", 0, message);
         Py_DECREF(callback);
     } else {
         PyObject *logging = PyImport_ImportModule("logging");
@@ -404,21 +393,19 @@ PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_obj, PyObject 
         PyErr_SetString(PyExc_RuntimeError, "set_pump_watchdog() is for the main interpreter");
         return NULL;
     }
-    double warn_ms = -1;
-    if (warn_obj != Py_None && !parse_positive(warn_obj, "warn_ms", &warn_ms)) {
+    long long warn_ms;
+    if (parse_bound(warn_obj, "warn_ms", true, &warn_ms) < 0) {
         return NULL;
     }
     if (on_starve != Py_None && !PyCallable_Check(on_starve)) {
         PyErr_Format(PyExc_TypeError,
-                     "on_starve must be a callable taking (nonempty_ms, message), or None, "
+                     "on_starve must be a callable taking (severity, message), or None, "
                      "not '%.200s'",
                      Py_TYPE(on_starve)->tp_name);
         return NULL;
     }
     Py_XSETREF(watchdog_on_starve, on_starve == Py_None ? NULL : Py_NewRef(on_starve));
-    /* A threshold beyond ~292 million years is as good as never. */
-    long long warn =
-        warn_obj == Py_None ? -1 : (warn_ms >= 9.2e15 ? LLONG_MAX / 2 : (long long)warn_ms);
+    long long warn = warn_obj == Py_None ? -1 : warn_ms;
     atomic_store_explicit(&watchdog_warn_ms, warn, memory_order_relaxed);
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS

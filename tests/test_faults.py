@@ -460,6 +460,7 @@ def test_exceptions_in_bodies_lose_no_transfer():
 def test_unpicklable_value_raises_type_error_at_the_call(where):
     bad = RefusesPickling("at-call")
     key = tag()
+    bocpy.start()  # notice_write needs a run
     with pytest.raises(TypeError) as info:
         if where == "Cown":
             Cown(bad)
@@ -895,6 +896,7 @@ def test_ctrl_c_while_pickling_is_not_swallowed(where):
     OnceKeyboardInterrupt.calls = 0
     value = OnceKeyboardInterrupt()
     key = tag()
+    bocpy.start()  # notice_write needs a run
     with pytest.raises(KeyboardInterrupt):
         if where == "Cown":
             Cown(value)

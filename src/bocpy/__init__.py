@@ -23,13 +23,14 @@ that gives it its Python shape.
 from __future__ import annotations
 
 import atexit
+import collections.abc
 import os
 import sys
 import threading
 import types
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from . import _core
 from ._core import (
@@ -44,6 +45,7 @@ from ._core import (
     notice_update,
     notice_write,
     noticeboard,
+    receive,
     send,
     set_tags,
     set_wait_pump_poll,
@@ -63,6 +65,7 @@ __all__ = [
     "PumpResult",
     "UnrebuildableError",
     "WaitResult",
+    "__version__",
     "drain",
     "get_include",
     "get_sources",
@@ -88,6 +91,40 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# A noticeboard() view is a read-only Mapping (lazy: values are read, and
+# copied, when looked up).  Each interpreter has its own view type.
+collections.abc.Mapping.register(_core.NoticeboardView)
+
+#: The installed distribution's version (PEP 440), read from its metadata
+#: on first use -- see ``__getattr__`` below.
+__version__: str
+
+
+def _read_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("bocpy")
+    except metadata.PackageNotFoundError:
+        warnings.warn(
+            "bocpy is not installed (no package metadata: is a source tree on PYTHONPATH?); "
+            "bocpy.__version__ is '0.0.0+unknown'. Install it (pip install -e .) for the "
+            "real version.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "0.0.0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """Compute ``__version__`` lazily: reading package metadata costs
+    milliseconds, which every worker interpreter would pay at import."""
+    if name == "__version__":
+        version = _read_version()
+        globals()["__version__"] = version
+        return version
+    raise AttributeError(f"module 'bocpy' has no attribute {name!r}")
 
 
 def _default_worker_count() -> int:
@@ -134,12 +171,19 @@ def whencall(
     args: list[Cown[Any] | list[Cown[Any]]],
     captures: list[Any] | None = None,
 ) -> Cown[T]:
-    """Schedule ``func`` on the cowns in ``args``, like ``@when(*args)``.
+    """Schedule ``func`` as a behavior on the cowns in ``args``, like ``@when(*args)``.
 
-    ``captures`` are extra values passed after the cowns; they are copied
-    now, when the behavior is scheduled.  ``func`` may be a function, a
-    bound method or classmethod (its receiver is copied now, like a
-    capture, and passed first) or a staticmethod.  Returns the result cown.
+    :param func: the behavior's function; it gets one parameter per entry of
+        ``args``, then the captures.  A function, a bound method or
+        classmethod (its receiver is copied now, like a capture, and passed
+        first) or a staticmethod.
+    :param args: cowns, or lists of cowns (each list is delivered as a list).
+    :param captures: extra values passed after the cowns, copied now (when
+        the behavior is scheduled); ``None`` for none.
+    :returns: the result cown, which receives ``func``'s return value or the
+        exception it raised.
+    :raises TypeError: if ``args`` is not a list of cowns (or lists of cowns),
+        ``captures`` is not a list, or ``func`` cannot be a behavior.
     """
     given = (len(args) if isinstance(args, list) else 0) + (
         len(captures) if isinstance(captures, list) else 0
@@ -233,14 +277,26 @@ def _check_method(function: types.FunctionType, given: int) -> None:
 def start(worker_count: int | None = None) -> None:
     """Start the worker pool; the first ``@when`` does this implicitly.
 
-    Idempotent: starting a running runtime with the same worker count does
-    nothing.  ``worker_count`` defaults to ``WORKER_COUNT``.
+    ``start()`` while the runtime runs does nothing, whatever its worker
+    count; so does ``start(n)`` when ``n`` workers are running.
+
+    :param worker_count: how many worker interpreters to run; ``None`` (the
+        default) means :data:`WORKER_COUNT`.
+    :raises TypeError: if ``worker_count`` is not an int (or ``None``).
+    :raises ValueError: if ``worker_count`` is below 1 or too large.
+    :raises RuntimeError: if the runtime already runs with a different worker
+        count (call :func:`wait` first), or when called from a behavior.
     """
+    if not _core._is_main_interpreter():
+        raise RuntimeError(
+            "bocpy.start() can only be called from the main interpreter, not from inside a behavior"
+        )
+    if _core._runtime_info()[0]:
+        if worker_count is not None:
+            _core.start(worker_count, None, [])  # checks the count only
+        return
     if worker_count is None:
         worker_count = WORKER_COUNT
-    if _core._runtime_info()[0]:
-        _core.start(worker_count, None, [])  # checks the count only
-        return
     from . import _logging, _worker
 
     _logging.start_main()
@@ -252,72 +308,160 @@ def start(worker_count: int | None = None) -> None:
 class WaitResult(NamedTuple):
     """What ``wait``/``quiesce`` return when asked for stats and the board."""
 
+    #: one dict of counters per worker
     stats: list[dict[str, int]]
+    #: the noticeboard as the run left it
     noticeboard: dict[str, Any]
 
 
 def _finish(
-    stats_list: list[dict[str, int]], stats: bool, board: bool
+    result: tuple[list[dict[str, int]], dict[str, Any] | None], stats: bool
 ) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None:
     _flush_logs()
     # Exceptions left on result cowns that died unread are reported now.
     _core._report_unretrieved(False)
-    if board:
-        snapshot: dict[str, Any] = noticeboard().to_dict()
-        return WaitResult(stats_list, snapshot) if stats else snapshot
+    stats_list, board = result
+    if board is not None:
+        return WaitResult(stats_list, board) if stats else board
     return stats_list if stats else None
 
 
-def wait(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
-    """Block until every behavior has run, then tear the runtime down.
+@overload
+def wait(
+    timeout: float | None = None,
+    *,
+    stats: Literal[False] = False,
+    noticeboard: Literal[False] = False,
+) -> None: ...
+@overload
+def wait(
+    timeout: float | None = None,
+    *,
+    stats: Literal[True],
+    noticeboard: Literal[False] = False,
+) -> list[dict[str, int]]: ...
+@overload
+def wait(
+    timeout: float | None = None,
+    *,
+    stats: Literal[False] = False,
+    noticeboard: Literal[True],
+) -> dict[str, Any]: ...
+@overload
+def wait(
+    timeout: float | None = None,
+    *,
+    stats: Literal[True],
+    noticeboard: Literal[True],
+) -> WaitResult: ...
+@overload
+def wait(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None: ...
+def wait(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None:
+    """Block until every behavior has run, then end the run.
 
     The next ``@when`` starts a fresh runtime; existing cowns keep their
-    values.  The workers' sub-interpreters are kept for it (see "Between
-    runs" in the README): before this returns, the threads behaviors
-    started have finished, their ``atexit`` callbacks have run and what
-    they printed is flushed.  Pinned behaviors run on this thread while it
-    waits.  Raises
-    ``TimeoutError`` if the work is not done within ``timeout`` seconds (the
-    runtime keeps running and a later ``wait()`` finishes the job).
+    values.  The noticeboard belongs to the run, so it is cleared (the next
+    run starts with an empty board, apart from what :func:`notice_seed`
+    puts there).  The workers' sub-interpreters are kept for the next run
+    (see "Between runs" in the README): before this returns, the threads
+    behaviors started have finished, their ``atexit`` callbacks have run and
+    what they printed is flushed.  Pinned behaviors run on this thread while
+    it waits.  With no runtime running it returns at once (after clearing
+    the board).
 
-    Returns ``None``; with ``stats=True`` one dict of counters per worker;
-    with ``noticeboard=True`` the final noticeboard as a dict; with both a
-    ``WaitResult(stats, noticeboard)``.
+    :param timeout: the most seconds to wait, or ``None`` for as long as it
+        takes.
+    :param stats: also return one dict of counters per worker.
+    :param noticeboard: also return the board as the run left it, a dict
+        (``{}`` when no runtime ran).
+    :returns: ``None``; with ``stats=True`` the list of per-worker stats;
+        with ``noticeboard=True`` the board; with both a
+        ``WaitResult(stats, noticeboard)``.
+    :raises TimeoutError: if the work is not done within ``timeout`` seconds
+        (the runtime and its board stay; a later ``wait()`` finishes the job).
+    :raises RuntimeError: when called from a behavior, or while the main
+        thread holds cowns that behaviors wait for.
     """
-    return _finish(_core.wait(timeout, True), stats, noticeboard)
+    return _finish(_core.wait(timeout, True, noticeboard), stats)
 
 
-def quiesce(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
+@overload
+def quiesce(
+    timeout: float | None = None,
+    *,
+    stats: Literal[False] = False,
+    noticeboard: Literal[False] = False,
+) -> None: ...
+@overload
+def quiesce(
+    timeout: float | None = None,
+    *,
+    stats: Literal[True],
+    noticeboard: Literal[False] = False,
+) -> list[dict[str, int]]: ...
+@overload
+def quiesce(
+    timeout: float | None = None,
+    *,
+    stats: Literal[False] = False,
+    noticeboard: Literal[True],
+) -> dict[str, Any]: ...
+@overload
+def quiesce(
+    timeout: float | None = None,
+    *,
+    stats: Literal[True],
+    noticeboard: Literal[True],
+) -> WaitResult: ...
+@overload
+def quiesce(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None: ...
+def quiesce(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> list[dict[str, int]] | dict[str, Any] | WaitResult | None:
     """Block until every behavior has run, leaving the runtime running.
 
-    Afterwards every cown can be acquired on the main thread.  Raises
-    ``TimeoutError`` on timeout.  Returns as :func:`wait` does.
+    Afterwards every cown can be acquired on the main thread, and the
+    noticeboard keeps its contents for the behaviors still to come.
+
+    :param timeout: the most seconds to wait, or ``None`` for as long as it
+        takes.
+    :param stats: also return one dict of counters per worker.
+    :param noticeboard: also return the board as it is now, a dict.
+    :returns: as :func:`wait` does.
+    :raises TimeoutError: if the work is not done within ``timeout`` seconds.
+    :raises RuntimeError: when called from a behavior, or while the main
+        thread holds cowns that behaviors wait for.
     """
-    return _finish(_core.wait(timeout, False), stats, noticeboard)
+    return _finish(_core.wait(timeout, False, noticeboard), stats)
 
 
 def notice_seed(key: str, value: Any) -> None:
-    """Write ``key`` synchronously, from the main thread, before or between runs."""
+    """Write ``key`` on the noticeboard synchronously, from the main thread.
+
+    Unlike :func:`notice_write` it also works while no runtime runs: it
+    seeds the board of the next run (``wait()`` clears the board when it
+    ends a run).  Once it returns, every behavior scheduled afterwards sees
+    the value.
+
+    :param key: a str without NUL characters.
+    :param value: any picklable value (copied now).
+    :raises TypeError: if ``key`` is not a str.
+    :raises ValueError: if ``key`` contains ``"\\0"``.
+    :raises RuntimeError: from any thread but the main one, or inside a
+        behavior (use :func:`notice_write` there).
+    """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError(
             "notice_seed() is for the main thread; from other threads or behaviors use "
             "notice_write()"
         )
     _core.notice_seed(key, value)
-
-
-def receive(
-    tags: str | Sequence[str],
-    timeout: float = -1,
-    after: Callable[[], Any] | None = None,
-) -> Any:
-    """Block until a message with one of ``tags`` arrives; return ``[tag, contents]``.
-
-    Messages of one tag arrive in the order they were sent.  With
-    ``timeout >= 0`` (seconds), on time-out return ``after()`` if given,
-    else ``(TIMEOUT, None)``.  Ctrl-C interrupts a blocked receive.
-    """
-    return _core.receive(tags, None if timeout is None or timeout < 0 else timeout, after)
 
 
 # ---------------------------------------------------------------- pinned cowns
@@ -337,32 +481,52 @@ class PumpResult(NamedTuple):
 
 
 def pump(
-    deadline_ms: float | None = None,
+    deadline_ms: int | None = None,
     max_behaviors: int | None = None,
     raise_on_error: bool = False,
 ) -> PumpResult:
     """Run queued pinned behaviors on this (the main) thread; never blocks.
 
     Each behavior runs to completion before the next starts.
-    ``deadline_ms`` gates *starting* the next behavior; ``max_behaviors`` is
-    a hard count.  Body exceptions land on result cowns and are counted in
-    ``raised``; with ``raise_on_error=True`` the first one is re-raised.
     ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` propagate
     once the offending behavior is cleaned up; the rest stay queued.
+
+    :param deadline_ms: stop *starting* behaviors after this many
+        milliseconds; ``None`` for no limit.
+    :param max_behaviors: run at most this many; ``None`` for no limit.
+    :param raise_on_error: re-raise the first body exception (after it is
+        stored on its result cown) instead of only counting it.
+    :returns: ``PumpResult(executed, deadline_reached, raised)``.
+    :raises TypeError: if a bound is not ``None`` or a positive int (bools,
+        floats, ``0`` and negatives are refused).
+    :raises OverflowError: if ``deadline_ms`` is past the largest supported
+        number of milliseconds.
+    :raises RuntimeError: outside the main interpreter, from inside a pinned
+        behavior (pump is not reentrant), or while another thread pumps.
     """
     result: PumpResult = _core.pump(deadline_ms, max_behaviors, raise_on_error)
     return result
 
 
 def set_pump_watchdog(
-    warn_ms: float | None = 1000,
-    on_starve: Callable[[int, str], Any] | None = None,
+    warn_ms: int | None = 1000,
+    on_starve: Callable[[int, str], object] | None = None,
 ) -> None:
     """Warn when pinned work waits longer than ``warn_ms`` for :func:`pump`.
 
     Silent until called.  The warning goes to the ``bocpy`` logger, or to
-    ``on_starve(nonempty_ms, message)``, which runs on the main thread (an
-    exception it raises surfaces there).  ``warn_ms=None`` disables it.
+    ``on_starve(severity, message)``, which runs on the main thread (an
+    exception it raises surfaces there).  ``severity`` is ``0`` for the
+    warning; the message says how long the queue has been non-empty and how
+    deep it is.
+
+    :param warn_ms: the threshold in milliseconds; ``None`` disables it.
+    :param on_starve: called instead of logging; ``None`` logs.
+    :raises TypeError: if ``warn_ms`` is not ``None`` or a positive int, or
+        ``on_starve`` is not callable.
+    :raises OverflowError: if ``warn_ms`` is past the largest supported
+        number of milliseconds.
+    :raises RuntimeError: outside the main interpreter.
     """
     _core.set_pump_watchdog(warn_ms, on_starve)
 
@@ -402,14 +566,14 @@ def _at_exit() -> None:
         return
     try:
         if not _crashed:
-            _core.wait(None, True)
+            _core.wait(None, True, False)
             _flush_logs()
             return
     except KeyboardInterrupt:
         pass
     _core._cancel()
     try:
-        _core.wait(5.0, True)
+        _core.wait(5.0, True, False)
         _flush_logs()
     except BaseException:
         sys.stdout.flush()

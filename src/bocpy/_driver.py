@@ -18,6 +18,7 @@ and where a body's exception goes; what is the same lives here:
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Final, TypedDict, Unpack
 
 from . import PumpResult, pump
@@ -60,6 +61,22 @@ def check_budget(
         raise ValueError(f"max_behaviors must be >= 1 or None, got {max_behaviors!r}")
 
 
+#: The largest deadline pump() takes (its nanoseconds fit an int64).
+_MAX_MS: Final = (1 << 63) // 1_000_000 - 1
+
+
+def _whole_ms(deadline_ms: float | None) -> int | None:
+    """A driver's deadline (any positive number) as pump() takes it: whole ms.
+
+    Rounded up, so a fraction of a millisecond still lets one behavior start.
+    """
+    if deadline_ms is None:
+        return None
+    if deadline_ms >= _MAX_MS:
+        return _MAX_MS
+    return max(1, math.ceil(deadline_ms))
+
+
 class PumpDriver:
     """A pump budget and the totals of what the driver's pumps ran.
 
@@ -94,7 +111,7 @@ class PumpDriver:
         With ``raise_on_error=True`` a body's exception propagates from here.
         """
         try:
-            result = pump(self.deadline_ms, self.max_behaviors, self.raise_on_error)
+            result = pump(_whole_ms(self.deadline_ms), self.max_behaviors, self.raise_on_error)
         except Exception:
             # raise_on_error: a body raised (behaviors run before it in the
             # same pump are not counted)

@@ -37,6 +37,7 @@ import operator
 import random
 import sys
 import time
+from typing import Any
 
 from bocpy import TIMEOUT, WORKER_COUNT, Cown, receive, send, set_tags, start, wait, when
 
@@ -62,7 +63,7 @@ def calculate(op: str, a: float, b: float) -> tuple[str, object]:
         return "error", f"{type(err).__name__}: {err}"
 
 
-def idle() -> list[object]:
+def idle() -> list[Any]:
     """What ``receive`` returns when a server has been idle for too long."""
     return ["stop", "idle"]
 

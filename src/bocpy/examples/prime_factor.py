@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from bocpy import WORKER_COUNT, Cown, notice_delete, notice_read, notice_update, start, wait, when
+from bocpy import WORKER_COUNT, Cown, notice_read, notice_update, start, wait, when
 
 #: The noticeboard key the winning search publishes its factor under.
 FACTOR_KEY = "factor"
@@ -222,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"n = {n}")
     print(f"{args.searches} rho searches on {args.workers} workers, {args.chunk} steps per chunk")
 
-    notice_delete(FACTOR_KEY)  # a flag left by an earlier run in this process
-    start(args.workers)
+    start(args.workers)  # a new run starts with an empty noticeboard
     searches = []
     for i in range(args.searches):
         x0 = rng.randrange(2, n)
@@ -259,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         f"in {elapsed:.2f}s"
     )
     print(f"verified: {factor} * {cofactor} == {n}")
-    notice_delete(FACTOR_KEY)
     return 0
 
 
