@@ -943,10 +943,10 @@ def test_matrix_in_cowns_captures_behaviors_on_workers(run_script):
 def test_matrix_in_messages_noticeboard_and_pinned_cown(run_script):
     proc = run_script(
         """
-        from bocpy import (Cown, Matrix, PinnedCown, notice_read, notice_write,
+        from bocpy import (Cown, Matrix, PinnedCown, notice_read, notice_seed,
                            receive, send, wait, when)
 
-        notice_write("m", Matrix.vector([1, 2, 3]))
+        notice_seed("m", Matrix.vector([1, 2, 3]))
         board = PinnedCown(Matrix.zeros((1, 3)))
         c = Cown(None)
 

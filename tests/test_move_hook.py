@@ -287,7 +287,7 @@ def test_paths_that_copy_still_copy(run_with_ext) -> None:
         assert q.checksum() == 45 and q.address != p.address and not p.stale
 
         cap = movebuf.Buffer(5, 1)
-        bocpy.notice_write("buf", cap)
+        bocpy.notice_seed("buf", cap)
 
         @when(Cown(None))
         def use(_, cap=cap):
