@@ -23,6 +23,7 @@ that gives it its Python shape.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
@@ -54,6 +55,8 @@ __all__ = [
     "REMOVED",
     "TIMEOUT",
     "WORKER_COUNT",
+    "BocExecutor",
+    "BocpyWarning",
     "Cown",
     "PinnedCown",
     "PumpResult",
@@ -81,6 +84,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Where bocpy reports what it cannot raise (see "Diagnostics" in the docs).
+_log = logging.getLogger("bocpy")
+
+
+class BocpyWarning(RuntimeWarning):
+    """The category of every warning bocpy issues (filter it with ``warnings``)."""
+
 
 
 def _default_worker_count() -> int:
@@ -281,9 +292,11 @@ def _at_exit() -> None:
     try:
         _core.wait(5.0, True)
     except BaseException:
+        _log.error("behaviors still running at exit; exiting without them")
+        for handler in _log.handlers + logging.getLogger().handlers + [logging.lastResort]:
+            if handler is not None:
+                handler.flush()
         sys.stdout.flush()
-        sys.stderr.write("bocpy: behaviors still running at exit; exiting without them\n")
-        sys.stderr.flush()
         os._exit(1)
 
 
@@ -312,7 +325,7 @@ def _before_fork() -> None:
             "fork() while the bocpy runtime is running: CPython aborts a forked child "
             "of a process with live sub-interpreters; call bocpy.wait() before forking, "
             "or use the 'spawn' or 'forkserver' start method of multiprocessing",
-            RuntimeWarning,
+            BocpyWarning,
             stacklevel=2,
         )
 
@@ -328,3 +341,7 @@ if _core._is_main_interpreter():
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(before=_before_fork)
+
+# Imported last: its exit handler must run before the ones above (atexit
+# runs the last-registered first), so an executor's tasks finish first.
+from .executor import BocExecutor  # noqa: E402
