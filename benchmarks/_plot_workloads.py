@@ -20,7 +20,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait as wait_futures
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 from bocpy import Cown, PinnedCown, pump, start, wait, when
 
@@ -162,8 +163,12 @@ def warm(pool: ProcessPoolExecutor | ThreadPoolExecutor, workers: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--baselines", action="store_true", help="also measure threading and processes")
-    parser.add_argument("--max-workers", type=int, default=2, help="largest worker count (default 2)")
+    parser.add_argument(
+        "--baselines", action="store_true", help="also measure threading and processes"
+    )
+    parser.add_argument(
+        "--max-workers", type=int, default=2, help="largest worker count (default 2)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
@@ -190,7 +195,8 @@ def main() -> int:
     sequential = median_of(args.repeats, lambda: sequential_seconds(units, iterations))
     result["cpu_sequential_s"] = sequential
     result["cpu_speedup"] = {
-        str(w): sequential / median_of(args.repeats, lambda w=w: bocpy_cpu_seconds(units, iterations, w))
+        str(w): sequential
+        / median_of(args.repeats, lambda w=w: bocpy_cpu_seconds(units, iterations, w))
         for w in worker_counts
     }
     if args.baselines:

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bocpy import BocExecutor  # noqa: E402
+from bocpy import BocExecutor
 
 
 def identity(x: int) -> int:
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="workers per executor (default 2)")
     parser.add_argument("--tiny", type=int, default=5000, help="tiny tasks per run (default 5000)")
-    parser.add_argument("--units", type=int, default=16, help="CPU-bound tasks per run (default 16)")
+    parser.add_argument(
+        "--units", type=int, default=16, help="CPU-bound tasks per run (default 16)"
+    )
     parser.add_argument("--iterations", type=int, default=400_000, help="loop length of a CPU task")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median counts")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")

@@ -70,7 +70,9 @@ def measure(reference: str | None, max_workers: int, repeats: int, quick: bool) 
         extra.append("--quick")
     ours_env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     print("measuring bocpy, threading and processes ...", flush=True)
-    data: dict[str, Any] = {"bocpy": run_workloads(sys.executable, ours_env, [*extra, "--baselines"])}
+    data: dict[str, Any] = {
+        "bocpy": run_workloads(sys.executable, ours_env, [*extra, "--baselines"])
+    }
     data["threading"] = data["bocpy"].pop("threading")
     data["processes"] = data["bocpy"].pop("processes")
     if reference is not None:
@@ -97,7 +99,10 @@ def draw(data: dict[str, Any], executor: dict[str, Any] | None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     meta = data.get("meta", {})
-    note = f"{meta.get('machine', '?')}, Python {meta.get('python', '?')}, median of {meta.get('repeats', '?')}"
+    note = (
+        f"{meta.get('machine', '?')}, Python {meta.get('python', '?')}, "
+        f"median of {meta.get('repeats', '?')}, load average {meta.get('load_average_after', '?')}"
+    )
     contenders = [name for name in ("bocpy", "reference", "threading", "processes") if name in data]
     written: list[Path] = []
 
@@ -130,7 +135,13 @@ def draw(data: dict[str, Any], executor: dict[str, Any] | None) -> list[Path]:
     for i, name in enumerate(contenders):
         rates = data[name]["fan_out_per_s"]
         xs = [c + (i - (len(contenders) - 1) / 2) * width for c in counts]
-        ax.bar(xs, [rates.get(str(c), 0) / 1000 for c in counts], width, label=name, color=COLOURS[name])
+        ax.bar(
+            xs,
+            [rates.get(str(c), 0) / 1000 for c in counts],
+            width,
+            label=name,
+            color=COLOURS[name],
+        )
     ax.set_xticks(counts, [f"{c} worker{'s' if c > 1 else ''}" for c in counts])
     ax.set_ylabel("thousand tasks per second (higher is better)")
     ax.legend(fontsize=8)
@@ -184,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference-python", metavar="PATH", help="an interpreter that imports the reference bocpy"
     )
-    parser.add_argument("--max-workers", type=int, default=2, help="largest worker count (default 2)")
+    parser.add_argument(
+        "--max-workers", type=int, default=2, help="largest worker count (default 2)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 project = "bocpy"
 author = "the bocpy authors"
-copyright = "the bocpy authors"  # noqa: A001 (Sphinx's name)
+copyright = "the bocpy authors"
 
 extensions = [
     "sphinx.ext.autodoc",

@@ -133,7 +133,7 @@ def test_shutdown_waits_for_every_task_and_refuses_new_ones():
     executor.shutdown(wait=True)
     assert all(f.done() for f in futures)
     assert [f.result() for f in futures] == [i * i for i in range(50)]
-    with pytest.raises(RuntimeError, match="after BocExecutor.shutdown"):
+    with pytest.raises(RuntimeError, match=r"after BocExecutor\.shutdown"):
         executor.submit(square, 1)
     executor.shutdown()  # a second call is harmless
 
@@ -310,3 +310,25 @@ def test_a_script_that_never_shuts_down_still_gets_its_results(run_script):
         f"task {i}" for i in range(6)
     ]
     assert "callback 5" in lines
+
+
+def test_a_script_that_dies_does_not_wait_for_its_tasks(run_script):
+    result = run_script(
+        """
+        from bocpy import BocExecutor, receive
+
+        def stuck():
+            receive("never sent")
+
+        pool = BocExecutor(max_workers=1)
+        running = pool.submit(stuck)
+        queued = [pool.submit(print, "must not run") for _ in range(3)]
+        raise RuntimeError("the script gives up")
+        """
+    )
+    # The queued tasks were cancelled, the stuck one abandoned after a few
+    # seconds, and the report went through the bocpy logger.
+    assert result.returncode == 1, result.stderr
+    assert "must not run" not in result.stdout
+    assert "the script gives up" in result.stderr
+    assert "bocpy: behaviors still running at exit; exiting without them" in result.stderr

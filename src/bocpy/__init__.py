@@ -93,7 +93,6 @@ class BocpyWarning(RuntimeWarning):
     """The category of every warning bocpy issues (filter it with ``warnings``)."""
 
 
-
 def _default_worker_count() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -292,7 +291,7 @@ def _at_exit() -> None:
     try:
         _core.wait(5.0, True)
     except BaseException:
-        _log.error("behaviors still running at exit; exiting without them")
+        _log.error("bocpy: behaviors still running at exit; exiting without them")
         for handler in _log.handlers + logging.getLogger().handlers + [logging.lastResort]:
             if handler is not None:
                 handler.flush()

@@ -108,7 +108,9 @@ def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list
     return [fn(*args) for args in chunk]
 
 
-def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+def _chunks(
+    iterables: tuple[Iterable[Any], ...], size: int
+) -> Iterator[tuple[tuple[Any, ...], ...]]:
     arguments = zip(*iterables, strict=False)
     while chunk := tuple(itertools.islice(arguments, size)):
         yield chunk
@@ -126,7 +128,11 @@ class _Task:
     __slots__ = ("args", "fn", "future", "kwargs")
 
     def __init__(
-        self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> None:
         self.future = future
         self.fn = fn
