@@ -126,6 +126,15 @@ def bocpy_pump_rate(count: int) -> float:
 # ------------------------------------------------------------- baselines
 
 
+def paired_speedup(
+    repeats: int, units: int, iterations: int, parallel: Callable[[], float]
+) -> float:
+    """Median over ``repeats`` of (sequential time / parallel time), run in pairs."""
+    return statistics.median(
+        sequential_seconds(units, iterations) / parallel() for _ in range(repeats)
+    )
+
+
 def sequential_seconds(units: int, iterations: int) -> float:
     """The CPU-bound work on the main thread alone: what speedups divide."""
     began = time.perf_counter()
@@ -192,11 +201,15 @@ def main() -> int:
     log("pump")
     result["pump_per_s"] = median_of(args.repeats, lambda: bocpy_pump_rate(pump_count))
     log("cpu")
+    # Each speedup is the median of paired runs: the sequential work timed
+    # right before the parallel run it is compared with, so that load from
+    # other processes that comes and goes affects both sides alike.
     sequential = median_of(args.repeats, lambda: sequential_seconds(units, iterations))
     result["cpu_sequential_s"] = sequential
     result["cpu_speedup"] = {
-        str(w): sequential
-        / median_of(args.repeats, lambda w=w: bocpy_cpu_seconds(units, iterations, w))
+        str(w): paired_speedup(
+            args.repeats, units, iterations, lambda w=w: bocpy_cpu_seconds(units, iterations, w)
+        )
         for w in worker_counts
     }
     if args.baselines:
@@ -213,8 +226,11 @@ def main() -> int:
                     entry["fan_out_per_s"][str(w)] = median_of(  # type: ignore[index]
                         args.repeats, lambda pool=pool: pool_fan_out_rate(pool, fan_out // 4)
                     )
-                    entry["cpu_speedup"][str(w)] = sequential / median_of(  # type: ignore[index]
-                        args.repeats, lambda pool=pool: pool_cpu_seconds(pool, units, iterations)
+                    entry["cpu_speedup"][str(w)] = paired_speedup(  # type: ignore[index]
+                        args.repeats,
+                        units,
+                        iterations,
+                        lambda pool=pool: pool_cpu_seconds(pool, units, iterations),
                     )
             result[name] = entry
     print(json.dumps(result))

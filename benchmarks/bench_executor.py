@@ -44,6 +44,11 @@ def spin(iterations: int) -> int:
     return total
 
 
+def sequential_seconds(units: int, iterations: int) -> float:
+    """The CPU-bound tasks one after the other on the main thread."""
+    return timed(lambda: [spin(iterations) for _ in range(units)])
+
+
 def median_of(repeats: int, run: Callable[[], float]) -> float:
     return statistics.median(run() for _ in range(repeats))
 
@@ -90,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores",
         flush=True,
     )
-    sequential = median_of(
-        args.repeats, lambda: timed(lambda: [spin(args.iterations) for _ in range(args.units)])
-    )
     results: dict[str, dict[str, float]] = {}
     for name, make in executors(args.workers).items():
         with make() as pool:
@@ -109,16 +111,21 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: list(pool.map(identity, range(args.tiny * 4), chunksize=100))
                 ),
             )
-            cpu = median_of(
-                args.repeats,
-                lambda pool=pool: timed(
-                    lambda: cf.wait([pool.submit(spin, args.iterations) for _ in range(args.units)])
-                ),
+            # Paired with the sequential run just before it, so that load
+            # from other processes affects both sides alike.
+            cpu_speedup = statistics.median(
+                sequential_seconds(args.units, args.iterations)
+                / timed(
+                    lambda pool=pool: cf.wait(
+                        [pool.submit(spin, args.iterations) for _ in range(args.units)]
+                    )
+                )
+                for _ in range(args.repeats)
             )
         results[name] = {
             "tiny_per_s": args.tiny / tiny,
             "map_chunked_per_s": args.tiny * 4 / chunked,
-            "cpu_speedup": sequential / cpu,
+            "cpu_speedup": cpu_speedup,
         }
         row = results[name]
         print(

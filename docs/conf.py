@@ -25,7 +25,7 @@ root_doc = "index"
 exclude_patterns = ["_build", "README.md", "benchmarks/*.json"]
 
 # The API reference: signatures from the code, descriptions from docstrings.
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_preserve_defaults = True

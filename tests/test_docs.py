@@ -73,7 +73,7 @@ class Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.title = ""
-        self.h1 = ""
+        self.headings: list[str] = []
         self.ids: set[str] = set()
         self.links: list[str] = []
         self.images: list[str] = []
@@ -90,8 +90,11 @@ class Page(HTMLParser):
             self.images.append(attributes["src"] or "")
         elif tag == "pre":
             self.code_blocks += 1
-        elif tag in ("title", "h1"):
+        elif tag == "title":
             self._in = tag
+        elif tag == "h1":
+            self._in = tag
+            self.headings.append("")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == self._in:
@@ -101,7 +104,7 @@ class Page(HTMLParser):
         if self._in == "title":
             self.title += data
         elif self._in == "h1":
-            self.h1 += data
+            self.headings[-1] += data
 
 
 def rendered(path: Path) -> Page:
@@ -123,7 +126,8 @@ def static_ids(path: Path) -> set[str]:
 def test_getting_started_renders_with_title_and_code():
     dom = rendered(page("getting-started.html"))
     assert "Getting started" in dom.title
-    assert dom.h1.strip().rstrip("¶").strip() == "Getting started"
+    # The sidebar's site name is an <h1> too; the page's own heading is last.
+    assert [h.strip().rstrip("¶").strip() for h in dom.headings][-1] == "Getting started"
     # The install commands, the first program, its output, and the rest.
     assert dom.code_blocks >= 6
 
