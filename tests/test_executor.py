@@ -315,14 +315,16 @@ def test_a_script_that_never_shuts_down_still_gets_its_results(run_script):
 def test_a_script_that_dies_does_not_wait_for_its_tasks(run_script):
     result = run_script(
         """
-        from bocpy import BocExecutor, receive
+        from bocpy import BocExecutor, receive, send
 
         def stuck():
+            send("started", None)
             receive("never sent")
 
         pool = BocExecutor(max_workers=1)
         running = pool.submit(stuck)
         queued = [pool.submit(print, "must not run") for _ in range(3)]
+        receive("started")  # the stuck task's body is running now
         raise RuntimeError("the script gives up")
         """
     )
