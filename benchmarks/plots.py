@@ -99,9 +99,11 @@ def draw(data: dict[str, Any], executor: dict[str, Any] | None) -> list[Path]:
     import matplotlib.pyplot as plt
 
     meta = data.get("meta", {})
+    load = meta.get("load_average_after")
     note = (
         f"{meta.get('machine', '?')}, Python {meta.get('python', '?')}, "
-        f"median of {meta.get('repeats', '?')}, load average {meta.get('load_average_after', '?')}"
+        f"median of {meta.get('repeats', '?')}, "
+        f"load average {'?' if load is None else f'{load:.1f}'} after the run"
     )
     contenders = [name for name in ("bocpy", "reference", "threading", "processes") if name in data]
     written: list[Path] = []
