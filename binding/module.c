@@ -475,15 +475,15 @@ PyDoc_STRVAR(notice_update_doc,
              "Atomically replace key's value with fn(current value, or default).\n\n"
              "No other write to the board happens between reading the value and storing fn's "
              "result, so concurrent updates are never lost.  Returning bocpy.REMOVED deletes "
-             "the key.  fn must not touch the noticeboard itself.\n\n"
+             "the key.  fn must not touch the noticeboard itself.  Whatever fn raises "
+             "propagates, and the key keeps its value.\n\n"
              ":param key: a str without NUL characters.\n"
              ":param fn: a callable taking the current value and returning the new one.\n"
              ":param default: the value fn gets when key is absent (default None).\n"
              ":raises TypeError: if key is not a str, or fn is not callable.\n"
              ":raises ValueError: if key contains \"\\0\".\n"
              ":raises RuntimeError: on the main interpreter while no runtime runs, or when fn "
-             "uses the noticeboard.\n"
-             "Whatever fn raises propagates, and the key keeps its value.");
+             "uses the noticeboard.");
 
 PyDoc_STRVAR(notice_read_doc,
              "notice_read($module, key, default=None)\n--\n\n"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import collections.abc
+import logging
 import os
 import sys
 import threading
@@ -59,6 +60,8 @@ __all__ = [
     "REMOVED",
     "TIMEOUT",
     "WORKER_COUNT",
+    "BocExecutor",
+    "BocpyWarning",
     "Cown",
     "Matrix",
     "PinnedCown",
@@ -125,6 +128,14 @@ def __getattr__(name: str) -> Any:
         globals()["__version__"] = version
         return version
     raise AttributeError(f"module 'bocpy' has no attribute {name!r}")
+
+
+#: Where bocpy reports what it cannot raise (see "Diagnostics" in the docs).
+_log = logging.getLogger("bocpy")
+
+
+class BocpyWarning(RuntimeWarning):
+    """The category of every warning bocpy issues (filter it with ``warnings``)."""
 
 
 def _default_worker_count() -> int:
@@ -576,9 +587,11 @@ def _at_exit() -> None:
         _core.wait(5.0, True, False)
         _flush_logs()
     except BaseException:
+        _log.error("bocpy: behaviors still running at exit; exiting without them")
+        for handler in _log.handlers + logging.getLogger().handlers + [logging.lastResort]:
+            if handler is not None:
+                handler.flush()
         sys.stdout.flush()
-        sys.stderr.write("bocpy: behaviors still running at exit; exiting without them\n")
-        sys.stderr.flush()
         os._exit(1)
 
 
@@ -616,7 +629,7 @@ def _before_fork() -> None:
             "fork() while the bocpy runtime is running: CPython aborts a forked child "
             "of a process with live sub-interpreters; call bocpy.wait() before forking, "
             "or use the 'spawn' or 'forkserver' start method of multiprocessing",
-            RuntimeWarning,
+            BocpyWarning,
             stacklevel=2,
         )
 
@@ -634,3 +647,7 @@ if _core._is_main_interpreter():
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(before=_before_fork)
+
+# Imported last: its exit handler must run before the ones above (atexit
+# runs the last-registered first), so an executor's tasks finish first.
+from .executor import BocExecutor  # noqa: E402
