@@ -364,4 +364,4 @@ def test_registration_checks_its_arguments(run_with_ext) -> None:
     assert lines[2] == "TypeError: BocPyMove_Register() needs a type object, not 'module'"
     assert lines[3].startswith("ValueError: a different extension already registered")
     assert lines[4] == "ok"
-    assert lines[5] == "['movebuf.Buffer']"
+    assert lines[5] == "['bocpy.Matrix', 'movebuf.Buffer']"  # Matrix registers at import
