@@ -3237,6 +3237,25 @@ static PyType_Spec matrix_spec = {
     .slots = matrix_slots,
 };
 
+/* _core._matrix_address(m): the address of m's numbers, so that tests can
+ * see (in any interpreter, where NumPy and ctypes may not load) that a move
+ * handed the block over instead of copying it.  Private. */
+static PyObject *matrix_address(PyObject *module, PyObject *obj) {
+    (void)module;
+    if (!IS_MATRIX(obj)) {
+        PyErr_Format(PyExc_TypeError, "_matrix_address() needs a Matrix, not '%.200s'",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (live(M(obj)) < 0) {
+        return NULL;
+    }
+    return PyLong_FromVoidPtr(M(obj)->buf.data);
+}
+
+static PyMethodDef address_def = {"_matrix_address", matrix_address, METH_O,
+                                  PyDoc_STR("The address of a Matrix's numbers (for tests).")};
+
 static PyMethodDef rebuild_def = {"_matrix_rebuild", (PyCFunction)(void (*)(void))matrix_rebuild,
                                   METH_FASTCALL, PyDoc_STR("Unpickles a Matrix.")};
 
@@ -3250,10 +3269,14 @@ int bocpy_matrix_register(PyObject *module, bocpy_state *st) {
         return -1;
     }
     st->matrix_rebuild = PyCFunction_NewEx(&rebuild_def, module, name);
+    PyObject *address = PyCFunction_NewEx(&address_def, module, name);
     Py_DECREF(name);
-    if (st->matrix_rebuild == NULL ||
-        PyModule_AddObjectRef(module, "_matrix_rebuild", st->matrix_rebuild) < 0) {
-        return -1;
+    int rc = -1;
+    if (st->matrix_rebuild != NULL && address != NULL &&
+        PyModule_AddObjectRef(module, "_matrix_rebuild", st->matrix_rebuild) == 0 &&
+        PyModule_AddObjectRef(module, "_matrix_address", address) == 0) {
+        rc = 0;
     }
-    return 0;
+    Py_XDECREF(address);
+    return rc;
 }
