@@ -178,5 +178,6 @@ def main() -> None:
         f"{per_step['j'] / per_step['g']:.1f}x hopping (j/g)"
     )
 
+
 if __name__ == "__main__":
     main()

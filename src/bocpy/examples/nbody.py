@@ -45,6 +45,7 @@ Run it with ``python -m bocpy.examples.nbody [--bodies N] [--groups G]
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -168,7 +169,7 @@ def numpy_run(pos: Any, vel: Any, mass: Any, params: Params) -> tuple[Any, Any]:
     from an (n x N x 3) array of offsets, so the sums run in another order
     than the Matrix version's.
     """
-    import numpy  # noqa: PLC0415 - only on the main thread: it does not load in workers
+    import numpy  # only on the main thread: it does not load in workers
 
     pos, vel = pos.copy(), vel.copy()
     m = mass.reshape(1, -1)
@@ -190,7 +191,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = example_parser("nbody", "Gravitational N-body simulation with Matrix in behaviors.")
     parser.add_argument("--bodies", type=int, default=1000, help="number of bodies (default 1000)")
     parser.add_argument(
-        "--groups", type=int, default=None, help="groups of bodies, one cown each (default 2x workers)"
+        "--groups",
+        type=int,
+        default=None,
+        help="groups of bodies, one cown each (default 2x workers)",
     )
     parser.add_argument("--steps", type=int, default=20, help="time steps (default 20)")
     parser.add_argument("--dt", type=float, default=1e-3, help="time step (default 0.001)")
@@ -231,12 +235,13 @@ def check(
 ) -> bool:
     """Compare the final state with a sequential NumPy run; print and return the verdict."""
     try:
-        import numpy  # noqa: PLC0415 - optional, main thread only
+        import numpy  # optional, main thread only
     except ImportError:
         print("  CHECK FAILED: --check needs NumPy (pip install numpy)")
         return False
     began = time.perf_counter()
-    want_pos, want_vel = numpy_run(*(numpy.array(m) for m in initial), params)
+    pos0, vel0, mass0 = (numpy.array(m) for m in initial)
+    want_pos, want_vel = numpy_run(pos0, vel0, mass0, params)
     elapsed = time.perf_counter() - began
     got_pos, got_vel = numpy.asarray(pos), numpy.asarray(vel)
     scale = max(float(numpy.abs(want_pos).max()), float(numpy.abs(want_vel).max()), 1e-300)
@@ -248,8 +253,7 @@ def check(
         relative <= tol,
         f"matches the sequential NumPy run (took {elapsed:.2f}s) within {relative:.1e} "
         f"relative (tolerance {tol:.0e})",
-        f"differs from the sequential NumPy run by {relative:.1e} relative "
-        f"(tolerance {tol:.0e})",
+        f"differs from the sequential NumPy run by {relative:.1e} relative (tolerance {tol:.0e})",
     )
 
 
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 mass=mass.copy(),
             )
         )
-        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        for lo, hi in itertools.pairwise(bounds)
     ]
     print(
         f"nbody: {args.bodies} bodies in {args.groups} groups, {args.steps} steps of "
