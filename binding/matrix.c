@@ -148,19 +148,14 @@ static Py_ssize_t checked_size(Py_ssize_t rows, Py_ssize_t columns) {
     return rows * columns;
 }
 
-static int stale_error(void) {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "this Matrix was moved to another interpreter and no longer holds data; "
-                    "use the value its cown holds now");
-    return -1;
-}
-
-/* 0 when `m` holds data, else -1 with RuntimeError. */
+/* 0 when `m` holds data, else -1 with the RuntimeError every movable type
+ * raises once its buffer was handed over (<bocpy/move.h>). */
 static inline int live(MatrixObject *m) {
     if (m->buf.data != NULL) {
         return 0;
     }
-    return stale_error();
+    (void)BocPyMove_SetStaleError((PyObject *)m);
+    return -1;
 }
 
 static inline Py_ssize_t msize(MatrixObject *m) { return m->buf.rows * m->buf.columns; }
@@ -190,6 +185,8 @@ static MatrixObject *matrix_new(PyTypeObject *tp, Py_ssize_t rows, Py_ssize_t co
 static void matrix_dealloc(PyObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     assert(M(self)->exports == 0);
+    /* A stale Matrix (moved away) has data == NULL: the block belongs to
+     * whoever holds it now, and buffer_free(NULL) does nothing. */
     bocpy_matrix_buffer_free(&M(self)->buf);
     PyObject_Free(self);
     Py_DECREF(tp);
@@ -3030,9 +3027,11 @@ int bocpy_matrix_detach(PyObject *obj, bocpy_matrix_buffer *out) {
     return 0;
 }
 
-PyObject *bocpy_matrix_attach(bocpy_state *st, bocpy_matrix_buffer *buf) {
+/* A new Matrix of `type` owning `buf` (which is emptied); on failure the
+ * buffer stays with the caller. */
+static PyObject *attach_to(PyTypeObject *type, bocpy_matrix_buffer *buf) {
     assert(buf->data != NULL && buf->rows >= 1 && buf->columns >= 1);
-    MatrixObject *m = PyObject_New(MatrixObject, st->matrix_type);
+    MatrixObject *m = PyObject_New(MatrixObject, type);
     if (m == NULL) {
         return NULL;
     }
@@ -3040,6 +3039,84 @@ PyObject *bocpy_matrix_attach(bocpy_state *st, bocpy_matrix_buffer *buf) {
     m->exports = 0;
     buf->data = NULL;
     return (PyObject *)m;
+}
+
+PyObject *bocpy_matrix_attach(bocpy_state *st, bocpy_matrix_buffer *buf) {
+    return attach_to(st->matrix_type, buf);
+}
+
+/*
+ * The <bocpy/move.h> callbacks: Matrix crosses interpreters through the
+ * same public hook as any downstream type.  The payload is a malloc'd
+ * bocpy_matrix_buffer (data pointer and shape): plain C memory that any
+ * thread may free.
+ */
+static void *move_detach(PyObject *obj) {
+    if (live(M(obj)) < 0) {
+        return NULL;
+    }
+    if (M(obj)->exports > 0) {
+        PyErr_SetString(PyExc_BufferError,
+                        "cannot move a Matrix while a memoryview or NumPy array uses its buffer "
+                        "(putting it in a Cown, or releasing the cown that holds it, moves it); "
+                        "release the view first, or put a copy() in the cown");
+        return NULL;
+    }
+    bocpy_matrix_buffer *payload = malloc(sizeof(*payload));
+    if (payload == NULL) {
+        PyErr_NoMemory();
+        return NULL; /* obj unchanged */
+    }
+    if (bocpy_matrix_detach(obj, payload) < 0) {
+        free(payload);
+        return NULL;
+    }
+    return payload;
+}
+
+static void move_restore(PyObject *obj, void *payload) {
+    bocpy_matrix_buffer *buf = payload;
+    assert(bocpy_matrix_check(obj) && M(obj)->buf.data == NULL && M(obj)->exports == 0);
+    M(obj)->buf = *buf;
+    free(buf);
+}
+
+static PyObject *move_attach(PyTypeObject *type, void *payload) {
+    bocpy_matrix_buffer *buf = payload;
+    PyObject *m = attach_to(type, buf);
+    if (m != NULL) {
+        free(buf); /* the Matrix owns the block now; only the holder goes */
+    }
+    return m;
+}
+
+static void move_free_payload(void *payload) {
+    bocpy_matrix_buffer *buf = payload;
+    bocpy_matrix_buffer_free(buf); /* never plain free: the block is shifted */
+    free(buf);
+}
+
+static const BocPyMoveType matrix_move = {
+    BOCPY_MOVE_ABI_VERSION, move_detach, move_restore, move_attach, move_free_payload,
+};
+
+int bocpy_matrix_register_move(PyObject *module, bocpy_state *st) {
+    /* What BocPyMove_Register() does, except for finding the table: its
+     * PyCapsule_Import would look for `_core` on the `bocpy` package, which
+     * gets that attribute only once this exec slot has returned.  So the
+     * capsule is read from the module being executed; the checks and the
+     * registration are the public ones. */
+    PyObject *capsule = PyObject_GetAttrString(module, "_C_API");
+    if (capsule == NULL) {
+        return -1;
+    }
+    const BocPyMoveAPI *api = PyCapsule_GetPointer(capsule, BOCPY_MOVE_CAPSULE);
+    Py_DECREF(capsule);
+    if (api == NULL) {
+        return -1;
+    }
+    assert(api->abi_version == BOCPY_MOVE_ABI_VERSION && api->size >= sizeof(BocPyMoveAPI));
+    return api->register_type(st->matrix_type, &matrix_move);
 }
 
 /* ------------------------------------------------------------------ type */
@@ -3161,6 +3238,25 @@ static PyType_Spec matrix_spec = {
     .slots = matrix_slots,
 };
 
+/* _core._matrix_address(m): the address of m's numbers, so that tests can
+ * see (in any interpreter, where NumPy and ctypes may not load) that a move
+ * handed the block over instead of copying it.  Private. */
+static PyObject *matrix_address(PyObject *module, PyObject *obj) {
+    (void)module;
+    if (!IS_MATRIX(obj)) {
+        PyErr_Format(PyExc_TypeError, "_matrix_address() needs a Matrix, not '%.200s'",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (live(M(obj)) < 0) {
+        return NULL;
+    }
+    return PyLong_FromVoidPtr(M(obj)->buf.data);
+}
+
+static PyMethodDef address_def = {"_matrix_address", matrix_address, METH_O,
+                                  PyDoc_STR("The address of a Matrix's numbers (for tests).")};
+
 static PyMethodDef rebuild_def = {"_matrix_rebuild", (PyCFunction)(void (*)(void))matrix_rebuild,
                                   METH_FASTCALL, PyDoc_STR("Unpickles a Matrix.")};
 
@@ -3174,10 +3270,14 @@ int bocpy_matrix_register(PyObject *module, bocpy_state *st) {
         return -1;
     }
     st->matrix_rebuild = PyCFunction_NewEx(&rebuild_def, module, name);
+    PyObject *address = PyCFunction_NewEx(&address_def, module, name);
     Py_DECREF(name);
-    if (st->matrix_rebuild == NULL ||
-        PyModule_AddObjectRef(module, "_matrix_rebuild", st->matrix_rebuild) < 0) {
-        return -1;
+    int rc = -1;
+    if (st->matrix_rebuild != NULL && address != NULL &&
+        PyModule_AddObjectRef(module, "_matrix_rebuild", st->matrix_rebuild) == 0 &&
+        PyModule_AddObjectRef(module, "_matrix_address", address) == 0) {
+        rc = 0;
     }
-    return 0;
+    Py_XDECREF(address);
+    return rc;
 }

@@ -30,6 +30,10 @@ typedef struct bocpy_matrix_buffer {
 /* Creates the Matrix type and `_matrix_rebuild` for `module` (exec slot). */
 int bocpy_matrix_register(PyObject *module, bocpy_state *st);
 
+/* Registers Matrix with the move registry through the public <bocpy/move.h>
+ * table (after bocpy_move_module_init has published it): 0 or -1. */
+int bocpy_matrix_register_move(PyObject *module, bocpy_state *st);
+
 /* True when `obj` is a Matrix of any interpreter's bocpy._core. */
 bool bocpy_matrix_check(PyObject *obj);
 

@@ -656,7 +656,11 @@ static int core_exec(PyObject *module) {
         st->marshal_dumps == NULL || st->marshal_loads == NULL || st->rebuild_cown == NULL) {
         return -1;
     }
-    return bocpy_move_module_init(module, st);
+    if (bocpy_move_module_init(module, st) < 0) {
+        return -1;
+    }
+    /* Matrix moves through the public hook, as a downstream type does. */
+    return bocpy_matrix_register_move(module, st);
 }
 
 static int core_traverse(PyObject *module, visitproc visit, void *arg) {

@@ -324,6 +324,8 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     PyObject *snapshot = NULL, *func = NULL;
     uint32_t held = 0;
     Py_ssize_t built = 0;
+    bocpy_blob *blob = NULL;
+    bool sealed = false, moved = false;
 
     bocpy_noticeboard_behavior_begin();
     if (cancelled) {
@@ -423,6 +425,13 @@ failed:
     result = capture_exception();
     is_exception = true;
 settle:
+    /* The result is sealed (copied) BEFORE the cowns settle: settling may
+     * move a cown's buffers away (<bocpy/move.h>), and `return c.value`
+     * with a movable value would otherwise send an object already stale.
+     * So the result is a copy of the value as the body returned it, and the
+     * cown keeps (and moves) the original. */
+    seal_result(st, &result, &is_exception, &blob);
+    sealed = true;
     for (uint32_t i = 0; i < held; i++) {
         bocpy_cown *c = p->cowns[i];
         if (c->settled) {
@@ -434,16 +443,30 @@ settle:
              * its last good value; the behavior's result says why. */
             Py_XSETREF(result, capture_exception());
             is_exception = true;
+            bocpy_blob_free(blob);
+            blob = NULL;
+            sealed = false;
         }
+        /* A blob with moves left by this settle: objects of this
+         * interpreter that the result may share are stale now. */
+        moved = moved || bocpy_blob_moves(c->blob);
     }
     for (uint32_t i = 0; i < held; i++) {
         atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
         Py_XDECREF(before[i]);
     }
-store:;
-    bocpy_blob *blob = NULL;
-    seal_result(st, &result, &is_exception, &blob);
-    bocpy_cown_store(p->result, here, result, is_exception);
+store:
+    if (!sealed) {
+        seal_result(st, &result, &is_exception, &blob);
+    }
+    if (moved && blob != NULL) {
+        /* The live result may hold objects whose buffers just moved into a
+         * cown (`return c.value`, `return [c.value]`): keep only its copy,
+         * which every reader, this worker included, rebuilds. */
+        bocpy_cown_store(p->result, here, Py_None, is_exception);
+    } else {
+        bocpy_cown_store(p->result, here, result, is_exception);
+    }
     p->result->blob = blob;
     Py_DECREF(result);
     for (Py_ssize_t i = 0; i < built; i++) {

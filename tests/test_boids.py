@@ -15,13 +15,12 @@ import os
 import re
 import subprocess
 import sys
-from array import array
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bocpy import quiesce, when
+from bocpy import Matrix, quiesce, when
 from bocpy.examples.boids import (
     CellResult,
     Config,
@@ -140,62 +139,136 @@ def params(**changes: float) -> tuple[float, ...]:
     return replace(PLAIN, **changes).as_tuple()
 
 
+def boids(*values: float) -> Matrix | None:
+    """Boids as ``step_cell`` takes them: an n x 4 Matrix of x, y, vx, vy (``None``: none)."""
+    return Matrix(len(values) // 4, 4, list(values)) if values else None
+
+
+def cell(own: list[float], others: list[float], physics: tuple[float, ...]) -> list[float]:
+    """``step_cell`` on flat lists; the new state, flattened row by row."""
+    own_boids = boids(*own)
+    assert own_boids is not None
+    out = step_cell(own_boids, boids(*others), physics)
+    assert out.shape == (own_boids.rows, 4)
+    return [value for row in memoryview(out).tolist() for value in row]
+
+
 def test_alignment_steers_towards_the_neighbours_velocity() -> None:
     # A at (10, 10) moving (1, 0) sees B, 10 to its right, moving (0, 1).
     # v += (mean neighbour velocity - v) * 0.5 = (1, 0) + (-0.5, 0.5).
-    out = step_cell([10, 10, 1, 0], [20, 10, 0, 1], params(alignment=0.5))
-    assert list(out) == [10.5, 10.5, 0.5, 0.5]
+    out = cell([10, 10, 1, 0], [20, 10, 0, 1], params(alignment=0.5))
+    assert out == [10.5, 10.5, 0.5, 0.5]
 
 
 def test_cohesion_pulls_towards_the_neighbours_position() -> None:
     # B is 10 to the right: v += 10 * 0.1 = (1, 0), so v = (2, 0) and x moves by 2.
-    out = step_cell([10, 10, 1, 0], [20, 10, 0, 1], params(cohesion=0.1))
-    assert list(out) == [12.0, 10.0, 2.0, 0.0]
+    out = cell([10, 10, 1, 0], [20, 10, 0, 1], params(cohesion=0.1))
+    assert out == [12.0, 10.0, 2.0, 0.0]
 
 
 def test_separation_pushes_away_from_close_boids() -> None:
     # B is 1 to the right, inside the protected range: v -= 1 * 0.5.  A boid
     # that close is avoided, not followed: cohesion and alignment ignore it.
-    out = step_cell(
-        [10, 10, 1, 0], [11, 10, 0, 1], params(separation=0.5, cohesion=0.1, alignment=0.5)
-    )
-    assert list(out) == [10.5, 10.0, 0.5, 0.0]
+    out = cell([10, 10, 1, 0], [11, 10, 0, 1], params(separation=0.5, cohesion=0.1, alignment=0.5))
+    assert out == [10.5, 10.0, 0.5, 0.0]
 
 
 def test_boids_out_of_sight_are_ignored() -> None:
-    out = step_cell([10, 10, 1, 0], [40, 10, 0, 1], params(cohesion=0.1, alignment=0.5))
-    assert list(out) == [11.0, 10.0, 1.0, 0.0]
+    out = cell([10, 10, 1, 0], [40, 10, 0, 1], params(cohesion=0.1, alignment=0.5))
+    assert out == [11.0, 10.0, 1.0, 0.0]
 
 
 def test_neighbours_are_seen_across_the_wrapping_edge() -> None:
     # A at x=99 and B at x=1 are 2 apart through the edge: cohesion adds
     # 2 * 0.5 = 1 to vx, and A's new x, 99 + 3 = 102, wraps to 2.
-    out = step_cell([99, 50, 2, 0], [1, 50, 0, 0], params(cohesion=0.5))
-    assert list(out) == [2.0, 50.0, 3.0, 0.0]
+    out = cell([99, 50, 2, 0], [1, 50, 0, 0], params(cohesion=0.5))
+    assert out == [2.0, 50.0, 3.0, 0.0]
 
 
 def test_speed_is_clamped() -> None:
-    fast = step_cell([50, 50, 3, 4], [], params(max_speed=2.0))
-    assert list(fast) == pytest.approx([51.2, 51.6, 1.2, 1.6])
-    slow = step_cell([50, 50, 0.3, 0.4], [], params(min_speed=1.0))
-    assert list(slow) == pytest.approx([50.6, 50.8, 0.6, 0.8])
-    still = step_cell([50, 50, 0, 0], [], params(min_speed=1.0))
-    assert list(still) == [51.0, 50.0, 1.0, 0.0]
+    fast = cell([50, 50, 3, 4], [], params(max_speed=2.0))
+    assert fast == pytest.approx([51.2, 51.6, 1.2, 1.6])
+    slow = cell([50, 50, 0.3, 0.4], [], params(min_speed=1.0))
+    assert slow == pytest.approx([50.6, 50.8, 0.6, 0.8])
+    still = cell([50, 50, 0, 0], [], params(min_speed=1.0))
+    assert still == [51.0, 50.0, 1.0, 0.0]
 
 
 def test_a_boid_does_not_see_itself_and_cell_mates_see_each_other() -> None:
     # Two boids in the same cell, 10 apart, moving towards each other's
     # velocity by alignment: each sees only the other.
-    out = step_cell([10, 10, 1, 0, 20, 10, 0, 1], [], params(alignment=0.5))
-    assert list(out) == [10.5, 10.5, 0.5, 0.5, 20.5, 10.5, 0.5, 0.5]
+    out = cell([10, 10, 1, 0, 20, 10, 0, 1], [], params(alignment=0.5))
+    assert out == [10.5, 10.5, 0.5, 0.5, 20.5, 10.5, 0.5, 0.5]
 
 
 def test_inputs_are_not_modified() -> None:
-    own = array("d", [10, 10, 1, 0])
-    others = array("d", [20, 10, 0, 1])
+    own = Matrix(1, 4, [10, 10, 1, 0])
+    others = Matrix(1, 4, [20, 10, 0, 1])
     step_cell(own, others, params(alignment=0.5, cohesion=0.1))
-    assert list(own) == [10, 10, 1, 0]
-    assert list(others) == [20, 10, 0, 1]
+    assert repr(own) == "Matrix(1, 4, [10, 10, 1, 0])"
+    assert repr(others) == "Matrix(1, 4, [20, 10, 0, 1])"
+
+
+def test_a_boid_does_not_see_itself_without_a_protected_range() -> None:
+    # With no protected range, a boid's own offset (0, 0) would count as a
+    # visible neighbour; it must not.
+    out = cell([10, 10, 1, 0], [20, 10, 0, 1], params(protected_range=0.0, alignment=0.5))
+    assert out == [10.5, 10.5, 0.5, 0.5]
+
+
+def test_matches_the_scalar_rules_on_a_random_crowd() -> None:
+    # The Matrix version against a plain-Python transcription of the rules.
+    import random
+
+    rng = random.Random(5)
+    values = [rng.uniform(0, 100) if k % 4 < 2 else rng.uniform(-3, 3) for k in range(4 * 30)]
+    physics = params(
+        cohesion=0.01,
+        alignment=0.1,
+        separation=0.2,
+        protected_range=4.0,
+        min_speed=1.0,
+        max_speed=3.0,
+    )
+    got = cell(values[:40], values[40:], physics)
+    assert got == pytest.approx(scalar_rules(values, 10, physics), rel=1e-12, abs=1e-12)
+
+
+def scalar_rules(flat: list[float], count: int, physics: tuple[float, ...]) -> list[float]:
+    """The flocking rules, one boid and one neighbour at a time (the first ``count`` move)."""
+    width, height, visual, protected, coh, ali, sep, vmin, vmax, dt = physics
+    rows = [flat[k : k + 4] for k in range(0, len(flat), 4)]
+    out: list[float] = []
+    for i in range(count):
+        x, y, vx, vy = rows[i]
+        close_x = close_y = sum_dx = sum_dy = sum_vx = sum_vy = 0.0
+        seen = 0
+        for j, (ox, oy, ovx, ovy) in enumerate(rows):
+            if j == i:
+                continue
+            dx = (ox - x + width / 2) % width - width / 2
+            dy = (oy - y + height / 2) % height - height / 2
+            if dx * dx + dy * dy < protected * protected:
+                close_x, close_y = close_x - dx, close_y - dy
+            elif dx * dx + dy * dy < visual * visual:
+                sum_dx, sum_dy, sum_vx, sum_vy = (
+                    sum_dx + dx,
+                    sum_dy + dy,
+                    sum_vx + ovx,
+                    sum_vy + ovy,
+                )
+                seen += 1
+        if seen:
+            vx += (sum_dx / seen) * coh + (sum_vx / seen - vx) * ali
+            vy += (sum_dy / seen) * coh + (sum_vy / seen - vy) * ali
+        vx, vy = vx + close_x * sep, vy + close_y * sep
+        speed = math.hypot(vx, vy)
+        if speed > vmax:
+            vx, vy = vx * vmax / speed, vy * vmax / speed
+        elif speed < vmin:
+            vx, vy = (vx * vmin / speed, vy * vmin / speed) if speed else (vmin, 0.0)
+        out += [(x + vx * dt) % width, (y + vy * dt) % height, vx, vy]
+    return out
 
 
 # ------------------------------------------------------- the example's checks
@@ -203,8 +276,8 @@ def test_inputs_are_not_modified() -> None:
 
 def test_frame_buffer_skips_and_the_checks_report_lost_boids() -> None:
     sim = Simulation(Config(boids=5, cells=2))
-    sim.world.positions[0] = math.nan
-    sim.world.positions[3] = 900.0  # y beyond the world
+    sim.positions[0, 0] = math.nan
+    sim.positions[1, 1] = 900.0  # y beyond the world
     buffer = FrameBuffer(sim.physics)
     assert buffer.draw(sim.world) == 3
     result = finish(sim, buffer.log, 1, [0.001], 0, "headless", [])

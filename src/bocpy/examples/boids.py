@@ -6,26 +6,31 @@ to the boids it can see: *separation* (move away from boids that are too
 close), *alignment* (match the average heading of its neighbours) and
 *cohesion* (move towards their average position).
 
-The global state -- one position and one velocity per boid, two flat
-``array('d')`` matrices -- lives in a :class:`World` object on the main
-thread, wrapped in a :class:`~bocpy.PinnedCown`: it is what the renderer
-draws (a pyglet window, or an in-memory frame buffer when headless), so it
-never leaves the main interpreter.  Each frame follows the *coarse-grained
-dispatch pattern* of the pinned-cowns guide:
+The global state -- one position and one velocity per boid, two N x 2
+:class:`~bocpy.Matrix` objects -- lives on the main thread: the
+:class:`Simulation` keeps them as ``positions`` and ``velocities`` (what the
+renderer draws: a pyglet window, or an in-memory frame buffer when
+headless) and wraps the same matrices in pinned cowns, ``positions_cown``
+and ``velocities_cown``, so they never leave the main interpreter; a third
+pinned cown holds the :class:`World`, the write-backs' bookkeeping.  Each
+frame follows the *coarse-grained dispatch pattern* of the pinned-cowns
+guide:
 
 1. The main thread sorts the boids into the cells of a grid.  For each
    non-empty cell it schedules one worker behavior, capturing a snapshot of
    the cell's boids and of the boids in the neighbouring cells (everything a
-   boid can see).  The workers compute the cells' physics in parallel, each
-   in its own sub-interpreter, and *return* the new state of the cell's
-   boids: every behavior's result cown holds ``(indices, state)``.
-2. One pinned behavior, ``@when(*results, world)``, runs on the main thread
-   once every cell of the frame is done and writes all of the results back
-   into the global matrices.  That is one pinned dispatch per frame, however
-   many cells there are.
+   boid can see) as Matrix values.  The workers compute the cells' physics
+   in parallel with Matrix arithmetic, each in its own sub-interpreter, and
+   *return* the new state of the cell's boids: every behavior's result cown
+   holds ``(indices, state)``, ``state`` an n x 4 Matrix.
+2. One pinned behavior, ``@when(*results, positions, velocities, world)``,
+   runs on the main thread once every cell of the frame is done and writes
+   all of the results back into the global matrices.  That is one pinned
+   dispatch per frame, however many cells there are.
 
 With ``--dispatch per-item`` the example instead schedules one pinned
-write-back per cell (``@when(result, world)``): the same result, but the
+write-back per cell (``@when(result, positions, velocities, world)``): the
+same result, but the
 main thread's pump queue then carries one behavior per cell per frame.  The
 pinned benchmark (``benchmarks/bench_pinned.py``) compares the two.
 
@@ -66,9 +71,9 @@ import zlib
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from bocpy import WORKER_COUNT, Cown, PinnedCown, pump, start, wait, wake_fd, when
+from bocpy import WORKER_COUNT, Cown, Matrix, PinnedCown, pump, start, wait, wake_fd, when
 from bocpy.examples._common import add_workers, example_parser
 
 #: Side of the square world, in world units (also the window size in pixels).
@@ -77,11 +82,8 @@ WORLD_SIZE = 800.0
 FRAME_BUFFER_SIZE = 200
 #: How long the main thread waits for one frame before giving up, in seconds.
 FRAME_TIMEOUT = 60.0
-#: Values per boid in a state vector: x, y, vx, vy.
-STRIDE = 4
-
-#: One cell's result: the global indices of its boids and their new state.
-type CellResult = tuple[array[int], array[float]]
+#: One cell's result: the global indices of its boids and their new state (n x 4).
+type CellResult = tuple[list[int], Matrix]
 
 
 @dataclass(frozen=True)
@@ -120,18 +122,20 @@ class Physics:
 # worker sub-interpreters find it when they import this module.
 
 
-def step_cell(
-    own: Sequence[float], others: Sequence[float], params: Sequence[float]
-) -> array[float]:
+def step_cell(own: Matrix, others: Matrix | None, params: Sequence[float]) -> Matrix:
     """Advance the boids of one cell by one time step and return their new state.
 
-    ``own`` holds the cell's boids and ``others`` every other boid they may
-    see, each as a flat sequence of ``x, y, vx, vy`` per boid.  ``params`` is
-    :meth:`Physics.as_tuple`.  Every boid steers by the boids within the
-    visual range (measured across the wrapping edges), excluding itself, and
-    moves; its position wraps into ``[0, width) x [0, height)``.  Returns the
-    new ``x, y, vx, vy`` of the boids of ``own``, in the same order.  The
-    inputs are not modified.
+    ``own`` (n x 4) holds the cell's boids and ``others`` (m x 4, or ``None``
+    when there are none) every other boid they may see, one ``x, y, vx, vy``
+    row per boid.  ``params`` is :meth:`Physics.as_tuple`.  Every boid steers
+    by the boids within the visual range (measured across the wrapping
+    edges), excluding itself, and moves; its position wraps into
+    ``[0, width) x [0, height)``.  Returns the new ``x, y, vx, vy`` of the
+    boids of ``own`` (n x 4, same order).  The inputs are not modified.
+
+    The whole cell is computed at once with Matrix arithmetic on n x (n + m)
+    matrices of offsets and masks (a row per boid of the cell, a column per
+    boid it may see), which runs in any interpreter.
     """
     (
         width,
@@ -145,62 +149,82 @@ def step_cell(
         max_speed,
         dt,
     ) = params
-    visual2 = visual_range * visual_range
-    protected2 = protected_range * protected_range
-    half_w, half_h = width / 2.0, height / 2.0
-    everyone = list(own)
-    everyone.extend(others)
-    xs, ys = everyone[0::STRIDE], everyone[1::STRIDE]
-    vxs, vys = everyone[2::STRIDE], everyone[3::STRIDE]
-    count = len(own) // STRIDE
-    out = array("d", bytes(8 * STRIDE * count))
+    everyone = own if others is None else Matrix.concat([own, others])
+    count, total = own.rows, everyone.rows
+    x, y, vx, vy = own[:, 0], own[:, 1], own[:, 2], own[:, 3]  # n x 1 each
+    # Offsets from each boid of the cell (rows) to every boid (columns).
+    dx = wrap_offset(everyone[:, 0].T - x, width)
+    dy = wrap_offset(everyone[:, 1].T - y, height)
+    distance2 = dx * dx + dy * dy
+    itself = Matrix.zeros((count, total))  # a boid does not see itself
     for i in range(count):
-        x, y, vx, vy = xs[i], ys[i], vxs[i], vys[i]
-        close_x = close_y = 0.0
-        sum_dx = sum_dy = sum_vx = sum_vy = 0.0
-        seen = 0
-        for j, (ox, oy) in enumerate(zip(xs, ys, strict=True)):
-            if j == i:
-                continue
-            dx = ox - x
-            if dx > half_w:
-                dx -= width
-            elif dx < -half_w:
-                dx += width
-            if dx >= visual_range or dx <= -visual_range:
-                continue
-            dy = oy - y
-            if dy > half_h:
-                dy -= height
-            elif dy < -half_h:
-                dy += height
-            distance2 = dx * dx + dy * dy
-            if distance2 < protected2:
-                close_x -= dx
-                close_y -= dy
-            elif distance2 < visual2:
-                sum_dx += dx
-                sum_dy += dy
-                sum_vx += vxs[j]
-                sum_vy += vys[j]
-                seen += 1
-        if seen:
-            vx += (sum_dx / seen) * cohesion + (sum_vx / seen - vx) * alignment
-            vy += (sum_dy / seen) * cohesion + (sum_vy / seen - vy) * alignment
-        vx += close_x * separation
-        vy += close_y * separation
-        speed = math.hypot(vx, vy)
-        if speed > max_speed:
-            vx, vy = vx * max_speed / speed, vy * max_speed / speed
-        elif speed < min_speed:
-            if speed > 0.0:
-                vx, vy = vx * min_speed / speed, vy * min_speed / speed
-            else:
-                vx, vy = min_speed, 0.0
-        x = wrap(x + vx * dt, width)
-        y = wrap(y + vy * dt, height)
-        out[STRIDE * i : STRIDE * i + STRIDE] = array("d", (x, y, vx, vy))
-    return out
+        itself[i, i] = 1.0
+    near = Matrix.where(itself, 0.0, distance2.less(protected_range * protected_range))
+    # Seen: inside the visual range but not inside the protected one.
+    seen = Matrix.where(itself, 0.0, distance2.less(visual_range * visual_range))
+    seen = Matrix.where(near, 0.0, seen)
+    zeros = Matrix.zeros((count, total))
+    close_x = -Matrix.where(near, dx, 0.0).sum(axis=1)
+    close_y = -Matrix.where(near, dy, 0.0).sum(axis=1)
+    sum_dx = Matrix.where(seen, dx, 0.0).sum(axis=1)
+    sum_dy = Matrix.where(seen, dy, 0.0).sum(axis=1)
+    sum_vx = Matrix.where(seen, zeros + everyone[:, 2].T, 0.0).sum(axis=1)
+    sum_vy = Matrix.where(seen, zeros + everyone[:, 3].T, 0.0).sum(axis=1)
+    neighbours = seen.sum(axis=1)
+    any_seen = neighbours.greater(0.0)
+    neighbours = Matrix.where(any_seen, neighbours, 1.0)  # no division by zero
+    vx = vx + Matrix.where(
+        any_seen, (sum_dx / neighbours) * cohesion + (sum_vx / neighbours - vx) * alignment, 0.0
+    )
+    vy = vy + Matrix.where(
+        any_seen, (sum_dy / neighbours) * cohesion + (sum_vy / neighbours - vy) * alignment, 0.0
+    )
+    vx += close_x * separation
+    vy += close_y * separation
+    speed = (vx * vx + vy * vy).sqrt()
+    fast, slow, still = speed.greater(max_speed), speed.less(min_speed), speed.less_equal(0.0)
+    # Too fast: scale down to max_speed; too slow: up to min_speed (a boid
+    # standing still sets off along +x).  The unused branches may divide by
+    # zero; `where` discards them.
+    vx, vy = (
+        Matrix.where(
+            fast,
+            vx * max_speed / speed,
+            Matrix.where(slow, Matrix.where(still, min_speed, vx * min_speed / speed), vx),
+        ),
+        Matrix.where(
+            fast,
+            vy * max_speed / speed,
+            Matrix.where(slow, Matrix.where(still, 0.0, vy * min_speed / speed), vy),
+        ),
+    )
+    x = wrap_position(x + vx * dt, width)
+    y = wrap_position(y + vy * dt, height)
+    return Matrix.concat([x, y, vx, vy], axis=1)
+
+
+def wrap_offset(d: Matrix, size: float) -> Matrix:
+    """The offsets ``d`` taken the short way round a wrapping axis of length ``size``."""
+    half = size / 2.0
+    return Matrix.where(d.greater(half), d - size, Matrix.where(d.less(-half), d + size, d))
+
+
+def wrap_position(value: Matrix, size: float) -> Matrix:
+    """:func:`wrap` applied to every element of ``value`` (an n x 1 column of positions).
+
+    A boid moves less than the world's size per step, so each position is
+    at most one ``size`` outside ``[0, size)``: adding or subtracting
+    ``size`` once is what Python's ``%`` does for those values, and a sum
+    that rounds up to ``size`` becomes 0.  Anything further out (a speed
+    limit above the world's size) goes through :func:`wrap` one by one.
+    """
+    low, high = value.min(), value.max()
+    if not (low >= -size and high < 2.0 * size):
+        return Matrix(value.rows, 1, [wrap(value[i, 0], size) for i in range(value.rows)])
+    inside = Matrix.where(
+        value.less(0.0), value + size, Matrix.where(value.greater_equal(size), value - size, value)
+    )
+    return Matrix.where(inside.greater_equal(size), 0.0, inside)
 
 
 def wrap(value: float, size: float) -> float:
@@ -217,7 +241,7 @@ def toroidal_distance(ax: float, ay: float, bx: float, by: float, physics: Physi
 
 
 def compute_cell(
-    indices: array[int], own: array[float], others: array[float], params: tuple[float, ...]
+    indices: list[int], own: Matrix, others: Matrix | None, params: tuple[float, ...]
 ) -> Cown[CellResult]:
     """Schedule the physics of one cell on a worker; return its result cown.
 
@@ -227,9 +251,9 @@ def compute_cell(
 
     @when()
     def cell(
-        indices: array[int] = indices,
-        own: array[float] = own,
-        others: array[float] = others,
+        indices: list[int] = indices,
+        own: Matrix = own,
+        others: Matrix | None = others,
         params: tuple[float, ...] = params,
     ) -> CellResult:
         return indices, step_cell(own, others, params)
@@ -241,16 +265,18 @@ def compute_cell(
 
 
 class World:
-    """The global boid state; lives on the main thread inside a :class:`PinnedCown`.
+    """The write-backs' bookkeeping; lives on the main thread inside a :class:`PinnedCown`.
 
-    Only the pinned write-back behaviors modify it.  The renderer reads it
-    directly on the main thread between :func:`pump` calls, when no pinned
-    behavior is running.
+    It also aliases the global matrices (the same objects as the pinned
+    ``positions`` and ``velocities`` cowns hold), which only the pinned
+    write-back behaviors modify, while they hold those cowns too.  The
+    renderer reads them directly on the main thread between :func:`pump`
+    calls, when no pinned behavior is running.
     """
 
-    def __init__(self, positions: array[float], velocities: array[float]) -> None:
-        self.positions = positions  # x0, y0, x1, y1, ...
-        self.velocities = velocities  # vx0, vy0, vx1, vy1, ...
+    def __init__(self, positions: Matrix, velocities: Matrix) -> None:
+        self.positions = positions  # N x 2: x, y
+        self.velocities = velocities  # N x 2: vx, vy
         self.frames_written = 0  # frames whose write-back has completed
         self.cells_written = 0  # per-item dispatch: cells of the current frame so far
         self.boids_written = 0  # boids written back during the current frame
@@ -260,21 +286,19 @@ class World:
     @property
     def count(self) -> int:
         """The number of boids."""
-        return len(self.positions) // 2
+        return self.positions.rows
 
     def store(self, cell: Cown[CellResult]) -> None:
-        """Copy one cell's result (a result cown held by the caller) into the matrices."""
+        """Copy one cell's result (a result cown held by the caller) into the matrices.
+
+        The caller also holds the pinned cowns of the matrices.
+        """
         if cell.exception:
             self.errors.append(repr(cell.value))
             return
         indices, state = cell.value
-        positions, velocities = self.positions, self.velocities
-        for k, index in enumerate(indices):
-            base = STRIDE * k
-            positions[2 * index] = state[base]
-            positions[2 * index + 1] = state[base + 1]
-            velocities[2 * index] = state[base + 2]
-            velocities[2 * index + 1] = state[base + 3]
+        self.positions.put(indices, state[:, 0:2], axis=0)
+        self.velocities.put(indices, state[:, 2:4], axis=0)
         self.boids_written += len(indices)
 
     def finish_frame(self) -> None:
@@ -285,12 +309,17 @@ class World:
         self.frames_written += 1
 
 
-def write_back_frame(results: list[Cown[CellResult]], world: PinnedCown[World]) -> Cown[int]:
+def write_back_frame(
+    results: list[Cown[CellResult]],
+    positions: PinnedCown[Matrix],
+    velocities: PinnedCown[Matrix],
+    world: PinnedCown[World],
+) -> Cown[int]:
     """Coarse dispatch: one pinned behavior writes back every cell of the frame."""
 
-    @when(*results, world)
+    @when(*results, positions, velocities, world)
     def write_back(*args: Cown[Any]) -> int:
-        *cells, world = args
+        *cells, _positions, _velocities, world = args
         for cell in cells:
             world.value.store(cell)
         world.value.finish_frame()
@@ -301,7 +330,11 @@ def write_back_frame(results: list[Cown[CellResult]], world: PinnedCown[World]) 
 
 
 def write_back_cell(
-    result: Cown[CellResult], world: PinnedCown[World], cells_in_frame: int
+    result: Cown[CellResult],
+    positions: PinnedCown[Matrix],
+    velocities: PinnedCown[Matrix],
+    world: PinnedCown[World],
+    cells_in_frame: int,
 ) -> Cown[None]:
     """Per-item dispatch: one pinned behavior writes back one cell.
 
@@ -309,9 +342,13 @@ def write_back_cell(
     order they were scheduled; the last one completes the frame.
     """
 
-    @when(result, world)
+    @when(result, positions, velocities, world)
     def write_back(
-        cell: Cown[CellResult], world: Cown[World], cells_in_frame: int = cells_in_frame
+        cell: Cown[CellResult],
+        _positions: Cown[Matrix],
+        _velocities: Cown[Matrix],
+        world: Cown[World],
+        cells_in_frame: int = cells_in_frame,
     ) -> None:
         world.value.store(cell)
         world.value.cells_written += 1
@@ -341,9 +378,11 @@ class Config:
 class Simulation:
     """The main thread's side of the simulation: binning, scheduling, checks.
 
-    ``self.world`` and ``self.world_cown`` are the same :class:`World`: the
-    first is the renderer's alias, the second the pinned cown the write-back
-    behaviors acquire.
+    ``self.positions`` and ``self.positions_cown.value`` are the same Matrix
+    (and likewise for the velocities, and for ``self.world`` and
+    ``self.world_cown``): the first is the renderer's alias, the second the
+    pinned cown the write-back behaviors acquire.  A pinned cown's value
+    never moves, so the alias stays valid.
     """
 
     def __init__(self, config: Config, physics: Physics | None = None) -> None:
@@ -351,8 +390,8 @@ class Simulation:
         self.physics = physics or Physics()
         self.params = self.physics.as_tuple()
         rng = random.Random(config.seed)
-        positions = array("d")
-        velocities = array("d")
+        positions: list[float] = []
+        velocities: list[float] = []
         for _ in range(config.boids):
             positions.extend(
                 (rng.uniform(0, self.physics.width), rng.uniform(0, self.physics.height))
@@ -360,7 +399,11 @@ class Simulation:
             angle = rng.uniform(0.0, 2.0 * math.pi)
             speed = rng.uniform(self.physics.min_speed, self.physics.max_speed)
             velocities.extend((speed * math.cos(angle), speed * math.sin(angle)))
-        self.world = World(positions, velocities)
+        self.positions = Matrix(config.boids, 2, positions)
+        self.velocities = Matrix(config.boids, 2, velocities)
+        self.positions_cown = PinnedCown(self.positions)
+        self.velocities_cown = PinnedCown(self.velocities)
+        self.world = World(self.positions, self.velocities)
         self.world_cown = PinnedCown(self.world)
         self.cell_w = self.physics.width / config.cells
         self.cell_h = self.physics.height / config.cells
@@ -392,42 +435,39 @@ class Simulation:
         row = min(int(y / self.cell_h), n - 1)
         return row * n + col
 
-    def bin(self) -> tuple[list[array[int]], list[array[float]]]:
-        """Sort the boids into cells: per cell, their indices and packed states.
+    def bin(self) -> tuple[list[list[int]], list[Matrix | None]]:
+        """Sort the boids into cells: per cell, their indices and states (n x 4).
 
-        Main thread only, while no pinned behavior runs.
+        A cell without boids has no state matrix (``None``).  Main thread
+        only, while no pinned behavior runs.
         """
         total = self.config.cells * self.config.cells
-        indices: list[array[int]] = [array("l") for _ in range(total)]
-        states: list[array[float]] = [array("d") for _ in range(total)]
-        positions, velocities = self.world.positions, self.world.velocities
-        for index in range(self.world.count):
-            x, y = positions[2 * index], positions[2 * index + 1]
-            cell = self.cell_of(x, y)
-            indices[cell].append(index)
-            states[cell].extend((x, y, velocities[2 * index], velocities[2 * index + 1]))
+        indices: list[list[int]] = [[] for _ in range(total)]
+        for index, (x, y) in enumerate(rows_of(self.positions)):
+            indices[self.cell_of(x, y)].append(index)
+        both = Matrix.concat([self.positions, self.velocities], axis=1)  # N x 4
+        states = [both.take(members, axis=0) if members else None for members in indices]
         return indices, states
 
-    def neighbourhood(self, states: list[array[float]], cell: int) -> array[float]:
-        """The packed states of every boid in the cells next to ``cell``."""
-        others = array("d")
-        for neighbour in self.neighbours[cell]:
-            others.extend(states[neighbour])
-        return others
+    def neighbourhood(self, states: list[Matrix | None], cell: int) -> Matrix | None:
+        """The states of every boid in the cells next to ``cell`` (``None``: no boids)."""
+        found = [state for n in self.neighbours[cell] if (state := states[n]) is not None]
+        return Matrix.concat(found) if found else None
 
     def schedule_frame(self) -> None:
         """Schedule one frame: a worker behavior per non-empty cell, then the write-back."""
         indices, states = self.bin()
         results = [
-            compute_cell(indices[cell], states[cell], self.neighbourhood(states, cell), self.params)
-            for cell in range(len(indices))
-            if indices[cell]
+            compute_cell(members, state, self.neighbourhood(states, cell), self.params)
+            for cell, (members, state) in enumerate(zip(indices, states, strict=True))
+            if state is not None
         ]
+        pinned = (self.positions_cown, self.velocities_cown, self.world_cown)
         if self.config.dispatch == "coarse":
-            write_back_frame(results, self.world_cown)
+            write_back_frame(results, *pinned)
         else:
             for result in results:
-                write_back_cell(result, self.world_cown, len(results))
+                write_back_cell(result, *pinned, len(results))
         self.frames_scheduled += 1
         self.cells_scheduled += len(results)
 
@@ -436,22 +476,32 @@ class Simulation:
         """Whether the write-back of every scheduled frame has run."""
         return self.world.frames_written >= self.frames_scheduled
 
-    def reference_step(self) -> tuple[array[float], array[float]]:
+    def reference_step(self) -> tuple[Matrix, Matrix]:
         """One step of the same physics, computed sequentially on this thread.
 
         Returns the positions and velocities the next frame must produce.
         """
         indices, states = self.bin()
-        positions = array("d", self.world.positions)
-        velocities = array("d", self.world.velocities)
-        for cell, members in enumerate(indices):
-            if not members:
+        positions, velocities = self.positions.copy(), self.velocities.copy()
+        for cell, (members, own) in enumerate(zip(indices, states, strict=True)):
+            if own is None:
                 continue
-            state = step_cell(states[cell], self.neighbourhood(states, cell), self.params)
-            for k, index in enumerate(members):
-                positions[2 * index : 2 * index + 2] = state[STRIDE * k : STRIDE * k + 2]
-                velocities[2 * index : 2 * index + 2] = state[STRIDE * k + 2 : STRIDE * k + 4]
+            state = step_cell(own, self.neighbourhood(states, cell), self.params)
+            positions.put(members, state[:, 0:2], axis=0)
+            velocities.put(members, state[:, 2:4], axis=0)
         return positions, velocities
+
+
+def rows_of(m: Matrix) -> list[list[float]]:
+    """The rows of ``m`` as lists of floats (main thread: through the buffer protocol)."""
+    with memoryview(m) as view:
+        rows: Any = view.tolist()  # typeshed types tolist() as 1-D; this view is 2-D
+    return cast("list[list[float]]", rows)
+
+
+def same(a: Matrix, b: Matrix) -> bool:
+    """Whether two matrices hold exactly the same numbers (NaN never matches)."""
+    return a.shape == b.shape and rows_of(a) == rows_of(b)
 
 
 # ----------------------------------------------------------------- rendering
@@ -463,8 +513,8 @@ class FrameLog:
 
     drawn: list[int] = field(default_factory=list)  # boids drawn in each frame
     checksum: int = 0  # CRC-32 chained over every frame's pixels
-    first: array[float] | None = None  # positions in the first frame drawn
-    last: array[float] | None = None  # positions in the last frame drawn
+    first: Matrix | None = None  # positions in the first frame drawn
+    last: Matrix | None = None  # positions in the last frame drawn
 
 
 def in_bounds(x: float, y: float, physics: Physics) -> bool:
@@ -490,9 +540,7 @@ class FrameBuffer:
         pixels, size, physics = self.pixels, self.size, self.physics
         pixels[:] = bytes(len(pixels))
         drawn = 0
-        positions = world.positions
-        for index in range(world.count):
-            x, y = positions[2 * index], positions[2 * index + 1]
+        for x, y in rows_of(world.positions):
             if not in_bounds(x, y, physics):
                 continue
             col = int(x * size / physics.width)
@@ -508,8 +556,8 @@ def record(log: FrameLog, world: World, drawn: int, image: bytes | bytearray) ->
     log.drawn.append(drawn)
     log.checksum = zlib.crc32(image, log.checksum)
     if log.first is None:
-        log.first = array("d", world.positions)
-    log.last = array("d", world.positions)
+        log.first = world.positions.copy()
+    log.last = world.positions.copy()
 
 
 class PygletView:
@@ -543,12 +591,11 @@ class PygletView:
         self.shapes = []
         triangle = self.pyglet.shapes.Triangle
         digest = array("d")
-        positions, velocities = world.positions, world.velocities
-        for index in range(world.count):
-            x, y = positions[2 * index], positions[2 * index + 1]
+        for (x, y), (vx, vy) in zip(
+            rows_of(world.positions), rows_of(world.velocities), strict=True
+        ):
             if not in_bounds(x, y, self.physics):
                 continue
-            vx, vy = velocities[2 * index], velocities[2 * index + 1]
             speed = math.hypot(vx, vy) or 1.0
             ux, uy = vx / speed, vy / speed
             tip_x, tip_y = x + 7.0 * ux, y + 7.0 * uy
@@ -640,9 +687,9 @@ def run_headless(config: Config, physics: Physics | None = None) -> RunResult:
             pinned += pump_until(lambda: sim.frame_done, fd, FRAME_TIMEOUT)
             renderer.draw(sim.world)
             frame_times.append(time.perf_counter() - began)
-            if frame == 0 and (
-                sim.world.positions != expected_positions
-                or sim.world.velocities != expected_velocities
+            if frame == 0 and not (
+                same(sim.positions, expected_positions)
+                and same(sim.velocities, expected_velocities)
             ):
                 failures.append("frame 1 differs from the sequential computation")
     except TimeoutError as error:
@@ -659,7 +706,7 @@ def run_window(config: Config, pyglet: Any, view: PygletView) -> RunResult:
     then, if that frame's write-back has run, draws it and schedules the next.
     """
     sim = Simulation(config, view.physics)
-    expected = sim.reference_step()
+    expected_positions, expected_velocities = sim.reference_step()
     start(config.workers)
     failures: list[str] = []
     frame_times: list[float] = []
@@ -674,9 +721,9 @@ def run_window(config: Config, pyglet: Any, view: PygletView) -> RunResult:
         if sim.frames_scheduled:
             view.draw(sim.world)
             frame_times.append(time.perf_counter() - began[0])
-            if sim.frames_scheduled == 1 and expected != (
-                sim.world.positions,
-                sim.world.velocities,
+            if sim.frames_scheduled == 1 and not (
+                same(sim.positions, expected_positions)
+                and same(sim.velocities, expected_velocities)
             ):
                 failures.append("frame 1 differs from the sequential computation")
             if config.frames is not None and sim.frames_scheduled >= config.frames:
@@ -737,16 +784,13 @@ def finish(
     )
 
 
-def mean_displacement(first: array[float], last: array[float], physics: Physics) -> float:
+def mean_displacement(first: Matrix, last: Matrix, physics: Physics) -> float:
     """Mean distance, across the wrapping edges, between two snapshots of the positions."""
-    count = len(first) // 2
-    if not count:
-        return 0.0
     total = sum(
-        toroidal_distance(first[2 * i], first[2 * i + 1], last[2 * i], last[2 * i + 1], physics)
-        for i in range(count)
+        toroidal_distance(ax, ay, bx, by, physics)
+        for (ax, ay), (bx, by) in zip(rows_of(first), rows_of(last), strict=True)
     )
-    return total / count
+    return total / first.rows
 
 
 def load_pyglet() -> tuple[Any, str]:
