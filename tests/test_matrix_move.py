@@ -230,13 +230,13 @@ def test_returning_a_cowns_matrix_sends_a_copy(run_script, workers: int) -> None
 def test_captures_messages_and_the_noticeboard_copy(run_script) -> None:
     proc = run_script(
         """
-        from bocpy import (Cown, Matrix, notice_read, notice_write, receive, send,
+        from bocpy import (Cown, Matrix, notice_read, notice_seed, receive, send,
                            wait, when)
         from bocpy._core import _matrix_address
 
         m = Matrix.vector([1.0, 2.0])
         address = _matrix_address(m)
-        notice_write("m", m)
+        notice_seed("m", m)
         send("m", m)
         out = Cown(None)
 
