@@ -537,3 +537,27 @@ def test_whencall_and_when_accept_methods(run_script):
         "84",
         "79 0",
     ]
+
+
+def test_statements_below_the_start_never_run_in_workers(run_script):
+    # ``tag, got = receive(...)`` after wait() names only an import and
+    # literals, but its names do not exist when the image is built: workers
+    # must not run it (each would take a message meant for the main thread).
+    proc = run_script(
+        """
+        from bocpy import Cown, receive, send, wait, when
+
+        send("m", "for main")
+        c = Cown(0)
+
+        @when(c)
+        def step(c):
+            c.value += 1
+
+        wait()
+        tag, got = receive("m", 5)
+        print(tag, got)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["m", "for", "main"]

@@ -414,8 +414,14 @@ class _Builder:
 
         items: list[_Item] = []
         unbindable = [n for n in names if not self._bindable(n)]
+        # Only a value that exists in the main module (and cannot be sent)
+        # is re-created by re-running its assignment.  A name the script has
+        # not assigned yet -- a statement below the point where the image is
+        # built, such as ``tag, got = receive(...)`` after ``wait()`` --
+        # must not run in workers: its call would happen once per worker.
         rerun = (
             unbindable
+            and all(n in self.namespace for n in unbindable)
             and plain
             and not _PROTECTED_NAMES.intersection(names)
             and not isinstance(node, ast.AugAssign)
