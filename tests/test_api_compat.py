@@ -25,6 +25,7 @@ import collections.abc
 import importlib.metadata
 import inspect
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -471,8 +472,15 @@ def test_version_is_pep_440_from_the_package_metadata():
     assert PEP440.match(bocpy.__version__), bocpy.__version__
 
 
-def test_version_without_metadata_falls_back_with_a_runtime_warning():
-    """A source tree on PYTHONPATH and no installed metadata (``python -S``)."""
+def test_version_without_metadata_falls_back_with_a_runtime_warning(tmp_path):
+    """A source tree on PYTHONPATH and no installed metadata (``python -S``).
+
+    The package is copied on its own into an empty folder: ``src/`` itself
+    may hold a ``bocpy.egg-info`` left by a build, which is metadata.
+    """
+    shutil.copytree(
+        SRC / "bocpy", tmp_path / "bocpy", ignore=shutil.ignore_patterns("__pycache__")
+    )
     script = (
         "import warnings\n"
         "warnings.simplefilter('always')\n"
@@ -482,10 +490,12 @@ def test_version_without_metadata_falls_back_with_a_runtime_warning():
         "print(version)\n"
         "print([str(w.category.__name__) + ': ' + str(w.message) for w in caught])\n"
     )
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-S", "-c", script],
-        cwd=SRC.parent,
-        env=subprocess_env(),
+        cwd=tmp_path,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
