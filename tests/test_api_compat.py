@@ -478,9 +478,7 @@ def test_version_without_metadata_falls_back_with_a_runtime_warning(tmp_path):
     The package is copied on its own into an empty folder: ``src/`` itself
     may hold a ``bocpy.egg-info`` left by a build, which is metadata.
     """
-    shutil.copytree(
-        SRC / "bocpy", tmp_path / "bocpy", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    shutil.copytree(SRC / "bocpy", tmp_path / "bocpy", ignore=shutil.ignore_patterns("__pycache__"))
     script = (
         "import warnings\n"
         "warnings.simplefilter('always')\n"
