@@ -243,10 +243,32 @@ long bocpy_main_holds(void);
 /* ----------------------------------------------------------------- workers */
 
 extern const boc_runtime_ops bocpy_runtime_ops;
-/* The runtime behaviors are scheduled on; NULL when none is running. */
+/* The runtime behaviors are scheduled on; NULL when none is running.  Only
+ * safe to use without a pin on a worker thread inside a behavior (its
+ * behavior keeps the runtime alive); everyone else pins (runtime.c). */
 boc_runtime *bocpy_runtime(void);
-/* Starts the default runtime from the main interpreter if none runs. */
-int bocpy_ensure_runtime(bocpy_state *st);
+/* How bocpy_runtime_pin treats a runtime that is not RUNNING:
+ *   SCHEDULE  wait while it starts or stops; start one when none runs
+ *             (main interpreter) -- the runtime a behavior is scheduled on
+ *   QUIESCE   wait while it starts or stops; NULL (no exception) when none
+ *   PEEK      never wait; NULL (no exception) unless running or draining */
+typedef enum bocpy_pin_mode {
+    BOCPY_PIN_SCHEDULE,
+    BOCPY_PIN_QUIESCE,
+    BOCPY_PIN_PEEK,
+} bocpy_pin_mode;
+/* The current runtime, kept alive (not freed, not stopped) until
+ * bocpy_runtime_unpin(*pinned).  NULL with an exception on error (SCHEDULE:
+ * always an error; the others: only when an exception is set).  GIL held. */
+boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinned);
+void bocpy_runtime_unpin(bool pinned);
+/* Worker count and live behaviors of the current runtime, read safely from
+ * any thread; false (zeros) when none runs. */
+bool bocpy_runtime_snapshot(unsigned *workers, uint64_t *live);
+/* The first error a starting worker reported (worker.c): written by any
+ * worker thread, read by the starter once boc_runtime_start returned. */
+void bocpy_start_error_reset(void);
+void bocpy_start_error_get(char *buf, size_t size);
 /* What running a behavior on the main thread reports back to pump(). */
 typedef struct bocpy_outcome {
     bool body_raised;      /* the body raised; the exception is on the result cown */

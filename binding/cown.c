@@ -593,12 +593,13 @@ static int check_main_quiescent(bocpy_state *st, const char *what) {
                      what);
         return -1;
     }
-    boc_runtime *rt = bocpy_runtime();
-    if (rt != NULL && boc_runtime_live(rt) > 0) {
+    unsigned workers;
+    uint64_t live;
+    if (bocpy_runtime_snapshot(&workers, &live) && live > 0) {
         PyErr_Format(PyExc_RuntimeError,
                      "Cown.%s() while %llu behaviors are still in flight; call "
                      "bocpy.wait() or bocpy.quiesce() first",
-                     what, (unsigned long long)boc_runtime_live(rt));
+                     what, (unsigned long long)live);
         return -1;
     }
     return 0;

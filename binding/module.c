@@ -9,7 +9,7 @@
 
 PyObject *bocpy_start(bocpy_state *st, PyObject *count, PyObject *header, PyObject *values);
 PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop);
-PyObject *bocpy_cancel(void);
+PyObject *bocpy_cancel(bocpy_state *st);
 PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline, PyObject *max_behaviors,
                      int raise_on_error);
 PyObject *bocpy_wake_fd(void);
@@ -88,7 +88,7 @@ static PyObject *core_wait(PyObject *module, PyObject *const *args, Py_ssize_t n
 static PyObject *core_cancel(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
-    return bocpy_cancel();
+    return bocpy_cancel(bocpy_state_of_module(module));
 }
 
 static PyObject *core_rebuild_cown(PyObject *module, PyObject *arg) {
@@ -178,12 +178,11 @@ static PyObject *core_is_transferable(PyObject *module, PyObject *obj) {
 static PyObject *core_runtime_info(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
-    boc_runtime *rt = bocpy_runtime();
-    if (rt == NULL) {
-        return Py_BuildValue("(OII)", Py_False, 0u, 0u);
-    }
-    return Py_BuildValue("(OIK)", Py_True, boc_runtime_worker_count(rt),
-                         (unsigned long long)boc_runtime_live(rt));
+    unsigned workers;
+    uint64_t live;
+    bool running = bocpy_runtime_snapshot(&workers, &live);
+    return Py_BuildValue("(OIK)", running ? Py_True : Py_False, workers,
+                         (unsigned long long)live);
 }
 
 static PyObject *core_close_pool(PyObject *module, PyObject *unused) {

@@ -145,7 +145,9 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
      * non-blocking read, and any cleverer "only if armed" flag races with a
      * writer between its write and its flag and leaves the fd readable. */
     fd_clear(public_wake_fd);
-    boc_runtime *rt = bocpy_runtime();
+    /* Pinned: another thread's wait() cannot free it while we pop. */
+    bool pinned;
+    boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     if (rt == NULL) {
         return 0;
     }
@@ -156,6 +158,7 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
     int expected = 0;
     if (!atomic_compare_exchange_strong_explicit(&pumpers, &expected, 1, memory_order_acquire,
                                                  memory_order_relaxed)) {
+        bocpy_runtime_unpin(pinned);
 #ifdef Py_GIL_DISABLED
         PyErr_SetString(PyExc_RuntimeError,
                         "another thread is already running bocpy.pump(); only one thread at a "
@@ -210,6 +213,7 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
     /* release: the next pumper sees this one's pops complete.  Cleared on
      * every exit path, BaseException propagation included. */
     atomic_store_explicit(&pumpers, 0, memory_order_release);
+    bocpy_runtime_unpin(pinned);
     if (raise != NULL) {
         PyErr_SetRaisedException(raise);
         return -1;

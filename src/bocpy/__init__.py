@@ -109,22 +109,33 @@ def whencall(
     return _core.whencall(func, args, captures)
 
 
+_start_lock = threading.Lock()
+
+
 def start(worker_count: int | None = None) -> None:
     """Start the worker pool; the first ``@when`` does this implicitly.
 
     Idempotent: starting a running runtime with the same worker count does
-    nothing.  ``worker_count`` defaults to ``WORKER_COUNT``.
+    nothing.  ``worker_count`` defaults to ``WORKER_COUNT``.  Safe to call
+    from any thread of the main interpreter, also while another thread
+    starts or stops the runtime: exactly one runtime results.
     """
     if worker_count is None:
         worker_count = WORKER_COUNT
-    if _core._runtime_info()[0]:
-        _core.start(worker_count, None, [])  # checks the count only
+    # The binding decides, under its lifecycle lock: True when a runtime with
+    # this many workers runs (after waiting out one that starts or stops),
+    # False when none runs and it needs the bootstrap to start one.
+    if _core.start(worker_count, None, []):
         return
     from . import _worker
 
-    header, values = _worker.build_bootstrap()
-    _core.start(worker_count, header, values)
-    _worker.refresh_main()
+    # One bootstrap at a time: building it resets what refresh_main knows.
+    with _start_lock:
+        if _core.start(worker_count, None, []):
+            return
+        header, values = _worker.build_bootstrap()
+        _core.start(worker_count, header, values)
+        _worker.refresh_main()
 
 
 class WaitResult(NamedTuple):
