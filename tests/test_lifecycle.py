@@ -1,0 +1,328 @@
+"""The runtime's lifecycle under threads (issue 12): starting, stopping and
+scheduling from any thread at any time, and the error paths around them.
+
+Each test runs a small user script in a subprocess, as a user would; the
+racy ones run it several times (or loop inside it), since one clean run of
+a race proves little.  ``tests/test_stress.py`` mixes all of this at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+#: Runs of each racy script.  Each run loops over the race many times.
+RUNS = 3
+
+
+def _ok(proc, expected: str) -> None:
+    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
+    assert proc.stdout.strip() == expected, proc.stdout + proc.stderr
+
+
+def test_scheduling_thread_while_main_waits_in_a_loop(run_script):
+    """Item 1: another thread schedules while the main thread calls wait() in
+    a loop; every behavior runs exactly once and nothing crashes."""
+    source = """
+        import threading
+        from bocpy import Cown, when, wait
+
+        c = Cown(0)
+        N = 4000
+
+        def producer():
+            for i in range(N):
+                @when(c)
+                def inc(c, payload=[i] * 8):   # captures: pickled while scheduling
+                    c.value += 1
+
+        t = threading.Thread(target=producer)
+        t.start()
+        while t.is_alive():
+            wait()
+        t.join()
+        wait()
+        with c:
+            print(c.value)
+    """
+    for _ in range(RUNS):
+        _ok(run_script(source), "4000")
+
+
+def test_metrics_thread_reads_while_main_waits(run_script):
+    """Item 1, "metrics thread" variant: a thread that schedules and one that
+    keeps asking for the runtime's state, while the main thread waits."""
+    source = """
+        import threading
+        from bocpy import Cown, when, wait, _core
+
+        c = Cown(0)
+        done = threading.Event()
+
+        def producer():
+            for _ in range(3000):
+                @when(c)
+                def inc(c):
+                    c.value += 1
+            done.set()
+
+        def metrics():
+            while not done.is_set():
+                running, workers, live = _core._runtime_info()
+                assert live >= 0 and (running or workers == 0)
+
+        threads = [threading.Thread(target=producer), threading.Thread(target=metrics)]
+        for t in threads:
+            t.start()
+        while not done.is_set():
+            wait()
+        for t in threads:
+            t.join()
+        wait()
+        with c:
+            print(c.value)
+    """
+    for _ in range(RUNS):
+        _ok(run_script(source), "3000")
+
+
+def test_threads_starting_at_once_make_one_runtime(run_script):
+    """Item 2: several threads call start() (and schedule) at once; exactly
+    one runtime results, so wait() finds every behavior and the worker pool
+    can be closed afterwards (orphaned workers would refuse it)."""
+    source = """
+        import threading
+        import bocpy
+        from bocpy import Cown, when, wait, _core
+
+        for round in range(30):
+            c = Cown(0)
+            barrier = threading.Barrier(4)
+
+            def go():
+                barrier.wait()
+                bocpy.start(2)
+                for _ in range(50):
+                    @when(c)
+                    def inc(c):
+                        c.value += 1
+
+            threads = [threading.Thread(target=go) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            stats = wait(stats=True)
+            assert len(stats) == 2, stats
+            assert sum(s["behaviors_run"] for s in stats) == 200, stats
+            with c:
+                assert c.value == 200, c.value
+            _core._close_pool()
+        print("ok")
+    """
+    _ok(run_script(source), "ok")
+
+
+def test_behaviors_scheduled_on_a_stopping_runtime_are_not_lost(run_script):
+    """Item 3: captures are pickled while wait() stops the runtime on the main
+    thread; the behavior lands on a live runtime (this one or the next),
+    never on a freed one, and none is lost: every cown ends free."""
+    source = """
+        import threading
+        from bocpy import Cown, when, wait
+
+        class Slow:
+            # Pickling this capture lets other threads run in the middle of
+            # scheduling: exactly the window wait() used to free the runtime in.
+            def __reduce__(self):
+                import time
+                time.sleep(0)
+                return (Slow, ())
+
+        cowns = [Cown(0) for _ in range(8)]
+        stop = threading.Event()
+
+        def producer(k):
+            n = 0
+            while not stop.is_set():
+                @when(cowns[(k + n) % len(cowns)])
+                def inc(c, slow=Slow()):
+                    c.value += 1
+                n += 1
+            counts.append(n)
+
+        counts = []
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for _ in range(200):
+            wait()
+        stop.set()
+        for t in threads:
+            t.join()
+        wait()
+        total = 0
+        for c in cowns:
+            with c:        # a lost behavior would leave its cown busy
+                total += c.value
+        assert total == sum(counts), (total, counts)
+        print("ok")
+    """
+    for _ in range(RUNS):
+        _ok(run_script(source), "ok")
+
+
+def test_thread_started_inside_a_behavior_schedules(run_script):
+    """Item 3, from a thread a behavior started: it schedules while the main
+    thread waits; the behavior runs (the worker joins its threads before the
+    runtime stops) or, once the runtime is past its last behavior, is refused
+    with an error that says why -- never scheduled on a freed runtime."""
+    source = """
+        from bocpy import Cown, when, wait
+
+        results = Cown([])
+
+        for round in range(40):
+            c = Cown(0)
+
+            @when(c)
+            def spawn(c):
+                import threading
+                from bocpy import when as inner_when
+
+                def later():
+                    @inner_when(c)
+                    def bump(c):
+                        c.value += 1
+
+                c.value = 1
+                threading.Thread(target=later).start()
+
+            wait()
+            with c:
+                assert c.value == 2, c.value
+        print("ok")
+    """
+    _ok(run_script(source), "ok")
+
+
+def test_wait_with_a_held_cown_never_hangs(run_script):
+    """Item 14: wait()'s "main thread holds a cown" check raced with another
+    thread scheduling on that cown (then wait() blocked forever).  Now a
+    scheduler either waits for the next runtime (wait) or the check, made
+    on every slice, raises (quiesce)."""
+    source = """
+        import threading
+        import bocpy
+        from bocpy import Cown, when, wait, quiesce
+
+        x = Cown(0)
+        refused = 0
+        for round in range(30):
+            bocpy.start()
+            x.acquire()
+            ready = threading.Event()
+
+            def schedule_on_held():
+                ready.set()
+                @when(x)
+                def bump(x):
+                    x.value += 1
+
+            t = threading.Thread(target=schedule_on_held)
+            t.start()
+            ready.wait()
+            try:
+                quiesce(timeout=30)
+            except RuntimeError as err:
+                assert "holds acquired cowns" in str(err), err
+                refused += 1
+            t.join()
+            try:
+                quiesce(timeout=30)
+            except RuntimeError:
+                refused += 1
+            x.release()
+            wait()
+        with x:
+            assert x.value == 30, x.value
+        print("ok", refused > 0)
+    """
+    _ok(run_script(source), "ok True")
+
+
+def test_registry_grows_under_concurrent_registration(run_script):
+    """Item 5: more than 1,024 distinct behavior codes registered from several
+    threads while workers look codes up (the registry's directory used to be
+    reallocated under lock-free readers: a use-after-free under ASan)."""
+    source = """
+        import threading
+        from bocpy import Cown, when, wait
+
+        c = Cown(0)
+        PER_THREAD = 700
+
+        def producer(k):
+            for i in range(PER_THREAD):
+                namespace = {"__name__": __name__}
+                # A distinct constant makes distinct code: one registry entry each.
+                exec(f"def f(c):\\n    c.value += {k * PER_THREAD + i} * 0 + 1", namespace)
+                when(c)(namespace["f"])
+
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait()
+        with c:
+            print(c.value)
+    """
+    _ok(run_script(source, timeout=240), "2100")
+
+
+@pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="needs CPython")
+def test_out_of_memory_while_capturing_is_a_memory_error(run_script):
+    """Item 12: an allocation failure while snapshotting captures raised
+    nothing but returned a value with an exception set (SystemError), and the
+    behavior was scheduled without its closure.  Every allocation in turn
+    is made to fail: each @when either schedules or raises MemoryError."""
+    source = """
+        import _testcapi
+        from bocpy import Cown, when, wait, whencall
+
+        def make(k):
+            def body(c, extra, default=[k]):
+                c.value += 1 if default[0] == k and extra == 0 else 1000
+            return body
+
+        import bocpy
+
+        c = Cown(0)
+        bocpy.start()
+        # Held here, so that no worker runs (and allocates) while the
+        # allocator is made to fail: every failure is this thread's.
+        c.acquire()
+        scheduled = failed = 0
+        for n in range(1, 120):
+            func = make(n)
+            _testcapi.set_nomemory(n, n + 1)
+            try:
+                whencall(func, [c], [0])
+                outcome = "scheduled"
+            except MemoryError:
+                outcome = "memory"
+            finally:
+                _testcapi.remove_mem_hooks()
+            if outcome == "scheduled":
+                scheduled += 1
+            else:
+                failed += 1
+        c.release()
+        wait()
+        with c:
+            assert c.value == scheduled, (c.value, scheduled)
+        print("ok", failed > 0)
+    """
+    _ok(run_script(source), "ok True")
