@@ -265,6 +265,10 @@ void bocpy_runtime_unpin(bool pinned);
 /* Worker count and live behaviors of the current runtime, read safely from
  * any thread; false (zeros) when none runs. */
 bool bocpy_runtime_snapshot(unsigned *workers, uint64_t *live);
+/* Refuses os.fork() (through an audit hook) while worker interpreters run:
+ * CPython aborts a forked child of a process with live sub-interpreters.
+ * Main interpreter, once per process. */
+int bocpy_fork_guard_install(void);
 /* The first error a starting worker reported (worker.c): written by any
  * worker thread, read by the starter once boc_runtime_start returned. */
 void bocpy_start_error_reset(void);

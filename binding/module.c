@@ -414,7 +414,7 @@ static int core_exec(PyObject *module) {
     if (st->pinned_type == NULL || PyModule_AddType(module, st->pinned_type) < 0) {
         return -1;
     }
-    if (st->interp->is_main && bocpy_pinned_init_fds() < 0) {
+    if (st->interp->is_main && (bocpy_pinned_init_fds() < 0 || bocpy_fork_guard_install() < 0)) {
         return -1;
     }
     st->board_view_type = (PyTypeObject *)bocpy_board_view_type_create(module);

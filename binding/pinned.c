@@ -30,6 +30,7 @@
 #include "bocpy.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
@@ -104,6 +105,30 @@ void bocpy_quiescent_hook(void *user) {
     fd_signal(internal_wake_fd);
 }
 
+/* A forked child would share the parent's eventfds (one kernel object
+ * behind both descriptors): its pump() would swallow the parent's wake-ups
+ * and the other way round.  In the child, each is replaced by a fresh
+ * eventfd under the same number, so that whatever the child's code already
+ * holds (an event loop's add_reader on wake_fd()) keeps working on its own
+ * counter.  Runs in the child right after fork(): system calls only. */
+static void renew_fd(int fd) {
+    if (fd < 0) {
+        return;
+    }
+    int fresh = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fresh < 0) {
+        return; /* keep the shared one: wake-ups may be lost, nothing breaks */
+    }
+    /* dup3 keeps O_NONBLOCK (a file status flag) and sets close-on-exec. */
+    (void)dup3(fresh, fd, O_CLOEXEC);
+    close(fresh);
+}
+
+static void renew_fds_in_child(void) {
+    renew_fd(public_wake_fd);
+    renew_fd(internal_wake_fd);
+}
+
 int bocpy_pinned_init_fds(void) {
     if (public_wake_fd >= 0) {
         return 0;
@@ -111,6 +136,12 @@ int bocpy_pinned_init_fds(void) {
     public_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     internal_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (public_wake_fd < 0 || internal_wake_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int rc = pthread_atfork(NULL, NULL, renew_fds_in_child);
+    if (rc != 0) {
+        errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }

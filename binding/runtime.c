@@ -761,3 +761,47 @@ PyObject *bocpy_cancel(bocpy_state *st) {
     bocpy_runtime_unpin(pinned);
     Py_RETURN_NONE;
 }
+
+/* ------------------------------------------------------------------- fork */
+
+/* An audit hook (PEP 578): os.fork() audits "os.fork" before it forks, and
+ * fails if a hook fails.  CPython aborts a child forked while other
+ * interpreters have threads in them ("PyThreadState_Get: ... the GIL is
+ * released"), and multiprocessing's fork start method answers a dead child
+ * by forking the next one, endlessly.  So a fork while any worker exists
+ * fails here, in the parent, once, saying what to do instead.  (With no
+ * workers, bocpy/__init__.py's before-fork hook ends the idle worker
+ * interpreters kept for the next run, and the child is usable.)  Called for
+ * every audited event in every interpreter: it only compares a string
+ * unless the event is a fork. */
+static int fork_guard(const char *event, PyObject *args, void *user) {
+    (void)args;
+    (void)user;
+    if (strcmp(event, "os.fork") != 0 && strcmp(event, "os.forkpty") != 0) {
+        return 0;
+    }
+    lc_lock_acquire();
+    bool stopped = lc_state == LC_STOPPED;
+    pthread_mutex_unlock(&lc_lock);
+    if (stopped && bocpy_workers_alive() == 0) {
+        return 0;
+    }
+    PyErr_SetString(PyExc_RuntimeError,
+                    "cannot fork while the bocpy runtime is running: CPython aborts a child "
+                    "forked from a process whose worker interpreters are alive. Call "
+                    "bocpy.wait() before forking, or use the 'spawn' or 'forkserver' start "
+                    "method of multiprocessing (multiprocessing.get_context('spawn'))");
+    return -1;
+}
+
+int bocpy_fork_guard_install(void) {
+    static bool installed; /* main interpreter, GIL held */
+    if (installed) {
+        return 0;
+    }
+    if (PySys_AddAuditHook(fork_guard, NULL) < 0) {
+        return -1;
+    }
+    installed = true;
+    return 0;
+}
