@@ -81,6 +81,9 @@ struct bocpy_interp {
      * that shutting down can interrupt a long body, see bocpy_cancel). */
     unsigned long thread_ident;
     atomic_bool in_body;
+    /* The registry id of the body running while in_body (to name behaviors
+     * abandoned at exit). */
+    _Atomic int64_t running_code;
     bocpy_interp_stats stats;
     bocpy_interp *next_record;
     /* pool.c: the next interpreter in the pool, and (CPython 3.12 only) the
@@ -233,6 +236,12 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
 PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* A function for registry `id` with the given defaults and closure snapshot
  * (each may be None), built in the calling interpreter. */
+/* "module.qualname" of the code with registry `id`, or NULL with an
+ * exception. */
+PyObject *bocpy_registry_name(bocpy_state *st, int64_t id);
+/* The behaviors whose bodies run on workers right now, as "worker N:
+ * name" strings (main interpreter; an empty list when none runs). */
+PyObject *bocpy_running_behaviors(bocpy_state *st);
 /* Code objects registered so far (process-wide). */
 size_t bocpy_registry_size(void);
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,

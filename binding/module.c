@@ -185,6 +185,11 @@ static PyObject *core_runtime_info(PyObject *module, PyObject *unused) {
                          (unsigned long long)live);
 }
 
+static PyObject *core_running(PyObject *module, PyObject *unused) {
+    (void)unused;
+    return bocpy_running_behaviors(bocpy_state_of_module(module));
+}
+
 static PyObject *core_close_pool(PyObject *module, PyObject *unused) {
     (void)unused;
     return bocpy_close_pool(bocpy_state_of_module(module));
@@ -387,6 +392,7 @@ static PyMethodDef core_methods[] = {
     {"_is_transferable", core_is_transferable, METH_O, NULL},
     {"_runtime_info", core_runtime_info, METH_NOARGS, NULL},
     {"_close_pool", core_close_pool, METH_NOARGS, NULL},
+    {"_running", core_running, METH_NOARGS, NULL},
     {"_pool_size", core_pool_size, METH_NOARGS, NULL},
     {"_registry_size", core_registry_size, METH_NOARGS, NULL},
     {"_forget_code", core_forget_code, METH_NOARGS, NULL},

@@ -396,3 +396,23 @@ fail:
     Py_DECREF(func);
     return NULL;
 }
+
+PyObject *bocpy_registry_name(bocpy_state *st, int64_t id) {
+    /* acquire pairs with registry_intern's release of the length. */
+    if (id < 0 || (size_t)id >= atomic_load_explicit(&registry_len, memory_order_acquire)) {
+        PyErr_Format(PyExc_ValueError, "unknown behavior code id %lld", (long long)id);
+        return NULL;
+    }
+    registry_entry *e = registry_get(id);
+    PyObject *bytes = PyBytes_FromStringAndSize(e->code, (Py_ssize_t)e->code_size);
+    PyObject *code = bytes ? PyObject_CallOneArg(st->marshal_loads, bytes) : NULL;
+    Py_XDECREF(bytes);
+    PyObject *qualname = code ? PyObject_GetAttrString(code, "co_qualname") : NULL;
+    Py_XDECREF(code);
+    if (qualname == NULL) {
+        return NULL;
+    }
+    PyObject *name = PyUnicode_FromFormat("%s.%U", e->module, qualname);
+    Py_DECREF(qualname);
+    return name;
+}

@@ -762,6 +762,35 @@ PyObject *bocpy_cancel(bocpy_state *st) {
     Py_RETURN_NONE;
 }
 
+PyObject *bocpy_running_behaviors(bocpy_state *st) {
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    /* The pin keeps worker_records alive while we look at them. */
+    bool pinned;
+    boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
+    for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
+        bocpy_interp *rec = worker_records[i];
+        if (rec == NULL || !atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+            continue;
+        }
+        /* relaxed: a name for a report; a body that just ended is harmless. */
+        int64_t id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
+        PyObject *name = bocpy_registry_name(st, id);
+        PyObject *entry = name ? PyUnicode_FromFormat("worker %u: %U", i, name) : NULL;
+        Py_XDECREF(name);
+        if (entry == NULL || PyList_Append(list, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(entry);
+    }
+    bocpy_runtime_unpin(pinned);
+    return list;
+}
+
 /* ------------------------------------------------------------------- fork */
 
 /* An audit hook (PEP 578): os.fork() audits "os.fork" before it forks, and

@@ -220,6 +220,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     for (Py_ssize_t i = 0; i < nextra; i++, built++) {
         argv[built] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
     }
+    atomic_store_explicit(&here->running_code, p->code_id, memory_order_relaxed);
     atomic_store_explicit(&here->in_body, true, memory_order_relaxed);
     result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
     atomic_store_explicit(&here->in_body, false, memory_order_relaxed);

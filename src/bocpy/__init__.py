@@ -23,9 +23,11 @@ that gives it its Python shape.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -154,6 +156,17 @@ def _finish(
     return stats_list if stats else None
 
 
+def _waited(timeout: float | None, stop: bool) -> list[dict[str, int]]:
+    global _timed_out
+    try:
+        stats_list = _core.wait(timeout, stop)
+    except TimeoutError:
+        _timed_out = True
+        raise
+    _timed_out = False
+    return stats_list
+
+
 def wait(
     timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
 ) -> Any:
@@ -172,7 +185,7 @@ def wait(
     with ``noticeboard=True`` the final noticeboard as a dict; with both a
     ``WaitResult(stats, noticeboard)``.
     """
-    return _finish(_core.wait(timeout, True), stats, noticeboard)
+    return _finish(_waited(timeout, True), stats, noticeboard)
 
 
 def quiesce(
@@ -183,7 +196,7 @@ def quiesce(
     Afterwards every cown can be acquired on the main thread.  Raises
     ``TimeoutError`` on timeout.  Returns as :func:`wait` does.
     """
-    return _finish(_core.wait(timeout, False), stats, noticeboard)
+    return _finish(_waited(timeout, False), stats, noticeboard)
 
 
 def notice_seed(key: str, value: Any) -> None:
@@ -260,6 +273,18 @@ def set_pump_watchdog(
 # --------------------------------------------------------------- process exit
 
 _crashed = False
+#: A wait()/quiesce() timed out and no later one finished: the program was
+#: told that work is stuck, so exit gives it a few seconds, not forever.
+_timed_out = False
+#: After an uncaught exception or Ctrl-C, how long running bodies get to
+#: finish (they are interrupted at their next bytecode) before the process
+#: exits without them.  A body blocked in C (a sleep) cannot be interrupted.
+_EXIT_GRACE_SECONDS = 0.5
+#: After a timed-out wait(): how long exit waits for the work before it
+#: interrupts it.
+_EXIT_AFTER_TIMEOUT_SECONDS = 3.0
+
+_log = logging.getLogger("bocpy")
 
 
 def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -271,31 +296,77 @@ def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
     return excepthook
 
 
+def _exit_now(status: int) -> None:
+    """End the process at once: workers still run in their interpreters,
+    which CPython cannot finalise around."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing left to save
+            pass
+    os._exit(status)
+
+
+def _abandon(why: str, status: int) -> None:
+    """Stop the runtime's work at exit, report what did not finish, exit."""
+    running = _core._running()
+    live = _core._runtime_info()[2]
+    _core._cancel()  # queued behaviors get an exception; bodies are interrupted
+    try:
+        _core.wait(_EXIT_GRACE_SECONDS, True)
+        finished = True
+    except BaseException:  # TimeoutError, or a second Ctrl-C
+        finished = False
+    names = ", ".join(running) if running else "none"
+    if finished:
+        _log.error(
+            "%s: %d behavior(s) did not finish and were dropped or interrupted at exit "
+            "(running then: %s)",
+            why,
+            live,
+            names,
+        )
+        if status:
+            _exit_now(status)
+        return
+    _log.error(
+        "%s: %d behavior(s) were abandoned at exit; still running: %s",
+        why,
+        _core._runtime_info()[2],
+        ", ".join(_core._running()) or names,
+    )
+    _exit_now(status or 1)
+
+
 def _at_exit() -> None:
     """Finish scheduled work when a script ends; stop promptly when it died.
 
     A script that ends normally without calling ``wait()`` still runs its
-    behaviors.  One that ends on an uncaught exception (Ctrl-C included)
-    only lets running bodies finish: queued behaviors are dropped, with an
-    exception on their result cowns, and if a body does not finish within a
-    few seconds the process exits anyway.
+    behaviors, for as long as they take (Ctrl-C stops that).  After an
+    uncaught exception (Ctrl-C included), a Ctrl-C while exit waits, or
+    once a ``wait()`` has timed out and the work still does not finish
+    within a few seconds, queued behaviors are dropped (with an exception
+    on their result cowns), running bodies are interrupted and get
+    ``_EXIT_GRACE_SECONDS`` to end, what did not finish is reported through
+    the ``bocpy`` logger, and the process exits with a non-zero status.
     """
     if not _core._runtime_info()[0]:
         return
+    if _crashed:
+        # The traceback is already printed; Python exits with status 1.
+        _abandon("bocpy: the program ended with an uncaught exception", 0)
+        return
     try:
-        if not _crashed:
+        if _timed_out:
+            _core.wait(_EXIT_AFTER_TIMEOUT_SECONDS, True)
+        else:
             _core.wait(None, True)
-            return
+        return
     except KeyboardInterrupt:
-        pass
-    _core._cancel()
-    try:
-        _core.wait(5.0, True)
-    except BaseException:
-        sys.stdout.flush()
-        sys.stderr.write("bocpy: behaviors still running at exit; exiting without them\n")
-        sys.stderr.flush()
-        os._exit(1)
+        traceback.print_exc()
+        _abandon("bocpy: interrupted while exit waited for behaviors", 130)
+    except TimeoutError:
+        _abandon("bocpy: a wait() timed out earlier and the work did not finish", 1)
 
 
 def _close_pool_at_exit() -> None:
