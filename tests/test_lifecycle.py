@@ -8,9 +8,14 @@ a race proves little.  ``tests/test_stress.py`` mixes all of this at once.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
+from conftest import LineReader
 
 #: Runs of each racy script.  Each run loops over the race many times.
 RUNS = 3
@@ -326,3 +331,171 @@ def test_out_of_memory_while_capturing_is_a_memory_error(run_script):
         print("ok", failed > 0)
     """
     _ok(run_script(source), "ok True")
+
+
+# ------------------------------------------------------------ fork and exit
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_does_not_swallow_the_parents_wake_ups(run_script):
+    """Item 8: a forked child shared the wake eventfds, so its pump() ate the
+    parent's wake-ups and an asyncio driver in reader mode slept through
+    pinned work.  Here the parent queues pinned work (its wake fd becomes
+    readable), then the child pumps (clearing its own wake fd); the parent's
+    fd must still be readable, and its driver must run the work."""
+    source = """
+        import asyncio
+        import os
+        import select
+
+        import bocpy
+        import bocpy.aio
+        from bocpy import PinnedCown, pump, wake_fd
+
+        fd = wake_fd()                   # the eventfds exist before the fork
+        go_r, go_w = os.pipe()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.read(go_r, 1)
+            pump()                       # clears the child's wake fd
+            os.write(done_w, b"x" if wake_fd() == fd else b"?")
+            os._exit(0)
+
+        widget = PinnedCown(0)
+
+        @bocpy.when(widget)
+        def touch(widget):
+            widget.value += 1
+
+        os.write(go_w, b"x")
+        same_number = os.read(done_r, 1) == b"x"
+        readable = bool(select.select([fd], [], [], 0)[0])
+
+        async def main():
+            async with bocpy.aio.driver(mode="reader"):
+                # A lost wake-up leaves the loop asleep: fail rather than hang.
+                return await asyncio.wait_for(bocpy.aio.result(touch), timeout=20)
+
+        asyncio.run(main())
+        _, status = os.waitpid(pid, 0)
+        bocpy.wait()
+        with widget:
+            print(readable, same_number, widget.value, os.waitstatus_to_exitcode(status))
+    """
+    _ok(run_script(source), "True True 1 0")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_multiprocessing_fork_while_running_fails_fast(run_script):
+    """Item 11: a fork start method while the runtime runs used to give an
+    endless respawn of children that aborted.  Now forking fails at once, in
+    the parent, with one clear error; after wait() forking works again."""
+    source = """
+        import multiprocessing
+
+        from bocpy import Cown, wait, when
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            c = Cown(0)
+
+            @when(c)
+            def busy(c):
+                import time
+                time.sleep(1)
+
+            try:
+                with multiprocessing.get_context("fork").Pool(2) as pool:
+                    print("mapped", pool.map(square, range(4)))
+            except RuntimeError as err:
+                assert "bocpy.wait()" in str(err) and "spawn" in str(err), err
+                print("refused")
+            wait()
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                print(pool.map(square, range(4)))
+    """
+    proc = run_script(source)
+    _ok(proc, "refused\n[0, 1, 4, 9]")
+    assert len(proc.stderr) < 2000, proc.stderr
+
+
+def test_timed_out_wait_then_exit_reports_and_fails(run_script):
+    """Item 9: after wait(timeout=...) gave up on a behavior stuck in a loop,
+    the process never exited.  Now exit gives it a few seconds, interrupts
+    it, names it through the ``bocpy`` logger and exits non-zero."""
+    source = """
+        from bocpy import Cown, wait, when
+
+        @when(Cown(0))
+        def spin(c):
+            while True:
+                pass
+
+        try:
+            wait(timeout=0.5)
+        except TimeoutError:
+            print("timed out", flush=True)
+    """
+    proc = run_script(source, timeout=30)
+    assert proc.stdout.strip() == "timed out"
+    assert proc.returncode != 0
+    assert "spin" in proc.stderr and "at exit" in proc.stderr, proc.stderr
+
+
+def test_uncaught_error_with_a_stuck_body_exits(run_script):
+    """Item 9, uncaught: the script dies while a body sleeps in C (it cannot
+    be interrupted); the process still exits, with the traceback, the
+    abandoned behavior named, and a non-zero status."""
+    source = """
+        from bocpy import Cown, when
+
+        @when(Cown(0))
+        def nap(c):
+            import time
+            time.sleep(120)
+
+        raise ValueError("the script failed")
+    """
+    proc = run_script(source, timeout=30)
+    assert proc.returncode != 0
+    assert "ValueError: the script failed" in proc.stderr
+    assert "abandoned" in proc.stderr and "nap" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
+@pytest.mark.parametrize("in_wait", [True, False], ids=["in-wait", "at-exit"])
+def test_ctrl_c_during_a_long_sleep_in_a_behavior(start_script, in_wait):
+    """Item 10: Ctrl-C while a behavior sleeps in C.  KeyboardInterrupt comes
+    out of wait() (or the implicit wait at exit) at once, and the process
+    ends -- long before the sleep would -- with the traceback, the abandoned
+    behavior named and a non-zero status."""
+    proc = start_script(
+        f"""
+        from bocpy import Cown, wait, when
+
+        @when(Cown(0))
+        def nap(c):
+            import time
+            time.sleep(120)
+
+        print("ready", flush=True)
+        if {in_wait}:
+            wait()
+        """
+    )
+    reader = LineReader(proc)
+    reader.wait_for("ready")
+    time.sleep(0.5)  # into wait()
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=60)  # the sleep would take 120 s
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the process outlived Ctrl-C")
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    assert "abandoned" in stderr and "nap" in stderr, stderr

@@ -156,17 +156,6 @@ def _finish(
     return stats_list if stats else None
 
 
-def _waited(timeout: float | None, stop: bool) -> list[dict[str, int]]:
-    global _timed_out
-    try:
-        stats_list = _core.wait(timeout, stop)
-    except TimeoutError:
-        _timed_out = True
-        raise
-    _timed_out = False
-    return stats_list
-
-
 def wait(
     timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
 ) -> Any:
@@ -185,7 +174,14 @@ def wait(
     with ``noticeboard=True`` the final noticeboard as a dict; with both a
     ``WaitResult(stats, noticeboard)``.
     """
-    return _finish(_waited(timeout, True), stats, noticeboard)
+    global _timed_out
+    try:
+        stats_list = _core.wait(timeout, True)
+    except TimeoutError:
+        _timed_out = True
+        raise
+    _timed_out = False
+    return _finish(stats_list, stats, noticeboard)
 
 
 def quiesce(
@@ -196,7 +192,14 @@ def quiesce(
     Afterwards every cown can be acquired on the main thread.  Raises
     ``TimeoutError`` on timeout.  Returns as :func:`wait` does.
     """
-    return _finish(_waited(timeout, False), stats, noticeboard)
+    global _timed_out
+    try:
+        stats_list = _core.wait(timeout, False)
+    except TimeoutError:
+        _timed_out = True
+        raise
+    _timed_out = False
+    return _finish(stats_list, stats, noticeboard)
 
 
 def notice_seed(key: str, value: Any) -> None:
