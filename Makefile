@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch])
 
-.PHONY: all venv build demo test test-c test-python test-python-asan soak lint format bench clean
+.PHONY: all venv build demo test test-c test-python test-python-asan soak stress lint format bench clean
 
 all: build
 
@@ -55,8 +55,18 @@ test-python-asan: build
 soak: build
 	$(PY) benchmarks/soak.py --minutes 1 --mode wait
 
+# The threaded lifecycle stress test (tests/test_stress.py), longer than the
+# few seconds it gets in the suite, under the plain build and under ASan.
+STRESS_SECONDS ?= 20
+STRESS_RUNS ?= 3
+stress: build
+	BOCPY_STRESS_SECONDS=$(STRESS_SECONDS) BOCPY_STRESS_RUNS=$(STRESS_RUNS) \
+	  $(PY) -m pytest tests/test_stress.py -q -s -p no:cacheprovider
+	BOCPY_STRESS_SECONDS=$(STRESS_SECONDS) BOCPY_STRESS_RUNS=$(STRESS_RUNS) \
+	  BOCPY_ASAN_TESTS=tests/test_stress.py tests/sanitizers/run-python-asan.sh -q -s -p no:cacheprovider
+
 # The Python suite runs last so that its summary line closes the output.
-test: test-c lint test-python-asan soak test-python
+test: test-c lint test-python-asan soak stress test-python
 
 bench: build
 	$(PY) benchmarks/bench_core.py
