@@ -468,6 +468,12 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->starter);
     Py_VISIT(st->main_dict);
     Py_VISIT(st->fallback_dumps);
+    Py_VISIT(st->dumps);
+    Py_VISIT(st->loads);
+    Py_VISIT(st->protocol);
+    Py_VISIT(st->marshal_dumps);
+    Py_VISIT(st->marshal_loads);
+    Py_VISIT(st->rebuild_cown);
     return 0;
 }
 
