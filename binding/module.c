@@ -181,8 +181,7 @@ static PyObject *core_runtime_info(PyObject *module, PyObject *unused) {
     unsigned workers;
     uint64_t live;
     bool running = bocpy_runtime_snapshot(&workers, &live);
-    return Py_BuildValue("(OIK)", running ? Py_True : Py_False, workers,
-                         (unsigned long long)live);
+    return Py_BuildValue("(OIK)", running ? Py_True : Py_False, workers, (unsigned long long)live);
 }
 
 static PyObject *core_running(PyObject *module, PyObject *unused) {

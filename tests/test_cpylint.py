@@ -98,7 +98,9 @@ def lock_problems(path: Path) -> list[str]:
         for match in _UNLOCK.finditer(body):
             unlocks.setdefault(match.group(1), []).append(match.start())
         if set(locks) != set(unlocks):
-            problems.append(f"{path.name}:{name}: locks {sorted(locks)} but unlocks {sorted(unlocks)}")
+            problems.append(
+                f"{path.name}:{name}: locks {sorted(locks)} but unlocks {sorted(unlocks)}"
+            )
             continue
         for mutex, positions in locks.items():
             for ret in _RETURN.finditer(body, positions[0], unlocks[mutex][-1]):

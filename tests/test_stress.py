@@ -153,7 +153,9 @@ def receiver():
 
 start(WORKERS)
 threads = [threading.Thread(target=scheduler, args=(k,)) for k in range(SCHEDULERS)]
-threads += [threading.Thread(target=lifecycle, args=(kind,)) for kind in ("wait", "quiesce", "start")]
+threads += [
+    threading.Thread(target=lifecycle, args=(kind,)) for kind in ("wait", "quiesce", "start")
+]
 threads.append(threading.Thread(target=noticer))
 rx = threading.Thread(target=receiver)
 rx.start()
