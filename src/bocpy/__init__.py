@@ -156,7 +156,9 @@ def _finish(
     return stats_list if stats else None
 
 
-def wait(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
+def wait(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> Any:
     """Block until every behavior has run, then tear the runtime down.
 
     The next ``@when`` starts a fresh runtime; existing cowns keep their
@@ -182,7 +184,9 @@ def wait(timeout: float | None = None, *, stats: bool = False, noticeboard: bool
     return _finish(stats_list, stats, noticeboard)
 
 
-def quiesce(timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False) -> Any:
+def quiesce(
+    timeout: float | None = None, *, stats: bool = False, noticeboard: bool = False
+) -> Any:
     """Block until every behavior has run, leaving the runtime running.
 
     Afterwards every cown can be acquired on the main thread.  Raises
