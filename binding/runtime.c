@@ -180,7 +180,7 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             Py_DECREF(rv);
             continue;
         }
-        if (tls_lifecycle_owner || belongs_to_draining_work(st)) {
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
             /* Waiting would wait for ourselves (or for the behavior we are
              * part of): the runtime is in its last steps. */
             PyErr_SetString(PyExc_RuntimeError,
@@ -499,7 +499,7 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
             Py_RETURN_TRUE;
         }
         pthread_mutex_unlock(&lc_lock);
-        if (tls_lifecycle_owner || belongs_to_draining_work(st)) {
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
             PyErr_SetString(PyExc_RuntimeError,
                             "bocpy.start() cannot be called while this thread is stopping the "
                             "runtime (from inside wait())");

@@ -499,3 +499,24 @@ def test_ctrl_c_during_a_long_sleep_in_a_behavior(start_script, in_wait):
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in stderr
     assert "abandoned" in stderr and "nap" in stderr, stderr
+
+
+def test_uncaught_error_with_nothing_in_flight_reports_nothing_more(run_script):
+    """The exit report is for work that did not finish: a script that dies
+    with an idle runtime shows its traceback and nothing from bocpy."""
+    source = """
+        from bocpy import Cown, quiesce, when
+
+        c = Cown(0)
+
+        @when(c)
+        def bump(c):
+            c.value += 1
+
+        quiesce()
+        raise ValueError("the script failed")
+    """
+    proc = run_script(source)
+    assert proc.returncode == 1
+    assert proc.stderr.rstrip().endswith("ValueError: the script failed"), proc.stderr
+    assert "bocpy" not in proc.stderr.split("Traceback")[0]

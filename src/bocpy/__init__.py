@@ -314,6 +314,16 @@ def _abandon(why: str, status: int) -> None:
     """Stop the runtime's work at exit, report what did not finish, exit."""
     running = _core._running()
     live = _core._runtime_info()[2]
+    if live == 0:
+        # Nothing in flight: stop the idle runtime quietly.
+        try:
+            _core.wait(_EXIT_GRACE_SECONDS, True)
+        except BaseException:  # a behavior scheduled meanwhile: report it below
+            live = _core._runtime_info()[2]
+        else:
+            if status:
+                _exit_now(status)
+            return
     _core._cancel()  # queued behaviors get an exception; bodies are interrupted
     try:
         _core.wait(_EXIT_GRACE_SECONDS, True)
