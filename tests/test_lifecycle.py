@@ -450,13 +450,16 @@ def test_uncaught_error_with_a_stuck_body_exits(run_script):
     be interrupted); the process still exits, with the traceback, the
     abandoned behavior named, and a non-zero status."""
     source = """
-        from bocpy import Cown, when
+        from bocpy import Cown, receive, when
 
         @when(Cown(0))
         def nap(c):
             import time
+            from bocpy import send
+            send("napping", True)
             time.sleep(120)
 
+        receive("napping")  # the body runs (queued ones would be dropped)
         raise ValueError("the script failed")
     """
     proc = run_script(source, timeout=30)
@@ -474,13 +477,16 @@ def test_ctrl_c_during_a_long_sleep_in_a_behavior(start_script, in_wait):
     behavior named and a non-zero status."""
     proc = start_script(
         f"""
-        from bocpy import Cown, wait, when
+        from bocpy import Cown, receive, wait, when
 
         @when(Cown(0))
         def nap(c):
             import time
+            from bocpy import send
+            send("napping", True)
             time.sleep(120)
 
+        receive("napping")
         print("ready", flush=True)
         if {in_wait}:
             wait()
