@@ -46,7 +46,7 @@ cowns = [Cown(0) for _ in range(COWNS)]
 deadline = time.monotonic() + SECONDS
 stop = threading.Event()
 ops = {"schedule": 0, "nested": 0, "wait": 0, "quiesce": 0, "start": 0, "notice": 0,
-       "receive": 0}
+       "receive": 0, "runtimes_stopped": 0}
 ops_lock = threading.Lock()
 scheduled_ids = []
 results = []
@@ -113,7 +113,8 @@ def lifecycle(kind):
     try:
         while time.monotonic() < deadline:
             if kind == "wait":
-                wait()
+                if wait(stats=True):       # stats: this call stopped a runtime
+                    count("runtimes_stopped")
             elif kind == "quiesce":
                 try:
                     quiesce()
@@ -162,7 +163,8 @@ rx.start()
 for t in threads:
     t.start()
 while time.monotonic() < deadline:
-    wait()
+    if wait(stats=True):
+        count("runtimes_stopped")
     count("wait")
     time.sleep(0.001)
 for t in threads:
