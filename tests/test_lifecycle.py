@@ -184,32 +184,42 @@ def test_thread_started_inside_a_behavior_schedules(run_script):
     runtime stops) or, once the runtime is past its last behavior, is refused
     with an error that says why -- never scheduled on a freed runtime."""
     source = """
-        from bocpy import Cown, when, wait
+        from bocpy import Cown, receive, wait, when
 
-        results = Cown([])
-
+        scheduled = refused = 0
         for round in range(40):
             c = Cown(0)
 
             @when(c)
             def spawn(c):
                 import threading
-                from bocpy import when as inner_when
+                from bocpy import send, when as inner_when
 
                 def later():
-                    @inner_when(c)
-                    def bump(c):
-                        c.value += 1
+                    try:
+                        @inner_when(c)
+                        def bump(c):
+                            c.value += 1
+                    except RuntimeError as err:
+                        send("outcome", str(err))
+                    else:
+                        send("outcome", "scheduled")
 
                 c.value = 1
                 threading.Thread(target=later).start()
 
             wait()
+            _, outcome = receive("outcome")
             with c:
-                assert c.value == 2, c.value
-        print("ok")
+                if outcome == "scheduled":
+                    assert c.value == 2, c.value
+                    scheduled += 1
+                else:
+                    assert "shutting down" in outcome and c.value == 1, (outcome, c.value)
+                    refused += 1
+        print("ok", scheduled + refused)
     """
-    _ok(run_script(source), "ok")
+    _ok(run_script(source), "ok 40")
 
 
 def test_wait_with_a_held_cown_never_hangs(run_script):
