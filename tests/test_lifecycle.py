@@ -308,8 +308,16 @@ def test_out_of_memory_while_capturing_is_a_memory_error(run_script):
         from bocpy import Cown, when, wait, whencall
 
         def make(k):
+            # 24 closure cells: more than a tuple free list keeps, so the
+            # snapshot of the closure allocates (and can fail).
+            v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = v8 = v9 = v10 = v11 = k
+            w0 = w1 = w2 = w3 = w4 = w5 = w6 = w7 = w8 = w9 = w10 = w11 = k
+
             def body(c, extra, default=[k]):
-                c.value += 1 if default[0] == k and extra == 0 else 1000
+                cells = (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11,
+                         w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11)
+                ok = default[0] == k and extra == 0 and cells == (k,) * 24
+                c.value += 1 if ok else 1000
             return body
 
         import bocpy
@@ -320,7 +328,7 @@ def test_out_of_memory_while_capturing_is_a_memory_error(run_script):
         # allocator is made to fail: every failure is this thread's.
         c.acquire()
         scheduled = failed = 0
-        for n in range(1, 120):
+        for n in range(1, 160):
             func = make(n)
             _testcapi.set_nomemory(n, n + 1)
             try:
