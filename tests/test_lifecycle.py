@@ -142,7 +142,7 @@ def test_behaviors_scheduled_on_a_stopping_runtime_are_not_lost(run_script):
             # scheduling: exactly the window wait() used to free the runtime in.
             def __reduce__(self):
                 import time
-                time.sleep(0)
+                time.sleep(0.002)
                 return (Slow, ())
 
         cowns = [Cown(0) for _ in range(8)]
@@ -161,7 +161,7 @@ def test_behaviors_scheduled_on_a_stopping_runtime_are_not_lost(run_script):
         threads = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
         for t in threads:
             t.start()
-        for _ in range(200):
+        for _ in range(100):
             wait()
         stop.set()
         for t in threads:
