@@ -135,6 +135,7 @@ def test_behaviors_scheduled_on_a_stopping_runtime_are_not_lost(run_script):
     never on a freed one, and none is lost: every cown ends free."""
     source = """
         import threading
+        import time
         from bocpy import Cown, when, wait
 
         class Slow:
@@ -161,7 +162,8 @@ def test_behaviors_scheduled_on_a_stopping_runtime_are_not_lost(run_script):
         threads = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
         for t in threads:
             t.start()
-        for _ in range(100):
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
             wait()
         stop.set()
         for t in threads:
