@@ -25,7 +25,7 @@ C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch]
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 SPHINXOPTS ?= -W --keep-going
 
-.PHONY: all venv build demo test test-c test-python test-python-asan soak lint format bench \
+.PHONY: all venv build demo test test-c test-python test-python-asan soak stress lint format bench \
 	docs wheel test-wheel plots bench-executor clean
 
 all: build
@@ -113,11 +113,21 @@ wheel: $(VENV)/.wheel-ready
 test-wheel: wheel $(VENV)/.dev-ready
 	BOCPY_REQUIRE_BUILT=1 $(PY) -m pytest tests/test_wheel.py -p no:cacheprovider $(PYTEST_ARGS)
 
+# The threaded lifecycle stress test (tests/test_stress.py), longer than the
+# few seconds it gets in the suite, under the plain build and under ASan.
+STRESS_SECONDS ?= 20
+STRESS_RUNS ?= 3
+stress: build $(VENV)/.dev-ready
+	BOCPY_STRESS_SECONDS=$(STRESS_SECONDS) BOCPY_STRESS_RUNS=$(STRESS_RUNS) \
+	  $(PY) -m pytest tests/test_stress.py -q -s -p no:cacheprovider
+	BOCPY_STRESS_SECONDS=$(STRESS_SECONDS) BOCPY_STRESS_RUNS=$(STRESS_RUNS) \
+	  BOCPY_ASAN_TESTS=tests/test_stress.py tests/sanitizers/run-python-asan.sh -q -s -p no:cacheprovider
+
 # The Python suite runs last so that its summary line closes the output.
 # It includes the docs' rendering test and the wheel's smoke test, so the
 # docs and the wheel are built first; BOCPY_REQUIRE_BUILT turns their
 # "not built, skipped" into failures.
-test: test-c lint test-python-asan soak docs wheel
+test: test-c lint test-python-asan soak stress docs wheel
 	BOCPY_REQUIRE_BUILT=1 $(MAKE) test-python
 
 bench: build

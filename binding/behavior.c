@@ -113,21 +113,23 @@ done:
     return rc;
 }
 
-/* (extra_args, defaults, kwdefaults, closure) or NULL when there is nothing
- * to capture.  Closure cells become (True, value) or (False,) when empty. */
-static PyObject *captures_of(PyObject *func, PyObject *extra) {
+/* Sets *out to (extra_args, defaults, kwdefaults, closure), or to NULL when
+ * there is nothing to capture; closure cells become (True, value) or
+ * (False,) when empty.  0, or -1 with an exception (*out NULL). */
+static int captures_of(PyObject *func, PyObject *extra, PyObject **out) {
+    *out = NULL;
     PyObject *defaults = PyFunction_GET_DEFAULTS(func);
     PyObject *kwdefaults = PyFunction_GET_KW_DEFAULTS(func);
     PyObject *closure = PyFunction_GET_CLOSURE(func);
     if (extra == NULL && defaults == NULL && kwdefaults == NULL && closure == NULL) {
-        return NULL;
+        return 0;
     }
     PyObject *cells = Py_None;
     if (closure != NULL) {
         Py_ssize_t n = PyTuple_GET_SIZE(closure);
         cells = PyTuple_New(n);
         if (cells == NULL) {
-            return NULL;
+            return -1;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *content = PyCell_GET(PyTuple_GET_ITEM(closure, i));
@@ -135,20 +137,17 @@ static PyObject *captures_of(PyObject *func, PyObject *extra) {
                 content ? PyTuple_Pack(2, Py_True, content) : PyTuple_Pack(1, Py_False);
             if (entry == NULL) {
                 Py_DECREF(cells);
-                return NULL;
+                return -1;
             }
             PyTuple_SET_ITEM(cells, i, entry);
         }
     } else {
         Py_INCREF(cells);
     }
-    PyObject *snapshot = PyTuple_Pack(4, extra ? extra : Py_None, defaults ? defaults : Py_None,
-                                      kwdefaults ? kwdefaults : Py_None, cells);
+    *out = PyTuple_Pack(4, extra ? extra : Py_None, defaults ? defaults : Py_None,
+                        kwdefaults ? kwdefaults : Py_None, cells);
     Py_DECREF(cells);
-    if (snapshot == NULL) {
-        return (PyObject *)-1; /* distinguish failure from "nothing" */
-    }
-    return snapshot;
+    return *out == NULL ? -1 : 0;
 }
 
 /* After the snapshot failed to serialise: find the culprit and say so. */
@@ -242,17 +241,24 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     if (code_id < 0) {
         return NULL;
     }
-    if (bocpy_ensure_runtime(st) < 0) {
+    /* Pinned from here until boc_schedule has counted the behavior: the
+     * runtime cannot be stopped, let alone freed, while the captures are
+     * pickled (Python code, which may let other threads run).  This may
+     * start a runtime, or wait for one that is starting or stopping. */
+    bool pinned;
+    boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_SCHEDULE, &pinned);
+    if (rt == NULL) {
         return NULL;
     }
     if (st->interp->is_main && bocpy_late_binds_refresh(st) < 0) {
+        bocpy_runtime_unpin(pinned);
         return NULL;
     }
-    boc_runtime *rt = bocpy_runtime();
 
     bocpy_blob *captures = NULL;
-    PyObject *snapshot = captures_of(func, nextra ? extra : NULL);
-    if (snapshot == (PyObject *)-1) {
+    PyObject *snapshot;
+    if (captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
+        bocpy_runtime_unpin(pinned);
         return NULL;
     }
     if (snapshot != NULL) {
@@ -263,6 +269,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
             if (PyErr_ExceptionMatches(PyExc_Exception)) {
                 explain_capture_failure(st, func, nextra ? extra : NULL);
             }
+            bocpy_runtime_unpin(pinned);
             return NULL;
         }
     }
@@ -270,12 +277,14 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     bocpy_cown *result = bocpy_cown_new();
     if (result == NULL) {
         bocpy_blob_free(captures);
+        bocpy_runtime_unpin(pinned);
         return NULL;
     }
     PyObject *wrapper = bocpy_cown_wrap(st, result);
     boc_cown_decref(&result->base); /* the wrapper holds it now */
     if (wrapper == NULL) {
         bocpy_blob_free(captures);
+        bocpy_runtime_unpin(pinned);
         return NULL;
     }
 
@@ -285,6 +294,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     if (b == NULL) {
         bocpy_blob_free(captures);
         Py_DECREF(wrapper);
+        bocpy_runtime_unpin(pinned);
         return PyErr_NoMemory();
     }
     bocpy_payload *p = boc_behavior_payload(b);
@@ -314,7 +324,8 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
         }
     }
     boc_behavior_set_cown(b, slot, &result->base);
-    boc_schedule(rt, b);
+    boc_schedule(rt, b); /* counted as live before it returns */
+    bocpy_runtime_unpin(pinned);
     return wrapper;
 }
 

@@ -86,6 +86,9 @@ struct bocpy_interp {
      * that shutting down can interrupt a long body, see bocpy_cancel). */
     unsigned long thread_ident;
     atomic_bool in_body;
+    /* The registry id of the body running while in_body (to name behaviors
+     * abandoned at exit). */
+    _Atomic int64_t running_code;
     bocpy_interp_stats stats;
     bocpy_interp *next_record;
     /* pool.c: the next interpreter in the pool, and (CPython 3.12 only) the
@@ -287,6 +290,12 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
 PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* A function for registry `id` with the given defaults and closure snapshot
  * (each may be None), built in the calling interpreter. */
+/* "module.qualname" of the code with registry `id`, or NULL with an
+ * exception. */
+PyObject *bocpy_registry_name(bocpy_state *st, int64_t id);
+/* The behaviors whose bodies run on workers right now, as "worker N:
+ * name" strings (main interpreter; an empty list when none runs). */
+PyObject *bocpy_running_behaviors(bocpy_state *st);
 /* Code objects registered so far (process-wide). */
 size_t bocpy_registry_size(void);
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
@@ -297,10 +306,36 @@ long bocpy_main_holds(void);
 /* ----------------------------------------------------------------- workers */
 
 extern const boc_runtime_ops bocpy_runtime_ops;
-/* The runtime behaviors are scheduled on; NULL when none is running. */
+/* The runtime behaviors are scheduled on; NULL when none is running.  Only
+ * safe to use without a pin on a worker thread inside a behavior (its
+ * behavior keeps the runtime alive); everyone else pins (runtime.c). */
 boc_runtime *bocpy_runtime(void);
-/* Starts the default runtime from the main interpreter if none runs. */
-int bocpy_ensure_runtime(bocpy_state *st);
+/* How bocpy_runtime_pin treats a runtime that is not RUNNING:
+ *   SCHEDULE  wait while it starts or stops; start one when none runs
+ *             (main interpreter) -- the runtime a behavior is scheduled on
+ *   QUIESCE   wait while it starts or stops; NULL (no exception) when none
+ *   PEEK      never wait; NULL (no exception) unless running or draining */
+typedef enum bocpy_pin_mode {
+    BOCPY_PIN_SCHEDULE,
+    BOCPY_PIN_QUIESCE,
+    BOCPY_PIN_PEEK,
+} bocpy_pin_mode;
+/* The current runtime, kept alive (not freed, not stopped) until
+ * bocpy_runtime_unpin(*pinned).  NULL with an exception on error (SCHEDULE:
+ * always an error; the others: only when an exception is set).  GIL held. */
+boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinned);
+void bocpy_runtime_unpin(bool pinned);
+/* Worker count and live behaviors of the current runtime, read safely from
+ * any thread; false (zeros) when none runs. */
+bool bocpy_runtime_snapshot(unsigned *workers, uint64_t *live);
+/* Refuses os.fork() (through an audit hook) while worker interpreters run:
+ * CPython aborts a forked child of a process with live sub-interpreters.
+ * Main interpreter, once per process. */
+int bocpy_fork_guard_install(void);
+/* The first error a starting worker reported (worker.c): written by any
+ * worker thread, read by the starter once boc_runtime_start returned. */
+void bocpy_start_error_reset(void);
+void bocpy_start_error_get(char *buf, size_t size);
 /* What running a behavior on the main thread reports back to pump(). */
 typedef struct bocpy_outcome {
     bool body_raised;      /* the body raised; the exception is on the result cown */
@@ -443,6 +478,16 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value, bo
 PyObject *bocpy_notice_delete(bocpy_state *st, PyObject *key);
 /* Empties the board (wait() does, as it ends a run); -1 with an exception. */
 int bocpy_noticeboard_clear(void);
+/* Diagnostics go through logging's "bocpy" logger (pinned.c).
+ * bocpy_logger_call logs `message` at `level` ("warning", "error") and
+ * returns the call's result, or NULL with an exception set;
+ * bocpy_log_warning steals `message` (NULL: an exception is set) and
+ * reports through sys.unraisablehook if logging itself fails. */
+PyObject *bocpy_logger_call(const char *level, PyObject *message);
+void bocpy_log_warning(PyObject *message);
+/* wait() (stop) or quiesce(): the stats list, and with `board` non-NULL
+ * the noticeboard as the run left it in *board (runtime.c). */
+PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop, PyObject **board);
 PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyObject *dflt,
                               PyObject *removed);
 PyObject *bocpy_notice_read(bocpy_state *st, PyObject *key, PyObject *dflt);

@@ -568,12 +568,13 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
                 /* Mutated in place into something that cannot leave this
                  * interpreter: keep the last copy that could, and say so. */
                 PyObject *cause = PyErr_GetRaisedException();
-                PySys_FormatStderr("bocpy: a cown's value (type '%.200s') was changed in place "
-                                   "into a state that cannot leave its worker (%S); it was "
-                                   "rolled back to its last transferable value\n",
-                                   Py_TYPE(obj)->tp_name, cause);
+                PyObject *message = PyUnicode_FromFormat(
+                    "bocpy: a cown's value (type '%.200s') was changed in place into a state "
+                    "that cannot leave its worker (%S); it was rolled back to its last "
+                    "transferable value",
+                    Py_TYPE(obj)->tp_name, cause);
                 Py_XDECREF(cause);
-                PyErr_Clear();
+                bocpy_log_warning(message);
                 c->blob_stale = false;
             } else if (fresh != NULL) {
                 bocpy_blob_free(c->blob);
@@ -1006,12 +1007,13 @@ static int check_main_quiescent(bocpy_state *st, const char *what) {
                      what);
         return -1;
     }
-    boc_runtime *rt = bocpy_runtime();
-    if (rt != NULL && boc_runtime_live(rt) > 0) {
+    unsigned workers;
+    uint64_t live;
+    if (bocpy_runtime_snapshot(&workers, &live) && live > 0) {
         PyErr_Format(PyExc_RuntimeError,
                      "Cown.%s() while %llu behaviors are still in flight; call "
                      "bocpy.wait() or bocpy.quiesce() first",
-                     what, (unsigned long long)boc_runtime_live(rt));
+                     what, (unsigned long long)live);
         return -1;
     }
     return 0;

@@ -8,8 +8,7 @@
 #include "bocpy.h"
 
 PyObject *bocpy_start(bocpy_state *st, PyObject *count, PyObject *header, PyObject *values);
-PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop);
-PyObject *bocpy_cancel(void);
+PyObject *bocpy_cancel(bocpy_state *st);
 PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline, PyObject *max_behaviors,
                      int raise_on_error);
 PyObject *bocpy_wake_fd(void);
@@ -95,34 +94,24 @@ static PyObject *core_wait(PyObject *module, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     bocpy_state *st = bocpy_state_of_module(module);
-    PyObject *stats = bocpy_wait(st, args[0], stop);
+    /* The board, when asked for, is the run's last state: bocpy_wait takes
+     * it after the last behavior, before the stop clears the board. */
+    PyObject *board = NULL;
+    PyObject *stats = bocpy_wait(st, args[0], stop, want_board ? &board : NULL);
     if (stats == NULL) {
+        Py_XDECREF(board);
         return NULL;
     }
-    /* The board as the run left it: a view pinned before wait() clears the
-     * board (the board belongs to the run), copied after. */
-    PyObject *view = want_board ? bocpy_noticeboard(st, true) : NULL;
-    if ((want_board && view == NULL) || (stop && bocpy_noticeboard_clear() < 0)) {
-        Py_XDECREF(view);
-        Py_DECREF(stats);
-        return NULL;
-    }
-    PyObject *board = view ? PyObject_CallMethod(view, "to_dict", NULL) : Py_NewRef(Py_None);
-    Py_XDECREF(view);
-    if (board == NULL) {
-        Py_DECREF(stats);
-        return NULL;
-    }
-    PyObject *pair = PyTuple_Pack(2, stats, board);
+    PyObject *pair = PyTuple_Pack(2, stats, board ? board : Py_None);
     Py_DECREF(stats);
-    Py_DECREF(board);
+    Py_XDECREF(board);
     return pair;
 }
 
 static PyObject *core_cancel(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
-    return bocpy_cancel();
+    return bocpy_cancel(bocpy_state_of_module(module));
 }
 
 static PyObject *core_rebuild_cown(PyObject *module, PyObject *arg) {
@@ -212,12 +201,15 @@ static PyObject *core_is_transferable(PyObject *module, PyObject *obj) {
 static PyObject *core_runtime_info(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
-    boc_runtime *rt = bocpy_runtime();
-    if (rt == NULL) {
-        return Py_BuildValue("(OII)", Py_False, 0u, 0u);
-    }
-    return Py_BuildValue("(OIK)", Py_True, boc_runtime_worker_count(rt),
-                         (unsigned long long)boc_runtime_live(rt));
+    unsigned workers;
+    uint64_t live;
+    bool running = bocpy_runtime_snapshot(&workers, &live);
+    return Py_BuildValue("(OIK)", running ? Py_True : Py_False, workers, (unsigned long long)live);
+}
+
+static PyObject *core_running(PyObject *module, PyObject *unused) {
+    (void)unused;
+    return bocpy_running_behaviors(bocpy_state_of_module(module));
 }
 
 static PyObject *core_close_pool(PyObject *module, PyObject *unused) {
@@ -591,6 +583,7 @@ static PyMethodDef core_methods[] = {
     {"_log_levels", bocpy_log_levels, METH_NOARGS, "_log_levels($module, /)\n--\n\n"},
     {"_runtime_info", core_runtime_info, METH_NOARGS, "_runtime_info($module, /)\n--\n\n"},
     {"_close_pool", core_close_pool, METH_NOARGS, "_close_pool($module, /)\n--\n\n"},
+    {"_running", core_running, METH_NOARGS, "_running($module, /)\n--\n\n"},
     {"_pool_size", core_pool_size, METH_NOARGS, "_pool_size($module, /)\n--\n\n"},
     {"_registry_size", core_registry_size, METH_NOARGS, "_registry_size($module, /)\n--\n\n"},
     {"_forget_code", core_forget_code, METH_NOARGS, "_forget_code($module, /)\n--\n\n"},
@@ -621,7 +614,7 @@ static int core_exec(PyObject *module) {
     if (st->pinned_type == NULL || PyModule_AddType(module, st->pinned_type) < 0) {
         return -1;
     }
-    if (st->interp->is_main && bocpy_pinned_init_fds() < 0) {
+    if (st->interp->is_main && (bocpy_pinned_init_fds() < 0 || bocpy_fork_guard_install() < 0)) {
         return -1;
     }
     st->board_view_type = (PyTypeObject *)bocpy_board_view_type_create(module);
@@ -676,6 +669,12 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->starter);
     Py_VISIT(st->main_dict);
     Py_VISIT(st->fallback_dumps);
+    Py_VISIT(st->dumps);
+    Py_VISIT(st->loads);
+    Py_VISIT(st->protocol);
+    Py_VISIT(st->marshal_dumps);
+    Py_VISIT(st->marshal_loads);
+    Py_VISIT(st->rebuild_cown);
     return bocpy_move_traverse(st, visit, arg);
 }
 

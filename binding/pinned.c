@@ -30,6 +30,7 @@
 #include "bocpy.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
@@ -104,6 +105,30 @@ void bocpy_quiescent_hook(void *user) {
     fd_signal(internal_wake_fd);
 }
 
+/* A forked child would share the parent's eventfds (one kernel object
+ * behind both descriptors): its pump() would swallow the parent's wake-ups
+ * and the other way round.  In the child, each is replaced by a fresh
+ * eventfd under the same number, so that whatever the child's code already
+ * holds (an event loop's add_reader on wake_fd()) keeps working on its own
+ * counter.  Runs in the child right after fork(): system calls only. */
+static void renew_fd(int fd) {
+    if (fd < 0) {
+        return;
+    }
+    int fresh = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fresh < 0) {
+        return; /* keep the shared one: wake-ups may be lost, nothing breaks */
+    }
+    /* dup3 keeps O_NONBLOCK (a file status flag) and sets close-on-exec. */
+    (void)dup3(fresh, fd, O_CLOEXEC);
+    close(fresh);
+}
+
+static void renew_fds_in_child(void) {
+    renew_fd(public_wake_fd);
+    renew_fd(internal_wake_fd);
+}
+
 int bocpy_pinned_init_fds(void) {
     if (public_wake_fd >= 0) {
         return 0;
@@ -111,6 +136,12 @@ int bocpy_pinned_init_fds(void) {
     public_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     internal_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (public_wake_fd < 0 || internal_wake_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int rc = pthread_atfork(NULL, NULL, renew_fds_in_child);
+    if (rc != 0) {
+        errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -145,7 +176,9 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
      * non-blocking read, and any cleverer "only if armed" flag races with a
      * writer between its write and its flag and leaves the fd readable. */
     fd_clear(public_wake_fd);
-    boc_runtime *rt = bocpy_runtime();
+    /* Pinned: another thread's wait() cannot free it while we pop. */
+    bool pinned;
+    boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     if (rt == NULL) {
         return 0;
     }
@@ -156,6 +189,7 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
     int expected = 0;
     if (!atomic_compare_exchange_strong_explicit(&pumpers, &expected, 1, memory_order_acquire,
                                                  memory_order_relaxed)) {
+        bocpy_runtime_unpin(pinned);
 #ifdef Py_GIL_DISABLED
         PyErr_SetString(PyExc_RuntimeError,
                         "another thread is already running bocpy.pump(); only one thread at a "
@@ -210,6 +244,7 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
     /* release: the next pumper sees this one's pops complete.  Cleared on
      * every exit path, BaseException propagation included. */
     atomic_store_explicit(&pumpers, 0, memory_order_release);
+    bocpy_runtime_unpin(pinned);
     if (raise != NULL) {
         PyErr_SetRaisedException(raise);
         return -1;
@@ -327,11 +362,7 @@ static int fire_watchdog(void *arg) {
         rv = PyObject_CallFunction(callback, "iO", 0, message);
         Py_DECREF(callback);
     } else {
-        PyObject *logging = PyImport_ImportModule("logging");
-        PyObject *logger = logging ? PyObject_CallMethod(logging, "getLogger", "s", "bocpy") : NULL;
-        rv = logger ? PyObject_CallMethod(logger, "warning", "sO", "%s", message) : NULL;
-        Py_XDECREF(logger);
-        Py_XDECREF(logging);
+        rv = bocpy_logger_call("warning", message);
     }
     Py_DECREF(message);
     if (rv == NULL) {
@@ -485,4 +516,24 @@ static PyType_Spec PinnedCown_spec = {
 
 PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base) {
     return PyType_FromModuleAndSpec(module, &PinnedCown_spec, base);
+}
+
+PyObject *bocpy_logger_call(const char *level, PyObject *message) {
+    PyObject *logging = PyImport_ImportModule("logging");
+    PyObject *logger = logging ? PyObject_CallMethod(logging, "getLogger", "s", "bocpy") : NULL;
+    PyObject *rv = logger ? PyObject_CallMethod(logger, level, "sO", "%s", message) : NULL;
+    Py_XDECREF(logger);
+    Py_XDECREF(logging);
+    return rv;
+}
+
+void bocpy_log_warning(PyObject *message) {
+    PyObject *rv = message != NULL ? bocpy_logger_call("warning", message) : NULL;
+    if (rv == NULL) {
+        /* Not even logging works here (interpreter shutting down, or no
+         * memory for the message): the last resort for a report. */
+        PyErr_WriteUnraisable(message);
+    }
+    Py_XDECREF(rv);
+    Py_XDECREF(message);
 }

@@ -27,9 +27,15 @@ typedef struct registry_entry {
 } registry_entry;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-/* Entries live in fixed-size chunks so that a pointer to one never moves. */
+/* Entries live in fixed-size chunks so that a pointer to one never moves,
+ * and the directory of chunks is a fixed array that is never reallocated:
+ * readers index it without the lock (a directory grown with realloc was
+ * freed under them).  A chunk pointer is written, under the lock, before
+ * the release store of registry_len that publishes its first entry, and is
+ * never written again.  16,384 chunks hold 16 million codes. */
 #define REGISTRY_CHUNK 1024
-static registry_entry **registry_chunks;
+#define REGISTRY_MAX_CHUNKS 16384
+static registry_entry *registry_chunks[REGISTRY_MAX_CHUNKS];
 static size_t registry_chunk_count;
 static atomic_size_t registry_len;
 /* Open-addressing index: hash -> id + 1 (0 is empty). */
@@ -46,6 +52,7 @@ static uint64_t hash_bytes(uint64_t h, const char *p, size_t n) {
 }
 
 static registry_entry *registry_get(int64_t id) {
+    assert(id >= 0 && (size_t)id < atomic_load_explicit(&registry_len, memory_order_acquire) + 1);
     return &registry_chunks[id / REGISTRY_CHUNK][id % REGISTRY_CHUNK];
 }
 
@@ -90,12 +97,15 @@ static int64_t registry_intern(const char *code, size_t code_size, const char *m
         registry_index_cap = cap;
     }
     if (len / REGISTRY_CHUNK == registry_chunk_count) {
-        registry_entry **chunks =
-            realloc(registry_chunks, (registry_chunk_count + 1) * sizeof(*chunks));
-        if (chunks == NULL) {
-            goto oom;
+        if (registry_chunk_count == REGISTRY_MAX_CHUNKS) {
+            pthread_mutex_unlock(&registry_lock);
+            PyErr_Format(PyExc_RuntimeError,
+                         "bocpy's code registry is full (%zu distinct behavior codes); "
+                         "define behaviors once (at module level) rather than generating "
+                         "new code for each call",
+                         len);
+            return -1;
         }
-        registry_chunks = chunks;
         registry_chunks[registry_chunk_count] = calloc(REGISTRY_CHUNK, sizeof(registry_entry));
         if (registry_chunks[registry_chunk_count] == NULL) {
             goto oom;
@@ -385,4 +395,24 @@ PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
 fail:
     Py_DECREF(func);
     return NULL;
+}
+
+PyObject *bocpy_registry_name(bocpy_state *st, int64_t id) {
+    /* acquire pairs with registry_intern's release of the length. */
+    if (id < 0 || (size_t)id >= atomic_load_explicit(&registry_len, memory_order_acquire)) {
+        PyErr_Format(PyExc_ValueError, "unknown behavior code id %lld", (long long)id);
+        return NULL;
+    }
+    registry_entry *e = registry_get(id);
+    PyObject *bytes = PyBytes_FromStringAndSize(e->code, (Py_ssize_t)e->code_size);
+    PyObject *code = bytes ? PyObject_CallOneArg(st->marshal_loads, bytes) : NULL;
+    Py_XDECREF(bytes);
+    PyObject *qualname = code ? PyObject_GetAttrString(code, "co_qualname") : NULL;
+    Py_XDECREF(code);
+    if (qualname == NULL) {
+        return NULL;
+    }
+    PyObject *name = PyUnicode_FromFormat("%s.%U", e->module, qualname);
+    Py_DECREF(qualname);
+    return name;
 }

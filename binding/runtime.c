@@ -1,32 +1,225 @@
 /*
  * runtime.c: the one bocpy runtime of the process -- starting it, waiting
- * for it to go quiet, and tearing it down.
+ * for it to go quiet, and tearing it down -- and the lifecycle state machine
+ * that lets any Python thread schedule at any time.
  *
- * The runtime is started and stopped only by the main interpreter, with its
- * GIL held, so those transitions are serialised.  Other threads (workers
- * scheduling nested behaviors) only read the pointer, and a worker can only
- * be running while the runtime it belongs to is alive.  Every wait here is
- * sliced (at most 50 ms at a time with the GIL released) so that Ctrl-C and
- * timeouts are noticed promptly.
+ * The lifecycle (one state, one lock, one transition at a time):
+ *
+ *            start()                      ok
+ *   STOPPED ---------> STARTING ------------------> RUNNING
+ *      ^                   |  failed                 |   ^
+ *      |                   v                  wait() |   | timeout, Ctrl-C,
+ *      +---------------- STOPPED                     v   | held cowns
+ *      |                                         DRAINING
+ *      |   workers joined, runtime freed             |  pins == 0 and
+ *      +------------------------------------ JOINING <--+  live == 0
+ *
+ *   STOPPED   no runtime.  A main-interpreter thread that schedules starts
+ *             one (through bocpy.start); other interpreters get an error.
+ *   STARTING  one thread (the starter) makes the runtime; everyone else
+ *             who needs it waits (GIL released) for RUNNING or STOPPED.
+ *   RUNNING   anyone may pin the runtime and schedule on it.
+ *   DRAINING  one thread (the stopper, in wait()) waits for the work to
+ *             finish.  Work that belongs to the runtime being drained may
+ *             still schedule on it: behaviors' own nested scheduling,
+ *             threads of worker interpreters, a thread that already holds a
+ *             pin, pinned bodies and the stopper itself.  Any other
+ *             main-interpreter thread waits for the next runtime, and
+ *             starts it if nobody else has: its behavior is never lost and
+ *             never lands on a runtime that is going away.
+ *   JOINING   the work is done: the stopper stops the workers and frees the
+ *             runtime.  Nobody may schedule (a worker-interpreter thread
+ *             that tries gets an error that says why); main-interpreter
+ *             schedulers wait.
+ *
+ * Invariants (lc_lock guards all of them):
+ *   - current_runtime != NULL exactly in RUNNING and DRAINING;
+ *   - `pins` counts threads between bocpy_runtime_pin() and unpin(): a
+ *     pinned runtime is not freed.  A scheduler holds its pin from before
+ *     it pickles the captures until boc_schedule has counted the behavior
+ *     as live, so the stopper's check "pins == 0 and live == 0", made under
+ *     lc_lock, sees every behavior anyone is still scheduling;
+ *   - a worker thread running a behavior needs no pin: its own behavior is
+ *     live, so the runtime cannot leave DRAINING under it;
+ *   - lc_lock is a leaf: nobody takes the GIL, or waits, while holding it
+ *     (waiting is pthread_cond_timedwait with the GIL released).
+ * Every wait here is sliced (at most 50 ms at a time with the GIL released)
+ * so that Ctrl-C and timeouts are noticed promptly.
  */
 #include "bocpy.h"
 
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 atomic_bool bocpy_cancelling;
-char bocpy_start_error[512];
 
-/* acquire/release: a thread that sees the runtime also sees it started. */
+typedef enum lifecycle_state {
+    LC_STOPPED,
+    LC_STARTING,
+    LC_RUNNING,
+    LC_DRAINING,
+    LC_JOINING,
+} lifecycle_state;
+
+static pthread_mutex_t lc_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t lc_cond;
+static pthread_once_t lc_once = PTHREAD_ONCE_INIT;
+static lifecycle_state lc_state = LC_STOPPED;
+static uint64_t lc_generation; /* bumped on every transition */
+static unsigned long lc_pins;
+/* acquire/release: a thread that sees the runtime also sees it started.
+ * Written under lc_lock; read without it only by worker threads (whose own
+ * behavior keeps it alive) and by the pump watchdog (see pinned.c). */
 static _Atomic(boc_runtime *) current_runtime;
+/* The thread that owns STARTING or DRAINING/JOINING; its pins nest. */
+static _Thread_local bool tls_lifecycle_owner;
+static _Thread_local unsigned tls_pins;
 static bocpy_bootstrap bootstrap;
 static bocpy_interp **worker_records;
 static unsigned worker_records_len;
 
 #define WAIT_SLICE_NS (50 * 1000 * 1000)
 
+static void lc_init(void) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&lc_cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+static void lc_lock_acquire(void) {
+    pthread_once(&lc_once, lc_init);
+    pthread_mutex_lock(&lc_lock);
+}
+
+/* Caller holds lc_lock. */
+static void lc_transition(lifecycle_state to) {
+    lc_state = to;
+    lc_generation++;
+    pthread_cond_broadcast(&lc_cond);
+}
+
+/* Sleeps (GIL released) until the next transition after `seen`, or one
+ * slice.  Caller holds the GIL and not lc_lock.  -1 on Ctrl-C (exception
+ * set; only the main thread ever sees one). */
+static int lc_wait_for_change(uint64_t seen) {
+    Py_BEGIN_ALLOW_THREADS
+        lc_lock_acquire();
+        if (lc_generation == seen) {
+            struct timespec at;
+            clock_gettime(CLOCK_MONOTONIC, &at);
+            at.tv_nsec += WAIT_SLICE_NS;
+            at.tv_sec += at.tv_nsec / 1000000000L;
+            at.tv_nsec %= 1000000000L;
+            pthread_cond_timedwait(&lc_cond, &lc_lock, &at);
+        }
+        pthread_mutex_unlock(&lc_lock);
+    Py_END_ALLOW_THREADS
+    return PyErr_CheckSignals();
+}
+
 boc_runtime *bocpy_runtime(void) {
     return atomic_load_explicit(&current_runtime, memory_order_acquire);
+}
+
+/* May the calling thread schedule on a DRAINING runtime?  Yes when what it
+ * schedules belongs to the work being drained (see the top of the file). */
+static bool belongs_to_draining_work(bocpy_state *st) {
+    return !st->interp->is_main || tls_lifecycle_owner || tls_pins > 0 || bocpy_pumping();
+}
+
+boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinned) {
+    *pinned = false;
+    if (boc_current_worker() >= 0) {
+        /* A worker thread of the running runtime, inside a behavior (the only
+         * time its interpreter runs Python, bar worker_stop): that behavior
+         * is live, so the runtime stays until it is done.  No pin, no lock. */
+        boc_runtime *rt = bocpy_runtime();
+        if (rt == NULL && mode == BOCPY_PIN_SCHEDULE) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "bocpy is shutting down: a behavior cannot be scheduled while the "
+                            "workers stop (an atexit callback of a worker interpreter?)");
+        }
+        return rt;
+    }
+    for (;;) {
+        lc_lock_acquire();
+        lifecycle_state state = lc_state;
+        uint64_t seen = lc_generation;
+        bool allowed =
+            state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st));
+        if (allowed) {
+            lc_pins++;
+            tls_pins++;
+            *pinned = true;
+            boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
+            pthread_mutex_unlock(&lc_lock);
+            assert(rt != NULL);
+            return rt;
+        }
+        pthread_mutex_unlock(&lc_lock);
+        if (mode == BOCPY_PIN_PEEK) {
+            return NULL;
+        }
+        if (state == LC_STOPPED) {
+            if (mode == BOCPY_PIN_QUIESCE) {
+                return NULL;
+            }
+            if (!st->interp->is_main || st->starter == NULL) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "the bocpy runtime is not running; import bocpy in the main "
+                                "interpreter and schedule behaviors from there");
+                return NULL;
+            }
+            PyObject *rv = PyObject_CallNoArgs(st->starter);
+            if (rv == NULL) {
+                return NULL;
+            }
+            Py_DECREF(rv);
+            continue;
+        }
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
+            /* Waiting would wait for ourselves (or for the behavior we are
+             * part of): the runtime is in its last steps. */
+            PyErr_SetString(PyExc_RuntimeError,
+                            "bocpy is shutting down: every behavior has run and the workers "
+                            "are stopping, so this one cannot be scheduled; a thread that a "
+                            "behavior started must schedule before that behavior returns (or "
+                            "join the thread inside the behavior)");
+            return NULL;
+        }
+        /* STARTING, or DRAINING/JOINING on behalf of another thread. */
+        if (lc_wait_for_change(seen) < 0) {
+            return NULL;
+        }
+    }
+}
+
+void bocpy_runtime_unpin(bool pinned) {
+    if (!pinned) {
+        return;
+    }
+    lc_lock_acquire();
+    assert(lc_pins > 0 && tls_pins > 0);
+    lc_pins--;
+    tls_pins--;
+    bool wake = lc_pins == 0 && lc_state == LC_DRAINING;
+    pthread_mutex_unlock(&lc_lock);
+    if (wake) {
+        bocpy_quiescent_hook(NULL); /* the stopper polls the internal wake fd */
+    }
+}
+
+bool bocpy_runtime_snapshot(unsigned *workers, uint64_t *live) {
+    lc_lock_acquire();
+    boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
+    /* The runtime is freed only after it is cleared under lc_lock. */
+    *workers = rt ? boc_runtime_worker_count(rt) : 0;
+    *live = rt ? boc_runtime_live(rt) : 0;
+    pthread_mutex_unlock(&lc_lock);
+    return rt != NULL;
 }
 
 const bocpy_bootstrap *bocpy_current_bootstrap(void) { return &bootstrap; }
@@ -36,7 +229,6 @@ void bocpy_worker_started(unsigned index, bocpy_interp *record) {
         worker_records[index] = record;
     }
 }
-
 typedef struct late_bind {
     char *name;
     bocpy_blob *blob;
@@ -175,21 +367,6 @@ static int copy_sys_path(void) {
     return 0;
 }
 
-int bocpy_ensure_runtime(bocpy_state *st) {
-    if (bocpy_runtime() != NULL) {
-        return 0;
-    }
-    if (!st->interp->is_main || st->starter == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "the bocpy runtime is not running; import bocpy in the main "
-                        "interpreter and schedule behaviors from there");
-        return -1;
-    }
-    PyObject *rv = PyObject_CallNoArgs(st->starter);
-    Py_XDECREF(rv);
-    return rv == NULL ? -1 : 0;
-}
-
 static int check_main(bocpy_state *st, const char *name) {
     if (!st->interp->is_main) {
         PyErr_Format(PyExc_RuntimeError,
@@ -198,6 +375,80 @@ static int check_main(bocpy_state *st, const char *name) {
                      name);
         return -1;
     }
+    return 0;
+}
+
+/* Caller owns STARTING: back to STOPPED, waking whoever waits. */
+static void start_failed(void) {
+    bootstrap_clear();
+    lc_lock_acquire();
+    tls_lifecycle_owner = false;
+    lc_transition(LC_STOPPED);
+    pthread_mutex_unlock(&lc_lock);
+}
+
+/* Caller owns STARTING: makes the runtime from the bootstrap and starts its
+ * workers.  0, or -1 with an exception (the state is STOPPED again). */
+static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObject *values) {
+    bootstrap_clear();
+    if (copy_sys_path() < 0) {
+        start_failed();
+        return -1;
+    }
+    bootstrap.header = bocpy_serialize(st, header);
+    if (bootstrap.header == NULL) {
+        start_failed();
+        return -1;
+    }
+    Py_ssize_t nvalues = PyList_GET_SIZE(values);
+    bootstrap.values = calloc((size_t)nvalues + 1, sizeof(*bootstrap.values));
+    worker_records = calloc((size_t)count, sizeof(*worker_records));
+    if (bootstrap.values == NULL || worker_records == NULL) {
+        start_failed();
+        PyErr_NoMemory();
+        return -1;
+    }
+    worker_records_len = (unsigned)count;
+    for (Py_ssize_t i = 0; i < nvalues; i++) {
+        /* A value that cannot be sent is simply absent in workers. */
+        bootstrap.values[i] = bocpy_serialize(st, PyList_GET_ITEM(values, i));
+        if (bootstrap.values[i] == NULL) {
+            PyErr_Clear();
+        }
+    }
+    bootstrap.nvalues = (size_t)nvalues;
+
+    bocpy_start_error_reset();
+    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+    boc_runtime *rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);
+    if (rt == NULL) {
+        start_failed();
+        PyErr_NoMemory();
+        return -1;
+    }
+    int rc;
+    /* Workers need the main GIL while they create their interpreters. */
+    Py_BEGIN_ALLOW_THREADS
+        rc = boc_runtime_start(rt);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        boc_runtime_free(rt);
+        char why[512];
+        bocpy_start_error_get(why, sizeof(why));
+        start_failed();
+        PyErr_Format(PyExc_RuntimeError, "bocpy could not start its workers: %s",
+                     why[0] ? why : "thread creation failed");
+        return -1;
+    }
+    PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
+    Py_XSETREF(st->main_dict, main ? Py_NewRef(PyModule_GetDict(main)) : NULL);
+    st->main_dict_size = st->main_dict ? PyDict_GET_SIZE(st->main_dict) : 0;
+    PyErr_Clear();
+    lc_lock_acquire();
+    atomic_store_explicit(&current_runtime, rt, memory_order_release);
+    tls_lifecycle_owner = false;
+    lc_transition(LC_RUNNING);
+    pthread_mutex_unlock(&lc_lock);
     return 0;
 }
 
@@ -210,72 +461,54 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
         0) {
         return NULL;
     }
-    boc_runtime *rt = bocpy_runtime();
-    if (rt != NULL) {
-        if ((unsigned)count != boc_runtime_worker_count(rt)) {
-            PyErr_Format(PyExc_RuntimeError,
-                         "bocpy is already running with %u workers; call bocpy.wait() before "
-                         "starting it again with %lld",
-                         boc_runtime_worker_count(rt), count);
-            return NULL;
-        }
-        Py_RETURN_NONE;
-    }
-    if (!PyList_Check(values)) {
+    if (header != Py_None && !PyList_Check(values)) {
         PyErr_SetString(PyExc_TypeError, "start(): values must be a list");
         return NULL;
     }
-    bootstrap_clear();
-    if (copy_sys_path() < 0) {
-        bootstrap_clear();
-        return NULL;
-    }
-    bootstrap.header = bocpy_serialize(st, header);
-    if (bootstrap.header == NULL) {
-        return NULL;
-    }
-    Py_ssize_t nvalues = PyList_GET_SIZE(values);
-    bootstrap.values = calloc((size_t)nvalues + 1, sizeof(*bootstrap.values));
-    worker_records = calloc((size_t)count, sizeof(*worker_records));
-    if (bootstrap.values == NULL || worker_records == NULL) {
-        bootstrap_clear();
-        return PyErr_NoMemory();
-    }
-    worker_records_len = (unsigned)count;
-    for (Py_ssize_t i = 0; i < nvalues; i++) {
-        /* A value that cannot be sent is simply absent in workers. */
-        bootstrap.values[i] = bocpy_serialize(st, PyList_GET_ITEM(values, i));
-        if (bootstrap.values[i] == NULL) {
-            PyErr_Clear();
+    /* True: a runtime with `count` workers runs.  False: none runs and
+     * `header` is None -- build the bootstrap and call again. */
+    for (;;) {
+        lc_lock_acquire();
+        lifecycle_state state = lc_state;
+        uint64_t seen = lc_generation;
+        if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st))) {
+            boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
+            unsigned running = boc_runtime_worker_count(rt);
+            pthread_mutex_unlock(&lc_lock);
+            if ((unsigned)count != running) {
+                PyErr_Format(PyExc_RuntimeError,
+                             "bocpy is already running with %u workers; call bocpy.wait() "
+                             "before starting it again with %lld",
+                             running, count);
+                return NULL;
+            }
+            Py_RETURN_TRUE;
+        }
+        if (state == LC_STOPPED) {
+            if (header == Py_None) {
+                pthread_mutex_unlock(&lc_lock);
+                Py_RETURN_FALSE;
+            }
+            /* This thread makes the runtime; the others wait for it. */
+            tls_lifecycle_owner = true;
+            lc_transition(LC_STARTING);
+            pthread_mutex_unlock(&lc_lock);
+            if (start_owned(st, count, header, values) < 0) {
+                return NULL;
+            }
+            Py_RETURN_TRUE;
+        }
+        pthread_mutex_unlock(&lc_lock);
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "bocpy.start() cannot be called while this thread is stopping the "
+                            "runtime (from inside wait())");
+            return NULL;
+        }
+        if (lc_wait_for_change(seen) < 0) {
+            return NULL;
         }
     }
-    bootstrap.nvalues = (size_t)nvalues;
-
-    bocpy_start_error[0] = '\0';
-    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
-    rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);
-    if (rt == NULL) {
-        bootstrap_clear();
-        return PyErr_NoMemory();
-    }
-    int rc;
-    /* Workers need the main GIL while they create their interpreters. */
-    Py_BEGIN_ALLOW_THREADS
-        rc = boc_runtime_start(rt);
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        boc_runtime_free(rt);
-        bootstrap_clear();
-        PyErr_Format(PyExc_RuntimeError, "bocpy could not start its workers: %s",
-                     bocpy_start_error[0] ? bocpy_start_error : "thread creation failed");
-        return NULL;
-    }
-    PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
-    Py_XSETREF(st->main_dict, main ? Py_NewRef(PyModule_GetDict(main)) : NULL);
-    st->main_dict_size = st->main_dict ? PyDict_GET_SIZE(st->main_dict) : 0;
-    PyErr_Clear();
-    atomic_store_explicit(&current_runtime, rt, memory_order_release);
-    Py_RETURN_NONE;
 }
 
 static PyObject *collect_stats(boc_runtime *rt) {
@@ -307,30 +540,91 @@ static PyObject *collect_stats(boc_runtime *rt) {
     return list;
 }
 
+/* The stopper, in JOINING: joins the workers and frees the runtime. */
 static void stop_runtime(boc_runtime *rt) {
-    atomic_store_explicit(&current_runtime, NULL, memory_order_release);
     Py_BEGIN_ALLOW_THREADS
-        /* A thread that picked up the pointer just before we cleared it may
-         * still be scheduling: let that work finish before the workers go. */
-        while (boc_runtime_wait_quiescent(rt, WAIT_SLICE_NS) != 0) {
-        }
+        /* Already quiescent (checked under lc_lock with no pins left), and
+         * nobody can schedule on it any more: the workers may go. */
+        assert(boc_runtime_live(rt) == 0);
         boc_runtime_stop(rt);
         bocpy_pinned_runtime_gone();
     Py_END_ALLOW_THREADS
     boc_runtime_free(rt);
     bootstrap_clear();
+    /* The board belongs to the run that just ended: clear it before any
+     * other thread can start the next run (it cannot before STOPPED), so a
+     * new run's first writes are never swept away with the old board. */
+    if (bocpy_noticeboard_clear() < 0) {
+        PyErr_WriteUnraisable(NULL);
+    }
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+    lc_lock_acquire();
+    tls_lifecycle_owner = false;
+    lc_transition(LC_STOPPED);
+    pthread_mutex_unlock(&lc_lock);
 }
 
-PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
-    if (check_main(st, stop ? "wait" : "quiesce") < 0) {
+/* The stopper gives up (timeout, Ctrl-C, held cowns): DRAINING -> RUNNING. */
+static void stop_abandoned(void) {
+    lc_lock_acquire();
+    assert(lc_state == LC_DRAINING && tls_lifecycle_owner);
+    tls_lifecycle_owner = false;
+    lc_transition(LC_RUNNING);
+    pthread_mutex_unlock(&lc_lock);
+}
+
+/* The main thread holds a cown while behaviors are in flight: one of them
+ * may need it, and waiting would then never end.  Checked on every slice,
+ * since another thread may schedule on a held cown at any time. */
+static int check_no_main_holds(boc_runtime *rt) {
+    if (bocpy_main_holds() > 0 && boc_runtime_live(rt) > 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the main thread still holds acquired cowns while behaviors are in "
+                        "flight; release() them (or leave their 'with' block) before waiting");
+        return -1;
+    }
+    return 0;
+}
+
+/* The board as the run leaves it, for wait(noticeboard=True): taken after
+ * the last behavior and before the stop clears the board.  A new reference,
+ * or NULL with an exception set. */
+static PyObject *board_snapshot(bocpy_state *st) {
+    PyObject *view = bocpy_noticeboard(st, true);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *board = PyObject_CallMethod(view, "to_dict", NULL);
+    Py_DECREF(view);
+    return board;
+}
+
+/* wait()/quiesce() with no runtime: no stats, and the board as it is (only
+ * notice_seed can have written it, for the next run; it is not cleared). */
+static PyObject *no_runtime_result(bocpy_state *st, PyObject **board) {
+    if (board != NULL && (*board = board_snapshot(st)) == NULL) {
+        return NULL;
+    }
+    return PyList_New(0);
+}
+
+PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject **board) {
+    const char *name = stop ? "wait" : "quiesce";
+    if (check_main(st, name) < 0) {
         return NULL;
     }
     if (bocpy_pumping()) {
         PyErr_Format(PyExc_RuntimeError,
                      "bocpy.%s() cannot be called from inside a pinned behavior: the "
                      "behavior itself is still running",
-                     stop ? "wait" : "quiesce");
+                     name);
+        return NULL;
+    }
+    if (tls_pins > 0 || tls_lifecycle_owner) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "bocpy.%s() cannot be called while this thread is scheduling a behavior "
+                     "or stopping the runtime (from a __reduce__ or signal handler?)",
+                     name);
         return NULL;
     }
     double timeout = -1.0;
@@ -346,31 +640,74 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
             return NULL;
         }
     }
-    boc_runtime *rt = bocpy_runtime();
-    if (rt == NULL) {
-        bocpy_garbage_drain(st->interp);
-        return PyList_New(0);
-    }
-    if (bocpy_main_holds() > 0 && boc_runtime_live(rt) > 0) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "the main thread still holds acquired cowns while behaviors are in "
-                        "flight; release() them (or leave their 'with' block) before waiting");
-        return NULL;
-    }
     uint64_t start = boc_now_ns();
     uint64_t budget = timeout < 0 ? UINT64_MAX : bocpy_seconds_to_ns(timeout);
+
+    /* quiesce() pins the runtime for as long as it looks at it; wait() takes
+     * the runtime from RUNNING to DRAINING (another thread's wait() in
+     * progress does the job for both: wait for it to end). */
+    boc_runtime *rt = NULL;
+    bool pinned = false;
+    if (!stop) {
+        rt = bocpy_runtime_pin(st, BOCPY_PIN_QUIESCE, &pinned);
+        if (rt == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            bocpy_garbage_drain(st->interp);
+            return no_runtime_result(st, board);
+        }
+    } else {
+        for (;;) {
+            lc_lock_acquire();
+            lifecycle_state state = lc_state;
+            uint64_t seen = lc_generation;
+            if (state == LC_RUNNING) {
+                rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
+                tls_lifecycle_owner = true;
+                lc_transition(LC_DRAINING);
+                pthread_mutex_unlock(&lc_lock);
+                break;
+            }
+            pthread_mutex_unlock(&lc_lock);
+            if (state == LC_STOPPED) {
+                bocpy_garbage_drain(st->interp);
+                return no_runtime_result(st, board);
+            }
+            if (lc_wait_for_change(seen) < 0) {
+                return NULL;
+            }
+        }
+    }
     for (;;) {
+        if (check_no_main_holds(rt) < 0) {
+            goto failed;
+        }
         /* Pinned behaviors run here, on the main thread, while we wait. */
         bocpy_pump_result pumped;
         if (bocpy_pump_run(st, 0, 0, false, &pumped) < 0) {
-            return NULL; /* a pinned body raised KeyboardInterrupt or SystemExit */
+            goto failed; /* a pinned body raised KeyboardInterrupt or SystemExit */
         }
-        /* acquire (inside): the work of every completed behavior is visible. */
-        if (boc_runtime_wait_quiescent(rt, 0) == 0) {
+        if (stop) {
+            /* The one place DRAINING becomes JOINING: with no pins left,
+             * nobody but the behaviors themselves can add work, and with
+             * none live nothing can.  acquire (in boc_runtime_live): the
+             * work of every completed behavior is visible. */
+            lc_lock_acquire();
+            bool done = lc_pins == 0 && boc_runtime_live(rt) == 0;
+            if (done) {
+                atomic_store_explicit(&current_runtime, NULL, memory_order_release);
+                lc_transition(LC_JOINING);
+            }
+            pthread_mutex_unlock(&lc_lock);
+            if (done) {
+                break;
+            }
+        } else if (boc_runtime_wait_quiescent(rt, 0) == 0) {
             break;
         }
         if (PyErr_CheckSignals() < 0) {
-            return NULL; /* Ctrl-C: the runtime keeps running */
+            goto failed; /* Ctrl-C: the runtime keeps running */
         }
         uint64_t elapsed = boc_now_ns() - start;
         if (budget != UINT64_MAX && elapsed >= budget) {
@@ -379,9 +716,8 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
             PyErr_Format(PyExc_TimeoutError,
                          "%llu behaviors were still in flight after %s s; the runtime keeps "
                          "running: call %s() again to keep waiting",
-                         (unsigned long long)boc_runtime_live(rt), seconds,
-                         stop ? "wait" : "quiesce");
-            return NULL;
+                         (unsigned long long)boc_runtime_live(rt), seconds, name);
+            goto failed;
         }
         int64_t left_ms = WAIT_SLICE_NS / 1000000;
         if (budget != UINT64_MAX && (budget - elapsed) / 1000000 < (uint64_t)left_ms) {
@@ -393,21 +729,34 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop) {
         bocpy_garbage_drain(st->interp);
     }
     PyObject *stats = collect_stats(rt);
-    if (stats == NULL) {
-        return NULL;
+    if (stats != NULL && board != NULL && (*board = board_snapshot(st)) == NULL) {
+        Py_CLEAR(stats);
     }
     if (stop) {
+        /* Stop even when the stats could not be made: JOINING is final. */
         stop_runtime(rt);
         bocpy_garbage_drain(st->interp);
+    } else {
+        bocpy_runtime_unpin(pinned);
     }
     return stats;
+failed:
+    if (stop) {
+        stop_abandoned();
+    } else {
+        bocpy_runtime_unpin(pinned);
+    }
+    return NULL;
 }
 
 PyObject *bocpy_close_pool(bocpy_state *st) {
     if (check_main(st, "_close_pool") < 0) {
         return NULL;
     }
-    if (bocpy_runtime() != NULL || bocpy_workers_alive() > 0) {
+    lc_lock_acquire();
+    bool stopped = lc_state == LC_STOPPED;
+    pthread_mutex_unlock(&lc_lock);
+    if (!stopped || bocpy_workers_alive() > 0) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the bocpy runtime is running (or starting or stopping its workers); "
                         "call bocpy.wait() before ending its worker interpreters");
@@ -426,16 +775,93 @@ static void interrupt_body(void *arg) {
     }
 }
 
-PyObject *bocpy_cancel(void) {
+PyObject *bocpy_cancel(bocpy_state *st) {
     /* From now on workers skip bodies: each queued behavior completes at
      * once with a "did not run" exception on its result cown, which frees
      * its cowns for the next one, so the whole graph drains quickly. */
     atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed);
-    for (unsigned i = 0; bocpy_runtime() != NULL && i < worker_records_len; i++) {
+    /* The pin keeps worker_records alive while we look at them. */
+    bool pinned;
+    boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
+    for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
         bocpy_interp *rec = worker_records[i];
         if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
             bocpy_interp_call_in(rec, interrupt_body, rec);
         }
     }
+    bocpy_runtime_unpin(pinned);
     Py_RETURN_NONE;
+}
+
+PyObject *bocpy_running_behaviors(bocpy_state *st) {
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    /* The pin keeps worker_records alive while we look at them. */
+    bool pinned;
+    boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
+    for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
+        bocpy_interp *rec = worker_records[i];
+        if (rec == NULL || !atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+            continue;
+        }
+        /* relaxed: a name for a report; a body that just ended is harmless. */
+        int64_t id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
+        PyObject *name = bocpy_registry_name(st, id);
+        PyObject *entry = name ? PyUnicode_FromFormat("worker %u: %U", i, name) : NULL;
+        Py_XDECREF(name);
+        if (entry == NULL || PyList_Append(list, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(entry);
+    }
+    bocpy_runtime_unpin(pinned);
+    return list;
+}
+
+/* ------------------------------------------------------------------- fork */
+
+/* An audit hook (PEP 578): os.fork() audits "os.fork" before it forks, and
+ * fails if a hook fails.  CPython aborts a child forked while other
+ * interpreters have threads in them ("PyThreadState_Get: ... the GIL is
+ * released"), and multiprocessing's fork start method answers a dead child
+ * by forking the next one, endlessly.  So a fork while any worker exists
+ * fails here, in the parent, once, saying what to do instead.  (With no
+ * workers, bocpy/__init__.py's before-fork hook ends the idle worker
+ * interpreters kept for the next run, and the child is usable.)  Called for
+ * every audited event in every interpreter: it only compares a string
+ * unless the event is a fork. */
+static int fork_guard(const char *event, PyObject *args, void *user) {
+    (void)args;
+    (void)user;
+    if (strcmp(event, "os.fork") != 0 && strcmp(event, "os.forkpty") != 0) {
+        return 0;
+    }
+    lc_lock_acquire();
+    bool stopped = lc_state == LC_STOPPED;
+    pthread_mutex_unlock(&lc_lock);
+    if (stopped && bocpy_workers_alive() == 0) {
+        return 0;
+    }
+    PyErr_SetString(PyExc_RuntimeError,
+                    "cannot fork while the bocpy runtime is running: CPython aborts a child "
+                    "forked from a process whose worker interpreters are alive. Call "
+                    "bocpy.wait() before forking, or use the 'spawn' or 'forkserver' start "
+                    "method of multiprocessing (multiprocessing.get_context('spawn'))");
+    return -1;
+}
+
+int bocpy_fork_guard_install(void) {
+    static bool installed; /* main interpreter, GIL held */
+    if (installed) {
+        return 0;
+    }
+    if (PySys_AddAuditHook(fork_guard, NULL) < 0) {
+        return -1;
+    }
+    installed = true;
+    return 0;
 }

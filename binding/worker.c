@@ -34,7 +34,23 @@ typedef struct worker_context {
     uint64_t log_levels_seen;
 } worker_context;
 
-extern char bocpy_start_error[512];
+/* The first error a starting worker reports.  Workers start concurrently,
+ * so it is written under a lock; the starter reads it (under the same lock)
+ * after boc_runtime_start has returned. */
+static pthread_mutex_t start_error_lock = PTHREAD_MUTEX_INITIALIZER;
+static char start_error[512];
+
+void bocpy_start_error_reset(void) {
+    pthread_mutex_lock(&start_error_lock);
+    start_error[0] = '\0';
+    pthread_mutex_unlock(&start_error_lock);
+}
+
+void bocpy_start_error_get(char *buf, size_t size) {
+    pthread_mutex_lock(&start_error_lock);
+    snprintf(buf, size, "%s", start_error);
+    pthread_mutex_unlock(&start_error_lock);
+}
 
 /* Worker threads between the start of worker_start and the end of
  * worker_stop (or of a failed start): while any exists, the pool must not
@@ -403,6 +419,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     for (Py_ssize_t i = 0; i < nextra; i++, built++) {
         argv[built] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
     }
+    atomic_store_explicit(&here->running_code, p->code_id, memory_order_relaxed);
     atomic_store_explicit(&here->in_body, true, memory_order_relaxed);
     result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
     atomic_store_explicit(&here->in_body, false, memory_order_relaxed);
@@ -502,9 +519,11 @@ static void drop_gil(worker_context *ctx) {
 
 static void report_start_error(unsigned index, const char *what) {
     /* First error wins; later workers usually fail the same way. */
-    if (bocpy_start_error[0] == '\0') {
-        snprintf(bocpy_start_error, sizeof(bocpy_start_error), "worker %u: %s", index, what);
+    pthread_mutex_lock(&start_error_lock);
+    if (start_error[0] == '\0') {
+        snprintf(start_error, sizeof(start_error), "worker %u: %s", index, what);
     }
+    pthread_mutex_unlock(&start_error_lock);
 }
 
 static void report_python_error(unsigned index) {

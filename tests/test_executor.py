@@ -333,4 +333,5 @@ def test_a_script_that_dies_does_not_wait_for_its_tasks(run_script):
     assert result.returncode == 1, result.stderr
     assert "must not run" not in result.stdout
     assert "the script gives up" in result.stderr
-    assert "bocpy: behaviors still running at exit; exiting without them" in result.stderr
+    assert "bocpy: the program ended with an uncaught exception" in result.stderr
+    assert "abandoned at exit; still running: worker 0: __main__.stuck" in result.stderr

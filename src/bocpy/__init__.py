@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 import types
 import warnings
 from collections.abc import Callable
@@ -285,6 +286,9 @@ def _check_method(function: types.FunctionType, given: int) -> None:
         )
 
 
+_start_lock = threading.Lock()
+
+
 def start(worker_count: int | None = None) -> None:
     """Start the worker pool; the first ``@when`` does this implicitly.
 
@@ -297,6 +301,9 @@ def start(worker_count: int | None = None) -> None:
     :raises ValueError: if ``worker_count`` is below 1 or too large.
     :raises RuntimeError: if the runtime already runs with a different worker
         count (call :func:`wait` first), or when called from a behavior.
+
+    Safe to call from any thread of the main interpreter, also while
+    another thread starts or stops the runtime: exactly one runtime results.
     """
     if not _core._is_main_interpreter():
         raise RuntimeError(
@@ -308,12 +315,21 @@ def start(worker_count: int | None = None) -> None:
         return
     if worker_count is None:
         worker_count = WORKER_COUNT
+    # The binding decides, under its lifecycle lock: True when a runtime with
+    # this many workers runs (after waiting out one that starts or stops),
+    # False when none runs and it needs the bootstrap to start one.
+    if _core.start(worker_count, None, []):
+        return
     from . import _logging, _worker
 
-    _logging.start_main()
-    header, values = _worker.build_bootstrap()
-    _core.start(worker_count, header, values)
-    _worker.refresh_main()
+    # One bootstrap at a time: building it resets what refresh_main knows.
+    with _start_lock:
+        if _core.start(worker_count, None, []):
+            return
+        _logging.start_main()
+        header, values = _worker.build_bootstrap()
+        _core.start(worker_count, header, values)
+        _worker.refresh_main()
 
 
 class WaitResult(NamedTuple):
@@ -397,7 +413,14 @@ def wait(
     :raises RuntimeError: when called from a behavior, or while the main
         thread holds cowns that behaviors wait for.
     """
-    return _finish(_core.wait(timeout, True, noticeboard), stats)
+    global _timed_out
+    try:
+        result = _core.wait(timeout, True, noticeboard)
+    except TimeoutError:
+        _timed_out = True
+        raise
+    _timed_out = False
+    return _finish(result, stats)
 
 
 @overload
@@ -449,7 +472,14 @@ def quiesce(
     :raises RuntimeError: when called from a behavior, or while the main
         thread holds cowns that behaviors wait for.
     """
-    return _finish(_core.wait(timeout, False, noticeboard), stats)
+    global _timed_out
+    try:
+        result = _core.wait(timeout, False, noticeboard)
+    except TimeoutError:
+        _timed_out = True
+        raise
+    _timed_out = False
+    return _finish(result, stats)
 
 
 def notice_seed(key: str, value: Any) -> None:
@@ -553,6 +583,17 @@ def _flush_logs() -> None:
 
 
 _crashed = False
+#: A wait()/quiesce() timed out and no later one finished: the program was
+#: told that work is stuck, so exit gives it a few seconds, not forever.
+_timed_out = False
+#: After an uncaught exception or Ctrl-C, how long running bodies get to
+#: finish (they are interrupted at their next bytecode) before the process
+#: exits without them.  A body blocked in C (a sleep) cannot be interrupted.
+_EXIT_GRACE_SECONDS = 0.5
+#: After a timed-out wait(): how long exit waits for the work before it
+#: interrupts it.
+_EXIT_AFTER_TIMEOUT_SECONDS = 3.0
+
 
 
 def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -564,35 +605,88 @@ def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
     return excepthook
 
 
+def _exit_now(status: int) -> None:
+    """End the process at once: workers still run in their interpreters,
+    which CPython cannot finalise around."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing left to save
+            pass
+    os._exit(status)
+
+
+def _abandon(why: str, status: int) -> None:
+    """Stop the runtime's work at exit, report what did not finish, exit."""
+    running = _core._running()
+    live = _core._runtime_info()[2]
+    if live == 0:
+        # Nothing in flight: stop the idle runtime quietly.
+        try:
+            _core.wait(_EXIT_GRACE_SECONDS, True)
+        except BaseException:  # a behavior scheduled meanwhile: report it below
+            live = _core._runtime_info()[2]
+        else:
+            if status:
+                _exit_now(status)
+            return
+    _core._cancel()  # queued behaviors get an exception; bodies are interrupted
+    try:
+        _core.wait(_EXIT_GRACE_SECONDS, True)
+        finished = True
+    except BaseException:  # TimeoutError, or a second Ctrl-C
+        finished = False
+    names = ", ".join(running) if running else "none"
+    if finished:
+        _log.error(
+            "%s: %d behavior(s) did not finish and were dropped or interrupted at exit "
+            "(running then: %s)",
+            why,
+            live,
+            names,
+        )
+        if status:
+            _exit_now(status)
+        return
+    _log.error(
+        "%s: %d behavior(s) were abandoned at exit; still running: %s",
+        why,
+        _core._runtime_info()[2],
+        ", ".join(_core._running()) or names,
+    )
+    _exit_now(status or 1)
+
+
 def _at_exit() -> None:
     """Finish scheduled work when a script ends; stop promptly when it died.
 
     A script that ends normally without calling ``wait()`` still runs its
-    behaviors.  One that ends on an uncaught exception (Ctrl-C included)
-    only lets running bodies finish: queued behaviors are dropped, with an
-    exception on their result cowns, and if a body does not finish within a
-    few seconds the process exits anyway.
+    behaviors, for as long as they take (Ctrl-C stops that).  After an
+    uncaught exception (Ctrl-C included), a Ctrl-C while exit waits, or
+    once a ``wait()`` has timed out and the work still does not finish
+    within a few seconds, queued behaviors are dropped (with an exception
+    on their result cowns), running bodies are interrupted and get
+    ``_EXIT_GRACE_SECONDS`` to end, what did not finish is reported through
+    the ``bocpy`` logger, and the process exits with a non-zero status.
     """
     if not _core._runtime_info()[0]:
         return
+    if _crashed:
+        # The traceback is already printed; Python exits with status 1.
+        _abandon("bocpy: the program ended with an uncaught exception", 0)
+        return
     try:
-        if not _crashed:
-            _core.wait(None, True, False)
-            _flush_logs()
-            return
-    except KeyboardInterrupt:
-        pass
-    _core._cancel()
-    try:
-        _core.wait(5.0, True, False)
+        if _timed_out:
+            _core.wait(_EXIT_AFTER_TIMEOUT_SECONDS, True)
+        else:
+            _core.wait(None, True)
         _flush_logs()
-    except BaseException:
-        _log.error("bocpy: behaviors still running at exit; exiting without them")
-        for handler in _log.handlers + logging.getLogger().handlers + [logging.lastResort]:
-            if handler is not None:
-                handler.flush()
-        sys.stdout.flush()
-        os._exit(1)
+        return
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        _abandon("bocpy: interrupted while exit waited for behaviors", 130)
+    except TimeoutError:
+        _abandon("bocpy: a wait() timed out earlier and the work did not finish", 1)
 
 
 def _report_unretrieved_at_exit() -> None:

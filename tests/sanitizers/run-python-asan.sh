@@ -6,7 +6,11 @@
 # build/asan-python/ (a copy of src/ and tests/, so that the suite's
 # subprocesses use the same build).
 #
+# The binding is compiled with its assert()s on (-UNDEBUG; CPython's flags
+# say -DNDEBUG), so that an invariant it breaks fails the run.
+#
 # Usage: tests/sanitizers/run-python-asan.sh [pytest args...]
+# BOCPY_ASAN_TESTS (default: tests) names the test files or folders to run.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 py="$top/.venv/bin/python"
@@ -16,7 +20,7 @@ rm -rf "$out"
 mkdir -p "$out"
 cp -r "$top/src" "$top/tests" "$out/"
 rm -f "$out"/src/bocpy/_core*.so
-(cd "$top" && CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g" \
+(cd "$top" && CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g -UNDEBUG" \
     LDFLAGS="-fsanitize=address,undefined" \
     "$py" setup.py -q build_ext --force --build-lib "$out/lib" --build-temp "$out/tmp" >/dev/null)
 cp "$out"/lib/bocpy/_core*.so "$out/src/bocpy/"
@@ -32,4 +36,7 @@ export PYTHONPATH="$out/src"
 cd "$out"
 # The Tk tests start an X server (Xvfb), which cannot run with the sanitizer
 # runtime preloaded; the plain run covers them.
-exec "$py" -m pytest tests --ignore=tests/test_tk.py "$@"
+# BOCPY_ASAN=1 tells tests that scale with the build (the stress test) that
+# every operation costs several times more here.
+export BOCPY_ASAN=1
+exec "$py" -m pytest ${BOCPY_ASAN_TESTS:-tests} --ignore=tests/test_tk.py "$@"
