@@ -328,6 +328,8 @@ int bocpy_move_traverse(bocpy_state *st, visitproc visit, void *arg) {
     Py_VISIT(st->move.names);
     Py_VISIT(st->move.dispatch);
     Py_VISIT(st->move.rebuild);
+    Py_VISIT(st->move.pickler);
+    Py_VISIT(st->move.bytesio);
     return 0;
 }
 

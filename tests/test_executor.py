@@ -334,4 +334,4 @@ def test_a_script_that_dies_does_not_wait_for_its_tasks(run_script):
     assert "must not run" not in result.stdout
     assert "the script gives up" in result.stderr
     assert "bocpy: the program ended with an uncaught exception" in result.stderr
-    assert "abandoned at exit; still running: worker 0: __main__.stuck" in result.stderr
+    assert "abandoned at exit; still running: worker 0: bocpy.executor._run_task" in result.stderr

@@ -578,7 +578,9 @@ def set_pump_watchdog(
 def _flush_logs() -> None:
     """Hand the records behaviors logged to the main loggers before returning."""
     logs = sys.modules.get("bocpy._logging")
-    if logs is not None:
+    # Another thread may be importing the module right now: its records wait
+    # for the next flush rather than touching a half-initialised module.
+    if logs is not None and not getattr(logs.__spec__, "_initializing", False):
         logs.flush()
 
 
