@@ -8,22 +8,22 @@
  * Python types `Cown` and the `@when` decorator.
  *
  * Files:
- *   interp.c    per-interpreter records: residents, garbage, foreign entry
- *   transfer.c  serialised values ("blobs") and the pickling context
- *   move.c      types that cross by moving their buffer (<bocpy/move.h>)
- *   registry.c  behavior code: process-wide registry, per-interpreter caches
- *   cown.c      the Cown type and the life of a cown's value
- *   behavior.c  @when / whencall: building and scheduling behaviors
- *   worker.c    worker sub-interpreters and running a behavior
- *   pool.c      worker interpreters kept from one runtime to the next
- *   pinned.c    PinnedCown, pump(), wake-ups and the starvation watchdog
+ *   interp.c       per-interpreter records: residents, garbage, foreign entry
+ *   transfer.c     serialised values ("blobs") and the pickling context
+ *   move.c         types that cross by moving their buffer (<bocpy/move.h>)
+ *   registry.c     behavior code: process-wide registry, per-interpreter caches
+ *   cown_value.c   the Cown type and the life of a cown's value
+ *   when.c         @when / whencall: building and scheduling behaviors
+ *   worker.c       worker sub-interpreters and running a behavior
+ *   pool.c         worker interpreters kept from one runtime to the next
+ *   pump.c         PinnedCown, pump(), wake-ups and the starvation watchdog
  *   noticeboard.c  the multi-version key/value board
- *   messaging.c the send/receive channels
- *   strtable.c  the string-keyed hash table both of those use
- *   args.c      argument checks shared by the module functions
- *   runtime.c   starting, waiting for and stopping the runtime
- *   matrix.c    the Matrix type (matrix.h)
- *   module.c    module state, start/wait/quiesce, module functions
+ *   messaging.c    the send/receive channels
+ *   strtable.c     the string-keyed hash table both of those use
+ *   args.c         argument checks shared by the module functions
+ *   lifecycle.c    starting, waiting for and stopping the runtime
+ *   matrix.c       the Matrix type (matrix.h)
+ *   module.c       module state, start/wait/quiesce, module functions
  */
 #ifndef BOCPY_H
 #define BOCPY_H
@@ -203,7 +203,7 @@ struct bocpy_cown {
      * or the program ends, first.  Holder or destroyer only. */
     bool unretrieved;
     /* Links in the list of cowns with an unretrieved exception (guarded by
-     * that list's lock, in cown.c). */
+     * that list's lock, in cown_value.c). */
     bocpy_cown *unret_prev, *unret_next;
     bool unret_listed;
     /* Why behaviors can no longer have this value (it failed to rebuild in a
@@ -308,7 +308,7 @@ long bocpy_main_holds(void);
 extern const boc_runtime_ops bocpy_runtime_ops;
 /* The runtime behaviors are scheduled on; NULL when none is running.  Only
  * safe to use without a pin on a worker thread inside a behavior (its
- * behavior keeps the runtime alive); everyone else pins (runtime.c). */
+ * behavior keeps the runtime alive); everyone else pins (lifecycle.c). */
 boc_runtime *bocpy_runtime(void);
 /* How bocpy_runtime_pin treats a runtime that is not RUNNING:
  *   SCHEDULE  wait while it starts or stops; start one when none runs
@@ -478,7 +478,7 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value, bo
 PyObject *bocpy_notice_delete(bocpy_state *st, PyObject *key);
 /* Empties the board (wait() does, as it ends a run); -1 with an exception. */
 int bocpy_noticeboard_clear(void);
-/* Diagnostics go through logging's "bocpy" logger (pinned.c).
+/* Diagnostics go through logging's "bocpy" logger (pump.c).
  * bocpy_logger_call logs `message` at `level` ("warning", "error") and
  * returns the call's result, or NULL with an exception set;
  * bocpy_log_warning steals `message` (NULL: an exception is set) and
@@ -486,7 +486,7 @@ int bocpy_noticeboard_clear(void);
 PyObject *bocpy_logger_call(const char *level, PyObject *message);
 void bocpy_log_warning(PyObject *message);
 /* wait() (stop) or quiesce(): the stats list, and with `board` non-NULL
- * the noticeboard as the run left it in *board (runtime.c). */
+ * the noticeboard as the run left it in *board (lifecycle.c). */
 PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop, PyObject **board);
 PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyObject *dflt,
                               PyObject *removed);

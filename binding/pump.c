@@ -1,5 +1,5 @@
 /*
- * pinned.c: PinnedCown, pump(), and how the main thread learns that pinned
+ * pump.c: PinnedCown, pump(), and how the main thread learns that pinned
  * work is waiting.
  *
  * A PinnedCown's value is a plain object of the main interpreter and never

@@ -1,5 +1,5 @@
 /*
- * behavior.c: @when and whencall -- turning a Python function and its cowns
+ * when.c: @when and whencall -- turning a Python function and its cowns
  * into a libboc behavior.
  *
  * Scheduling does, in order: validate the function and the cowns (so that a

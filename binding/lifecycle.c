@@ -1,5 +1,5 @@
 /*
- * runtime.c: the one bocpy runtime of the process -- starting it, waiting
+ * lifecycle.c: the one bocpy runtime of the process -- starting it, waiting
  * for it to go quiet, and tearing it down -- and the lifecycle state machine
  * that lets any Python thread schedule at any time.
  *
@@ -70,7 +70,7 @@ static uint64_t lc_generation; /* bumped on every transition */
 static unsigned long lc_pins;
 /* acquire/release: a thread that sees the runtime also sees it started.
  * Written under lc_lock; read without it only by worker threads (whose own
- * behavior keeps it alive) and by the pump watchdog (see pinned.c). */
+ * behavior keeps it alive) and by the pump watchdog (see pump.c). */
 static _Atomic(boc_runtime *) current_runtime;
 /* The thread that owns STARTING or DRAINING/JOINING; its pins nest. */
 static _Thread_local bool tls_lifecycle_owner;

@@ -1,5 +1,5 @@
 /*
- * cown.c: the Cown type, and the life of a cown's value.
+ * cown_value.c: the Cown type, and the life of a cown's value.
  *
  * A cown's value is an object that lives in exactly one interpreter (its
  * "home") and may also have a serialised copy (a blob).  The value moves
