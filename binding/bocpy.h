@@ -564,6 +564,9 @@ struct bocpy_state {
     PyObject **functions;
     size_t functions_cap;
     bocpy_move_state move;
+    /* Free-threaded builds: guards codemap, functions, main_dict_size and
+     * fallback_dumps against the interpreter's other threads (compat.h). */
+    bocpy_ft_mutex ft_lock;
 };
 
 /* True when some type is registered as movable in this interpreter. */

@@ -26,6 +26,30 @@
 #define bocpy_is_finalizing() Py_IsFinalizing()
 #endif
 
+/*
+ * Locks for state that a GIL build's interpreter lock used to serialise
+ * (Py_GIL_DISABLED, 3.13t and later): several threads of one interpreter
+ * now run binding code at once.  On free-threaded builds this is PyMutex:
+ * zero-initialised means unlocked (module state is zeroed), it is one byte,
+ * an uncontended lock/unlock is one compare-and-swap each, and a blocked
+ * PyMutex_Lock detaches the thread state while it waits, so a holder that
+ * triggers a stop-the-world collection never waits on a thread blocked here.
+ * Holders must not call back into Python code (which might take the same
+ * lock) while holding one.  On GIL builds the GIL already serialises these
+ * sections (none of them releases it), so the lock compiles to nothing.
+ */
+#ifdef Py_GIL_DISABLED
+typedef PyMutex bocpy_ft_mutex;
+#define bocpy_ft_lock(m) PyMutex_Lock(m)
+#define bocpy_ft_unlock(m) PyMutex_Unlock(m)
+#else
+typedef struct bocpy_ft_mutex {
+    char unused;
+} bocpy_ft_mutex;
+#define bocpy_ft_lock(m) ((void)(m))
+#define bocpy_ft_unlock(m) ((void)(m))
+#endif
+
 /* PyErr_GetRaisedException exists from 3.12 on: nothing to do.  Keep the
  * version gate above as the single statement of our floor. */
 

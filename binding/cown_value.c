@@ -1023,29 +1023,56 @@ static atomic_long main_holds;
 
 long bocpy_main_holds(void) { return atomic_load_explicit(&main_holds, memory_order_relaxed); }
 
+/*
+ * Every cown has one hold_req, so two threads of the main interpreter must
+ * never run boc_cown_try_hold on the same cown at once: the loser's failed
+ * attempt still resets the request's fields (next, scheduled), which would
+ * cut the winner's MCS successor loose.  hold_lock makes "holder is 0, try
+ * the hold, publish the holder" one step, and "clear the holder, let go" the
+ * other: under it, holder == 0 means no main-thread hold exists (a worker's
+ * token is only stored while a behavior holds the cown, when try_hold
+ * fails).  On GIL builds the GIL already made both steps atomic (nothing in
+ * them releases it); free-threaded builds need the lock (compat.h).  The
+ * value's materialisation, which runs Python code, stays outside it.
+ */
+static bocpy_ft_mutex hold_lock;
+
+static void hold_drop(bocpy_cown *c) {
+    bocpy_ft_lock(&hold_lock);
+    atomic_store_explicit(&c->holder, 0, memory_order_relaxed);
+    boc_cown_unhold(&c->hold_req);
+    bocpy_ft_unlock(&hold_lock);
+}
+
 static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
     if (check_main_quiescent(st, what) < 0) {
         return -1;
     }
+    uintptr_t me = bocpy_thread_token();
+    bocpy_ft_lock(&hold_lock);
     uintptr_t holder = atomic_load_explicit(&c->holder, memory_order_relaxed);
-    if (holder == bocpy_thread_token()) {
+    bool held = holder == 0 && boc_cown_try_hold(&c->base, &c->hold_req);
+    if (held) {
+        atomic_store_explicit(&c->holder, me, memory_order_relaxed);
+    }
+    bocpy_ft_unlock(&hold_lock);
+    if (holder == me) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this cown is already acquired by this thread; release() it before "
                         "acquiring it again");
         return -1;
     }
-    if (holder != 0 || !boc_cown_try_hold(&c->base, &c->hold_req)) {
+    if (!held) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this cown is busy (another thread holds it, or a behavior is "
                         "scheduled on it); call bocpy.wait() or bocpy.quiesce() first");
         return -1;
     }
     if (bocpy_cown_materialize(c, st->interp) < 0) {
-        boc_cown_unhold(&c->hold_req);
+        hold_drop(c);
         return -1;
     }
     c->hold_before = Py_XNewRef(c->obj);
-    atomic_store_explicit(&c->holder, bocpy_thread_token(), memory_order_relaxed);
     atomic_fetch_add_explicit(&main_holds, 1, memory_order_relaxed);
     return 0;
 }
@@ -1058,11 +1085,10 @@ static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
     }
     int rc = bocpy_cown_settle(st, c, st->interp, c->hold_before);
     Py_CLEAR(c->hold_before);
-    atomic_store_explicit(&c->holder, 0, memory_order_relaxed);
     atomic_fetch_sub_explicit(&main_holds, 1, memory_order_relaxed);
     /* Always let go, even if the new value was refused: a queued behavior
      * must not wait forever on a failed release. */
-    boc_cown_unhold(&c->hold_req);
+    hold_drop(c);
     return rc;
 }
 

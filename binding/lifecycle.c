@@ -310,10 +310,20 @@ size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from)
 }
 
 int bocpy_late_binds_refresh(bocpy_state *st) {
-    if (st->main_dict == NULL || PyDict_GET_SIZE(st->main_dict) == st->main_dict_size) {
+    /* Free-threaded builds: @when runs on many threads of the main
+     * interpreter; st->ft_lock makes the compare-and-update of the size one
+     * step, so one of them refreshes per change (and refresh_main takes a
+     * lock of its own, so two refreshes never send one global twice). */
+    bocpy_ft_lock(&st->ft_lock);
+    Py_ssize_t size = st->main_dict != NULL ? PyDict_GET_SIZE(st->main_dict) : 0;
+    bool changed = st->main_dict != NULL && size != st->main_dict_size;
+    if (changed) {
+        st->main_dict_size = size;
+    }
+    bocpy_ft_unlock(&st->ft_lock);
+    if (!changed) {
         return 0;
     }
-    st->main_dict_size = PyDict_GET_SIZE(st->main_dict);
     PyObject *worker = PyImport_ImportModule("bocpy._worker");
     PyObject *rv = worker ? PyObject_CallMethod(worker, "refresh_main", NULL) : NULL;
     Py_XDECREF(worker);

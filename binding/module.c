@@ -714,6 +714,15 @@ static void core_free(void *module) {
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#if PY_VERSION_HEX >= 0x030D0000
+    /* Free-threaded builds (3.13t+): importing us must not turn the GIL back
+     * on.  Every process-wide structure of the binding has its own lock
+     * already (sub-interpreters never shared a GIL), and the per-interpreter
+     * ones that the main interpreter's GIL used to serialise are guarded by
+     * bocpy_ft_lock (compat.h, docs/backends.md lists them).  GIL builds
+     * ignore this slot. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
     {0, NULL},
 };
 

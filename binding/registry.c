@@ -189,6 +189,8 @@ static int codemap_add(bocpy_state *st, PyObject *code, int64_t id) {
 }
 
 static int functions_set(bocpy_state *st, int64_t id, PyObject *func) {
+    /* Only ever fills an empty slot (callers check), so no old function is
+     * released here: nothing runs a destructor while st->ft_lock is held. */
     if ((size_t)id >= st->functions_cap) {
         size_t cap = st->functions_cap ? st->functions_cap : 64;
         while (cap <= (size_t)id) {
@@ -203,8 +205,43 @@ static int functions_set(bocpy_state *st, int64_t id, PyObject *func) {
         st->functions = grown;
         st->functions_cap = cap;
     }
-    Py_XSETREF(st->functions[id], Py_NewRef(func));
+    assert(st->functions[id] == NULL);
+    st->functions[id] = Py_NewRef(func);
     return 0;
+}
+
+/* The cached function for `id` (borrowed), or NULL.  st->ft_lock held. */
+static PyObject *functions_get(bocpy_state *st, int64_t id) {
+    return id >= 0 && (size_t)id < st->functions_cap ? st->functions[id] : NULL;
+}
+
+/*
+ * Records code -> id and, when the slot is empty, id -> func in this
+ * interpreter's caches; returns the cached function for `id` (borrowed: a
+ * slot, once filled, only empties in bocpy_registry_clear_state, which runs
+ * when the module is cleared or a pooled worker forgets its code), or NULL
+ * with an exception.
+ *
+ * Free-threaded builds: several threads of one interpreter (user threads
+ * calling @when, the threads backend's workers) build and read the caches at
+ * once, so every look and change happens under st->ft_lock.  Building the
+ * function (marshal, imports) stays outside the lock: two threads may both
+ * build one, and the loser's copy is dropped after the lock is released.
+ * Only PyMem allocation and reference increments run under the lock.
+ */
+static PyObject *caches_add(bocpy_state *st, PyObject *code, int64_t id, PyObject *func) {
+    int rc = 0;
+    bocpy_ft_lock(&st->ft_lock);
+    if (codemap_find(st, code) < 0) {
+        rc = codemap_add(st, code, id);
+    }
+    PyObject *cached = functions_get(st, id);
+    if (rc == 0 && cached == NULL) {
+        rc = functions_set(st, id, func);
+        cached = func;
+    }
+    bocpy_ft_unlock(&st->ft_lock);
+    return rc < 0 ? NULL : cached;
 }
 
 /* The module whose globals functions with this code should see. */
@@ -227,7 +264,9 @@ static PyObject *module_name_of(PyObject *func) {
 
 int64_t bocpy_registry_id_for(bocpy_state *st, PyObject *func) {
     PyObject *code = PyFunction_GET_CODE(func);
+    bocpy_ft_lock(&st->ft_lock); /* see caches_add */
     int64_t id = codemap_find(st, code);
+    bocpy_ft_unlock(&st->ft_lock);
     if (id >= 0) {
         return id;
     }
@@ -255,12 +294,9 @@ int64_t bocpy_registry_id_for(bocpy_state *st, PyObject *func) {
     if (template == NULL) {
         return -1;
     }
-    int rc = codemap_add(st, code, id);
-    if (rc == 0 && (id >= (int64_t)st->functions_cap || st->functions[id] == NULL)) {
-        rc = functions_set(st, id, template);
-    }
+    PyObject *cached = caches_add(st, code, id, template);
     Py_DECREF(template);
-    return rc < 0 ? -1 : id;
+    return cached == NULL ? -1 : id;
 }
 
 static PyObject *globals_for(const char *module) {
@@ -289,8 +325,11 @@ static PyObject *globals_for(const char *module) {
 }
 
 PyObject *bocpy_registry_function(bocpy_state *st, int64_t id) {
-    if (id >= 0 && (size_t)id < st->functions_cap && st->functions[id] != NULL) {
-        return st->functions[id];
+    bocpy_ft_lock(&st->ft_lock); /* see caches_add */
+    PyObject *found = functions_get(st, id);
+    bocpy_ft_unlock(&st->ft_lock);
+    if (found != NULL) {
+        return found;
     }
     /* acquire pairs with registry_intern's release of the length. */
     if (id < 0 || (size_t)id >= atomic_load_explicit(&registry_len, memory_order_acquire)) {
@@ -310,13 +349,10 @@ PyObject *bocpy_registry_function(bocpy_state *st, int64_t id) {
     PyObject *globals = globals_for(e->module);
     PyObject *func = globals ? PyFunction_New(code, globals) : NULL;
     Py_XDECREF(globals);
-    int rc = func ? codemap_add(st, code, id) : -1;
+    PyObject *cached = func ? caches_add(st, code, id, func) : NULL;
     Py_DECREF(code);
-    if (rc == 0) {
-        rc = functions_set(st, id, func);
-    }
     Py_XDECREF(func);
-    return rc < 0 ? NULL : st->functions[id];
+    return cached;
 }
 
 size_t bocpy_registry_size(void) {
@@ -324,6 +360,9 @@ size_t bocpy_registry_size(void) {
 }
 
 void bocpy_registry_clear_state(bocpy_state *st) {
+    /* Runs when the module is cleared, or on a pooled worker between runs:
+     * no other thread of the interpreter uses the caches then, so this
+     * releases references (which may run destructors) without st->ft_lock. */
     for (size_t i = 0; i < st->codemap_cap; i++) {
         Py_CLEAR(st->codemap[i].code);
     }

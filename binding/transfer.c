@@ -123,16 +123,34 @@ PyObject *bocpy_transfer_take_move(bocpy_state *st, Py_ssize_t index) {
     return bocpy_move_attach(st, m->type, &m->payload);
 }
 
+/* Borrowed; imported on first use.  Free-threaded builds: two threads of
+ * one interpreter may both import it; st->ft_lock makes exactly one result
+ * stick (the other is dropped after the lock is released, so no destructor
+ * runs under it), and the stored one lives as long as the module state. */
 static PyObject *fallback_dumps(bocpy_state *st) {
-    if (st->fallback_dumps == NULL) {
-        PyObject *mod = PyImport_ImportModule("bocpy._pickling");
-        if (mod == NULL) {
-            return NULL;
-        }
-        st->fallback_dumps = PyObject_GetAttrString(mod, "dumps");
-        Py_DECREF(mod);
+    bocpy_ft_lock(&st->ft_lock);
+    PyObject *found = st->fallback_dumps;
+    bocpy_ft_unlock(&st->ft_lock);
+    if (found != NULL) {
+        return found;
     }
-    return st->fallback_dumps;
+    PyObject *mod = PyImport_ImportModule("bocpy._pickling");
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *dumps = PyObject_GetAttrString(mod, "dumps");
+    Py_DECREF(mod);
+    if (dumps == NULL) {
+        return NULL;
+    }
+    bocpy_ft_lock(&st->ft_lock);
+    if (st->fallback_dumps == NULL) {
+        st->fallback_dumps = Py_NewRef(dumps);
+    }
+    found = st->fallback_dumps;
+    bocpy_ft_unlock(&st->ft_lock);
+    Py_DECREF(dumps);
+    return found;
 }
 
 /* Replaces the pending exception by the TypeError users see, chained to it. */

@@ -15,6 +15,7 @@ import atexit
 import gc
 import marshal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -28,6 +29,10 @@ _known_main_names: set[str] = set()
 
 #: Main interpreter: globals that do not reach workers, and why.
 _unsent: dict[str, str] = {}
+# Free-threaded builds: @when on several threads may refresh at once; one
+# refresh at a time keeps _known_main_names and _unsent consistent and sends
+# each global once.
+_refresh_lock = threading.Lock()
 
 #: The global under which late reasons reach a worker's ``__main__``.
 UNSENT_NAME = "__bocpy_unsent__"
@@ -151,6 +156,11 @@ def refresh_main() -> None:
     A global that cannot be sent is recorded, so that a worker's
     ``NameError`` for it says why.
     """
+    with _refresh_lock:
+        _refresh_main_locked()
+
+
+def _refresh_main_locked() -> None:
     main = sys.modules.get("__main__")
     if main is None:
         return

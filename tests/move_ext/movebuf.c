@@ -419,6 +419,9 @@ static int movebuf_exec(PyObject *module) {
 static PyModuleDef_Slot movebuf_slots[] = {
     {Py_mod_exec, movebuf_exec},
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED}, /* free-threaded builds: no GIL needed */
+#endif
     {0, NULL},
 };
 
