@@ -50,6 +50,18 @@ typedef struct bocpy_ft_mutex {
 #define bocpy_ft_unlock(m) ((void)(m))
 #endif
 
+/* A strong reference to d[key] in *out (NULL when absent): 1 found, 0
+ * absent, -1 error.  3.13 has PyDict_GetItemRef, which free-threaded builds
+ * need (a borrowed result may be freed by a concurrent store to the key). */
+#if PY_VERSION_HEX < 0x030D0000
+static inline int bocpy_dict_get_ref(PyObject *d, PyObject *key, PyObject **out) {
+    *out = Py_XNewRef(PyDict_GetItemWithError(d, key));
+    return *out != NULL ? 1 : (PyErr_Occurred() ? -1 : 0);
+}
+#else
+#define bocpy_dict_get_ref(d, key, out) PyDict_GetItemRef((d), (key), (out))
+#endif
+
 /* PyErr_GetRaisedException exists from 3.12 on: nothing to do.  Keep the
  * version gate above as the single statement of our floor. */
 

@@ -180,12 +180,16 @@ const bocpy_move_entry *bocpy_move_entry_of(bocpy_state *st, PyObject *obj) {
         return NULL;
     }
     /* Exact type only: a subclass may carry state the buffer does not. */
-    PyObject *address = PyDict_GetItemWithError(st->move.types, (PyObject *)Py_TYPE(obj));
-    if (address == NULL) {
+    /* A strong reference: on free-threaded builds another thread may
+     * register the type again meanwhile, replacing (and freeing) the value. */
+    PyObject *address;
+    if (bocpy_dict_get_ref(st->move.types, (PyObject *)Py_TYPE(obj), &address) <= 0) {
         PyErr_Clear(); /* a type key hashes by identity: no error to keep */
         return NULL;
     }
-    return PyLong_AsVoidPtr(address);
+    const bocpy_move_entry *e = PyLong_AsVoidPtr(address);
+    Py_DECREF(address);
+    return e;
 }
 
 /* ---------------------------------------------------------- the callbacks */
