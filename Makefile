@@ -19,6 +19,8 @@
 
 VENV := .venv
 PY := $(VENV)/bin/python
+VENV_FT := .venv-ft
+PY_FT := $(VENV_FT)/bin/python
 PYTEST_ARGS ?=
 C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch] binding/*.[ch] src/bocpy/include/bocpy/*.h tests/move_ext/*.c)
 
@@ -26,6 +28,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 SPHINXOPTS ?= -W --keep-going
 
 .PHONY: all venv build demo test test-c test-python test-python-asan soak stress lint format bench \
+	build-ft test-python-ft \
 	docs wheel test-wheel plots bench-executor clean
 
 all: build
@@ -86,6 +89,26 @@ format: $(VENV)/.dev-ready
 test-python: build $(VENV)/.dev-ready
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# The same suite on a free-threaded interpreter (3.13t, Py_GIL_DISABLED),
+# in a venv of its own: scripts/ensure-python.sh --free-threaded finds one
+# or builds Debian trixie's python3.13 with --disable-gil (about 4 minutes,
+# once; cached in ~/.cache/bocpy/python3.13t).  Its extension is
+# _core.cpython-313t-*.so, next to the GIL build's, so both venvs share the
+# source tree.  No ruff/mypy/clang-format here: lint runs once, in $(VENV).
+$(VENV_FT)/.ready: scripts/ensure-python.sh pyproject.toml
+	@base="$$(bash scripts/ensure-python.sh --free-threaded --quiet)" && \
+	  echo "using $$base" && \
+	  "$$base" -m venv --clear $(VENV_FT)
+	$(PY_FT) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis \
+	  'pyglet>=2.1' numpy
+	@touch $@
+
+build-ft: $(VENV_FT)/.ready
+	$(PY_FT) -m pip install -q --disable-pip-version-check --no-build-isolation -e .
+
+test-python-ft: build-ft
+	$(PY_FT) -m pytest tests $(PYTEST_ARGS)
+
 test-python-asan: build $(VENV)/.dev-ready
 	tests/sanitizers/run-python-asan.sh -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -138,4 +161,4 @@ bench-executor: build
 
 clean:
 	$(MAKE) -C libboc clean
-	rm -rf build dist docs/_build src/*.egg-info src/bocpy/*.so $(VENV)
+	rm -rf build dist docs/_build src/*.egg-info src/bocpy/*.so $(VENV) $(VENV_FT)
