@@ -95,12 +95,16 @@ test-python: build $(VENV)/.dev-ready
 # once; cached in ~/.cache/bocpy/python3.13t).  Its extension is
 # _core.cpython-313t-*.so, next to the GIL build's, so both venvs share the
 # source tree.  No ruff/mypy/clang-format here: lint runs once, in $(VENV).
+# Wheels only: the newest hypothesis has no cp313t wheel (it builds a Rust
+# extension, which needs the network), so pip takes the newest pure-Python
+# one; numpy has no cp313t wheel in our index either (a source build takes
+# over ten minutes on CI's cores), so the tests that need it skip.
 $(VENV_FT)/.ready: scripts/ensure-python.sh pyproject.toml
 	@base="$$(bash scripts/ensure-python.sh --free-threaded --quiet)" && \
 	  echo "using $$base" && \
 	  "$$base" -m venv --clear $(VENV_FT)
-	$(PY_FT) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis \
-	  'pyglet>=2.1' numpy
+	$(PY_FT) -m pip install -q --disable-pip-version-check --only-binary :all: setuptools wheel \
+	  pytest hypothesis 'pyglet>=2.1'
 	@touch $@
 
 build-ft: $(VENV_FT)/.ready

@@ -1128,27 +1128,35 @@ def test_second_pumping_thread_never_overlaps_a_running_body():
     reason="the single-pumper CAS is for free-threaded builds",
 )
 def test_free_threaded_concurrent_pumpers_are_refused():
+    # The events are module globals: a behavior's captures are pickled, and
+    # an Event cannot be (a pinned body sees this module's globals).
+    _PUMPER_STARTED.clear()
+    _PUMPER_RELEASE.clear()
     pc = PinnedCown(None)
-    started = threading.Event()
-    release = threading.Event()
 
     @when(pc)
     def slow(pc):
-        started.set()
-        release.wait(LIVENESS)
+        _PUMPER_STARTED.set()
+        _PUMPER_RELEASE.wait(LIVENESS)
 
     wait_until_queued()
-    errors = []
-    t = threading.Thread(target=pump)
+    first: list[int] = []
+    t = threading.Thread(target=lambda: first.append(pump().executed))
     t.start()
-    assert started.wait(LIVENESS)
     try:
-        pump()
-    except RuntimeError as e:
-        errors.append(e)
-    release.set()
-    t.join(LIVENESS)
-    assert errors
+        assert _PUMPER_STARTED.wait(LIVENESS)
+        with pytest.raises(RuntimeError, match="only one thread at a time may pump"):
+            pump()
+    finally:
+        _PUMPER_RELEASE.set()
+        t.join(LIVENESS)
+    assert first == [1]
+    # The refused pumper left the lane usable: the next pump works.
+    assert pump().executed == 0
+
+
+_PUMPER_STARTED = threading.Event()
+_PUMPER_RELEASE = threading.Event()
 
 
 # ======================================================== wait / quiesce
