@@ -15,6 +15,7 @@
  *   cown_value.c   the Cown type and the life of a cown's value
  *   when.c         @when / whencall: building and scheduling behaviors
  *   worker.c       worker sub-interpreters and running a behavior
+ *   threads_backend.c  the worker backends; workers as main-interpreter threads
  *   pool.c         worker interpreters kept from one runtime to the next
  *   pump.c         PinnedCown, pump(), wake-ups and the starvation watchdog
  *   noticeboard.c  the multi-version key/value board
@@ -395,6 +396,19 @@ PyThreadState *bocpy_pool_enter(void);
 void bocpy_pool_leave(bocpy_interp *rec, PyThreadState *current);
 size_t bocpy_pool_size(void);
 void bocpy_pool_trim(size_t keep);
+
+/* Worker backends (threads_backend.c): the runtime made with the backend
+ * selected by _core._set_backend ("interpreters", the default, or
+ * "threads"); the _core._set_backend and _core._backend functions. */
+boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count);
+PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
+PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);
+/* True when the selected backend is "threads": values stay live objects of
+ * the main interpreter and are never checked for, or copied by, pickling. */
+bool bocpy_backend_shares_values(void);
+/* Threads backend, after a hold: the live object (in the main interpreter)
+ * is the value; any serialised copy is dropped (cown_value.c). */
+void bocpy_cown_settle_shared(bocpy_cown *c);
 
 /* Bootstrap blobs handed to every worker as it starts. */
 typedef struct bocpy_bootstrap {

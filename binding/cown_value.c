@@ -828,7 +828,9 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     if (value != Py_None) {
-        if (st->interp->is_main || !bocpy_is_plain_immutable(st, value)) {
+        /* (On the threads backend values never cross: no check, no copy.) */
+        if (!bocpy_backend_shares_values() &&
+            (st->interp->is_main || !bocpy_is_plain_immutable(st, value))) {
             /* Check now, where the user can see which value is at fault,
              * and keep the copy: workers will start from it without
              * entering this interpreter. */
@@ -1083,7 +1085,12 @@ static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
                         "this cown is not acquired by this thread; call acquire() first");
         return -1;
     }
-    int rc = bocpy_cown_settle(st, c, st->interp, c->hold_before);
+    int rc = 0;
+    if (bocpy_backend_shares_values()) {
+        bocpy_cown_settle_shared(c);
+    } else {
+        rc = bocpy_cown_settle(st, c, st->interp, c->hold_before);
+    }
     Py_CLEAR(c->hold_before);
     atomic_fetch_sub_explicit(&main_holds, 1, memory_order_relaxed);
     /* Always let go, even if the new value was refused: a queued behavior
@@ -1272,4 +1279,19 @@ static PyType_Spec Cown_spec = {
 
 PyObject *bocpy_cown_type_spec_create(PyObject *module) {
     return PyType_FromModuleAndSpec(module, &Cown_spec, NULL);
+}
+
+void bocpy_cown_settle_shared(bocpy_cown *c) {
+    /* Holder only.  The body ran in the main interpreter, where the live
+     * object is (materialised there before the body), and may have changed
+     * it in place or replaced it: a serialised copy is now at best as old as
+     * the object, so the object alone is the value.  The value is not
+     * checked for picklability: on the threads backend it never crosses.
+     * (Were the interpreters backend to run next, a worker that needs it
+     * pickles it then, from the main interpreter: bocpy_cown_materialize.) */
+    if (c->obj != NULL || c->blob_stale) {
+        bocpy_blob_free(c->blob);
+        c->blob = NULL;
+    }
+    c->blob_stale = false;
 }

@@ -430,7 +430,7 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
 
     bocpy_start_error_reset();
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
-    boc_runtime *rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);
+    boc_runtime *rt = bocpy_backend_runtime_new(st, (unsigned)count);
     if (rt == NULL) {
         start_failed();
         PyErr_NoMemory();

@@ -588,6 +588,8 @@ static PyMethodDef core_methods[] = {
     {"_registry_size", core_registry_size, METH_NOARGS, "_registry_size($module, /)\n--\n\n"},
     {"_forget_code", core_forget_code, METH_NOARGS, "_forget_code($module, /)\n--\n\n"},
     {"_code_cache_size", core_code_cache_size, METH_NOARGS, "_code_cache_size($module, /)\n--\n\n"},
+    {"_set_backend", bocpy_set_backend, METH_O, "_set_backend($module, name, /)\n--\n\n"},
+    {"_backend", bocpy_backend_name, METH_NOARGS, "_backend($module, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
 

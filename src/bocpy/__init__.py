@@ -288,8 +288,16 @@ def _check_method(function: types.FunctionType, given: int) -> None:
 
 _start_lock = threading.Lock()
 
+def _default_backend() -> str:
+    """``$BOCPY_BACKEND`` when set, else ``"interpreters"``."""
+    return os.environ.get("BOCPY_BACKEND") or "interpreters"
 
-def start(worker_count: int | None = None) -> None:
+
+# Cowns made before the first start follow the default backend's rules.
+_core._set_backend(_default_backend())
+
+
+def start(worker_count: int | None = None, *, backend: str | None = None) -> None:
     """Start the worker pool; the first ``@when`` does this implicitly.
 
     ``start()`` while the runtime runs does nothing, whatever its worker
@@ -297,10 +305,19 @@ def start(worker_count: int | None = None) -> None:
 
     :param worker_count: how many worker interpreters to run; ``None`` (the
         default) means :data:`WORKER_COUNT`.
-    :raises TypeError: if ``worker_count`` is not an int (or ``None``).
-    :raises ValueError: if ``worker_count`` is below 1 or too large.
+    :param backend: how workers run behaviors: ``"interpreters"`` (a
+        sub-interpreter per worker; values are copied between them) or
+        ``"threads"`` (workers are threads of the main interpreter and
+        behaviors get their cowns' objects themselves; parallel on a
+        free-threaded build).  ``None`` means ``$BOCPY_BACKEND`` if set, else
+        ``"interpreters"``.  See docs/backends.md.
+    :raises TypeError: if ``worker_count`` is not an int (or ``None``), or
+        ``backend`` is not a str (or ``None``).
+    :raises ValueError: if ``worker_count`` is below 1 or too large, or
+        ``backend`` is not ``"interpreters"`` or ``"threads"``.
     :raises RuntimeError: if the runtime already runs with a different worker
-        count (call :func:`wait` first), or when called from a behavior.
+        count or backend (call :func:`wait` first), or when called from a
+        behavior.
 
     Safe to call from any thread of the main interpreter, also while
     another thread starts or stops the runtime: exactly one runtime results.
@@ -309,6 +326,9 @@ def start(worker_count: int | None = None) -> None:
         raise RuntimeError(
             "bocpy.start() can only be called from the main interpreter, not from inside a behavior"
         )
+    # Checks the name, and refuses a different backend while one runs.
+    _core._set_backend(_default_backend() if backend is None else backend)
+    threads = _core._backend() == "threads"
     if _core._runtime_info()[0]:
         if worker_count is not None:
             _core.start(worker_count, None, [])  # checks the count only
@@ -327,6 +347,10 @@ def start(worker_count: int | None = None) -> None:
         if _core.start(worker_count, None, []):
             return
         _logging.start_main()
+        if threads:
+            # Workers run in this interpreter: no script image to send.
+            _core.start(worker_count, (), [])
+            return
         header, values = _worker.build_bootstrap()
         _core.start(worker_count, header, values)
         _worker.refresh_main()
