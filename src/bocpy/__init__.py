@@ -294,7 +294,8 @@ def _default_backend() -> str:
 
 
 # Cowns made before the first start follow the default backend's rules.
-_core._set_backend(_default_backend())
+if _core._is_main_interpreter():
+    _core._set_backend(_default_backend())
 
 
 def start(worker_count: int | None = None, *, backend: str | None = None) -> None:

@@ -1,0 +1,149 @@
+"""Worker backends: start(backend="interpreters" | "threads") (docs/backends.md).
+
+Every program runs in a subprocess: the backend chosen by start() is the
+one later implicit starts get too, so it must not leak into other tests.
+The threads backend works on GIL builds as well (bodies take turns), so
+these tests run on both builds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_threads_backend_runs_bodies_on_the_objects_themselves(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import threading
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            lock = threading.Lock()  # cannot be pickled: never copied here
+            box = [lock]
+            c = Cown(box)
+
+            @when(c)
+            def add(c):
+                assert c.value is box  # the same object, not a copy
+                with c.value[0]:
+                    c.value.append(lambda x: x + 1)
+                return c.value[1](41)
+
+            wait()
+            assert c.value is box and len(box) == 2
+            print(add.value, bocpy._core._backend())
+            """
+        )
+    )
+    assert out.split() == ["42", "threads"]
+
+
+def test_threads_backend_keeps_exclusivity_on_a_long_chain(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(4, backend="threads")
+            counters = [Cown([0]) for _ in range(4)]
+            for _ in range(300):
+                for i in range(4):
+                    @when(counters[i], counters[(i + 1) % 4])
+                    def step(a, b):
+                        a.value[0] += 1
+                        b.value[0] += 1
+            wait()
+            print(sum(c.value[0] for c in counters))
+            """
+        )
+    )
+    assert out.split() == [str(300 * 4 * 2)]
+
+
+def test_threads_backend_result_carries_the_exception_and_traceback(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(1, backend="threads")
+
+            @when(Cown(0))
+            def boom(c):
+                raise KeyError("missing")
+
+            wait()
+            try:
+                boom.unwrap()
+            except KeyError as e:
+                notes = "".join(getattr(e, "__notes__", []))
+                print("KeyError", "Behavior traceback" in notes, e.__traceback__ is not None)
+            """
+        )
+    )
+    assert out.split() == ["KeyError", "True", "True"]
+
+
+def test_bocpy_backend_environment_variable_selects_the_default(run_script: Run) -> None:
+    proc = run_script(
+        """
+        import os
+        os.environ["BOCPY_BACKEND"] = "threads"
+        import bocpy
+        from bocpy import Cown, wait, when
+
+        c = Cown(1)
+
+        @when(c)
+        def f(c):
+            c.value = object()  # unpicklable anywhere but here
+
+        wait()
+        print(bocpy._core._backend(), type(c.value).__name__)
+        """
+    )
+    assert ok(proc).split() == ["threads", "object"]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        ('bocpy.start(backend="processes")', "ValueError", "'processes'"),
+        ("bocpy.start(backend=3)", "TypeError", "backend"),
+        (
+            'bocpy.start(2, backend="interpreters"); bocpy.start(backend="threads")',
+            "RuntimeError",
+            "'interpreters' backend",
+        ),
+    ],
+)
+def test_bad_backend_is_a_clear_error(run_script: Run, call: str, error: str, words: str) -> None:
+    out = ok(
+        run_script(
+            f"""
+            import bocpy
+            try:
+                {call}
+            except Exception as e:
+                print(type(e).__name__, "|", e)
+            bocpy.wait()
+            """
+        )
+    )
+    name, _, message = out.partition("|")
+    assert name.strip() == error, out
+    assert words in message, out
