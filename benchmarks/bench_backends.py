@@ -157,11 +157,11 @@ def main() -> None:
     per: dict[str, dict[str, float]] = {b: {} for b in BACKENDS}
     for b in BACKENDS:
         r = args.repeat
-        per[b]["chain"] = median_of(r, lambda: chain(b, steps, 0))
-        per[b]["fan"] = median_of(r, lambda: fan_out(b, steps))
-        per[b]["mb"] = median_of(r, lambda: chain(b, steps, bytearray(1 << 20)))
-        one = median_of(r, lambda: cpu_bound(b, 1, tasks, loop))
-        two = median_of(r, lambda: cpu_bound(b, 2, tasks, loop))
+        per[b]["chain"] = median_of(r, lambda b=b: chain(b, steps, 0))
+        per[b]["fan"] = median_of(r, lambda b=b: fan_out(b, steps))
+        per[b]["mb"] = median_of(r, lambda b=b: chain(b, steps, bytearray(1 << 20)))
+        one = median_of(r, lambda b=b: cpu_bound(b, 1, tasks, loop))
+        two = median_of(r, lambda b=b: cpu_bound(b, 2, tasks, loop))
         per[b]["speedup"] = one / two
     for key, label in (
         ("chain", "trivial chain step (us)"),

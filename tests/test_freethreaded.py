@@ -10,7 +10,6 @@ the late-bind refresh, main-thread cown holds) from several threads at once.
 from __future__ import annotations
 
 import subprocess
-import sys
 import sysconfig
 import threading
 from collections.abc import Callable

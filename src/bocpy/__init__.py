@@ -288,6 +288,7 @@ def _check_method(function: types.FunctionType, given: int) -> None:
 
 _start_lock = threading.Lock()
 
+
 def _default_backend() -> str:
     """``$BOCPY_BACKEND`` when set, else ``"interpreters"``."""
     return os.environ.get("BOCPY_BACKEND") or "interpreters"
@@ -620,7 +621,6 @@ _EXIT_GRACE_SECONDS = 0.5
 #: After a timed-out wait(): how long exit waits for the work before it
 #: interrupts it.
 _EXIT_AFTER_TIMEOUT_SECONDS = 3.0
-
 
 
 def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
