@@ -26,9 +26,12 @@
  * those operations raise BufferError.
  *
  * Speed.  The kernels are plain loops over `restrict` pointers that GCC and
- * Clang vectorise; `@` is a cache-blocked kernel (B packed into panels, a
- * 4x8 register tile accumulated over a block of k), with an AVX2/FMA version
- * picked at run time on x86-64.  Methods use METH_FASTCALL and a small
+ * Clang vectorise (with GCC on x86-64 glibc, also as AVX2 copies picked at
+ * load time: MATRIX_CLONES); sums along axis 0 fold four rows per pass over
+ * the accumulating row, and min/max run in independent lanes; `@` is a
+ * cache-blocked kernel (B packed into panels, a 6x8 register tile
+ * accumulated over a block of k), with an AVX2/FMA version picked at run
+ * time on x86-64.  Methods use METH_FASTCALL and a small
  * keyword parser so that operations on 2-element vectors in a Python loop
  * cost little more than the object allocation.
  */
@@ -62,7 +65,7 @@
  * (SSE2), the copy picked by an ifunc when the extension loads.  Elsewhere
  * (Clang, musl, other architectures, other systems) they are compiled once
  * for the baseline.  fp-contract is off, so both copies round alike. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) &&     \
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) &&       \
     defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define MATRIX_CLONES __attribute__((target_clones("avx2", "default")))
@@ -531,9 +534,9 @@ enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, 
  * are full blocks the whole matrix is one long row.
  */
 #define DEFINE_BINARY_KERNEL(NAME, EXPR)                                                           \
-    MATRIX_CLONES static void NAME(double *restrict out, Py_ssize_t rows, Py_ssize_t cols,                       \
-                     const double *restrict a, Py_ssize_t ars, Py_ssize_t acs,                     \
-                     const double *restrict b, Py_ssize_t brs, Py_ssize_t bcs) {                   \
+    MATRIX_CLONES static void NAME(double *restrict out, Py_ssize_t rows, Py_ssize_t cols,         \
+                                   const double *restrict a, Py_ssize_t ars, Py_ssize_t acs,       \
+                                   const double *restrict b, Py_ssize_t brs, Py_ssize_t bcs) {     \
         if (acs == 1 && bcs == 1 && ars == cols && brs == cols) {                                  \
             cols *= rows;                                                                          \
             rows = 1;                                                                              \
@@ -604,7 +607,7 @@ static void binary_run(enum binop op, double *out, Py_ssize_t rows, Py_ssize_t c
 enum unop { UOP_NEG, UOP_ABS, UOP_SQRT, UOP_CEIL, UOP_FLOOR, UOP_ROUND };
 
 #define DEFINE_UNARY_KERNEL(NAME, EXPR)                                                            \
-    MATRIX_CLONES static void NAME(double *restrict out, const double *restrict a, Py_ssize_t n) {               \
+    MATRIX_CLONES static void NAME(double *restrict out, const double *restrict a, Py_ssize_t n) { \
         for (Py_ssize_t i = 0; i < n; i++) {                                                       \
             double x = a[i];                                                                       \
             out[i] = (EXPR);                                                                       \
@@ -1373,8 +1376,8 @@ MATRIX_CLONES static double extreme_contiguous(const double *restrict a, Py_ssiz
 /* Per-column sums (of squares) of a rows x cols block into o (cols doubles,
  * overwritten), four rows per pass over o.  Each column is still summed top
  * to bottom, one row at a time, so the results are those of a plain loop. */
-MATRIX_CLONES static void column_sums(double *restrict o, const double *restrict a,
-                                      Py_ssize_t rows, Py_ssize_t cols, bool squares) {
+MATRIX_CLONES static void column_sums(double *restrict o, const double *restrict a, Py_ssize_t rows,
+                                      Py_ssize_t cols, bool squares) {
     /* 0.0 + x, as a sum starting from zero gives (-0.0 becomes 0.0). */
     for (Py_ssize_t j = 0; j < cols; j++) {
         o[j] = 0.0 + (squares ? a[j] * a[j] : a[j]);
