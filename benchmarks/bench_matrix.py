@@ -113,9 +113,13 @@ WORKLOADS = [
     ),
 ]
 
-#: Runs in the reference interpreter as a server: given the workloads, it
-#: calibrates each statement, then answers each index read from stdin with
-#: one timed run of that statement (seconds per statement).
+#: Seconds one timed run of a workload lasts (about): short, so that the best
+#: of many rounds likely includes one the machine's other load left alone.
+SLICE = 0.05
+
+#: Runs in the reference interpreter as a server: given the workloads and
+#: SLICE, it calibrates each statement, then answers each index read from
+#: stdin with one timed run of that statement (seconds per statement).
 _SERVER = textwrap.dedent(
     """
     import json, sys, timeit
@@ -123,10 +127,10 @@ _SERVER = textwrap.dedent(
 
     jobs = json.loads(sys.stdin.readline())
     timers = []
-    for setup, stmt in jobs:
+    for setup, stmt in jobs["work"]:
         timer = timeit.Timer(stmt, setup, globals={"Matrix": Matrix})
-        number, _ = timer.autorange()
-        timers.append((timer, number))
+        number, seconds = timer.autorange()
+        timers.append((timer, max(1, round(number * jobs["slice"] / seconds))))
     print("ready", flush=True)
     for line in sys.stdin:
         timer, number = timers[int(line)]
@@ -142,8 +146,8 @@ class Local:
         self.timers: list[tuple[timeit.Timer, int]] = []
         for setup, stmt in pairs:
             timer = timeit.Timer(stmt, setup, globals=dict(namespace))
-            number, _ = timer.autorange()
-            self.timers.append((timer, number))
+            number, seconds = timer.autorange()
+            self.timers.append((timer, max(1, round(number * SLICE / seconds))))
 
     def once(self, i: int) -> float:
         """One timed run of workload ``i``: seconds per statement."""
@@ -166,7 +170,7 @@ class Remote:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self._send(json.dumps(pairs))
+        self._send(json.dumps({"slice": SLICE, "work": pairs}))
         if self._receive() != "ready":
             raise SystemExit(f"reference run failed ({python}): no 'ready' line")
 
@@ -227,7 +231,8 @@ def main() -> None:
         "--repeat",
         type=int,
         default=15,
-        help="interleaved timed rounds (the best of each is kept; default 15)",
+        help=f"interleaved timed rounds of about {SLICE}s per workload and side "
+        "(the best of each is kept; default 15)",
     )
     args = parser.parse_args()
     if args.repeat < 1:
