@@ -356,7 +356,7 @@ extern atomic_bool bocpy_cancelling;
 
 /* The module bootstrap.c and worker.c call into: the Python side of the
  * image, of worker start-up and shut-down, and of late binds. */
-#define BOCPY_BOOTSTRAP_MODULE "bocpy._worker"
+#define BOCPY_BOOTSTRAP_MODULE "bocpy._bootstrap"
 
 /* Main interpreter, STARTING: stores the image (`header`, and the list of
  * bind `values` it refers to) and sys.path for the workers about to start.

@@ -13,7 +13,7 @@
  *   functions  id -> a function built from the code against this
  *              interpreter's import of the defining module (a worker never
  *              re-runs a `__main__` script: it gets the image that
- *              bocpy._worker applied to its own `__main__`).
+ *              bocpy._bootstrap applied to its own `__main__`).
  */
 #include "bocpy.h"
 

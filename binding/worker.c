@@ -48,7 +48,7 @@ unsigned bocpy_workers_alive(void) {
 /* ------------------------------------------- records logged in workers
  *
  * A behavior's logging records belong to the main interpreter's logging
- * configuration.  Workers push each record, pickled by bocpy._worker, on
+ * configuration.  Workers push each record, pickled by bocpy._logging, on
  * one process-wide FIFO; the main interpreter takes them off (a drain
  * thread, and wait() before it returns) and hands them to its loggers.  One
  * FIFO keeps each worker's records in the order it logged them.  In the
@@ -227,7 +227,7 @@ static void sync_log_levels(worker_context *ctx) {
 /* ------------------------------------------------------ one behavior */
 
 /* A NameError for a global of the script that could not be sent to this
- * worker gets a message that names it and says why (bocpy._worker). */
+ * worker gets a message that names it and says why (bocpy._bootstrap). */
 static void explain_name_error(PyObject *exc) {
     if (!PyErr_GivenExceptionMatches(exc, PyExc_NameError)) {
         return;
