@@ -537,16 +537,10 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
         bocpy_cown *c = rec->residents;
         /* Take a reference so that no destroyer can free the cown while we
          * work on it outside the lock; skip cowns already being destroyed
-         * (their destroyer is waiting for this lock and will unlink them). */
-        while (c != NULL) {
-            size_t n = atomic_load_explicit(&c->base.refcount, memory_order_relaxed);
-            while (n > 0 && !atomic_compare_exchange_weak_explicit(&c->base.refcount, &n, n + 1,
-                                                                   memory_order_relaxed,
-                                                                   memory_order_relaxed)) {
-            }
-            if (n > 0) {
-                break;
-            }
+         * (their destroyer is waiting for this lock and will unlink them).
+         * Holding rec->lock keeps a listed cown's memory valid for the try,
+         * as boc_cown_try_incref requires. */
+        while (c != NULL && !boc_cown_try_incref(&c->base)) {
             c = c->res_next;
         }
         if (c == NULL) {
@@ -656,7 +650,8 @@ static PyObject *unretrieved_value(bocpy_state *st, bocpy_cown *c) {
 static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
     /* Take a reference to each under the lock (skipping cowns already being
      * destroyed: their destroyer waits for the lock and then buries them),
-     * and report outside it, where logging may run any code. */
+     * and report outside it, where logging may run any code.  The lock keeps
+     * a listed cown's memory valid for boc_cown_try_incref. */
     size_t n = 0, cap = 0;
     bocpy_cown **cowns = NULL;
     pthread_mutex_lock(&unret_lock);
@@ -665,12 +660,7 @@ static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
     }
     cowns = cap ? malloc(cap * sizeof(*cowns)) : NULL;
     for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = c->unret_next) {
-        size_t refs = atomic_load_explicit(&c->base.refcount, memory_order_relaxed);
-        while (refs > 0 &&
-               !atomic_compare_exchange_weak_explicit(&c->base.refcount, &refs, refs + 1,
-                                                      memory_order_relaxed, memory_order_relaxed)) {
-        }
-        if (refs > 0) {
+        if (boc_cown_try_incref(&c->base)) {
             cowns[n++] = c;
         }
     }
