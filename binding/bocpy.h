@@ -56,7 +56,9 @@ typedef struct bocpy_garbage {
     PyObject *obj;
 } bocpy_garbage;
 
-/* Per-interpreter counters reported by wait(stats=True). */
+/* Per-interpreter counters reported by wait(stats=True).  Relaxed
+ * everywhere: each change is one atomic add, they are read only for the
+ * report, and no other memory is published through them. */
 typedef struct bocpy_interp_stats {
     atomic_uint_fast64_t migrations_in;   /* values deserialised here */
     atomic_uint_fast64_t foreign_pickles; /* values pickled by entering another interpreter */
@@ -80,13 +82,21 @@ struct bocpy_interp {
     pthread_mutex_t lock;
     bocpy_cown *residents;
     /* Objects of this interpreter released by other threads; drained by a
-     * thread holding this interpreter's GIL (Treiber stack). */
+     * thread holding this interpreter's GIL (Treiber stack: release push,
+     * acquire drain, see interp.c). */
     _Atomic(bocpy_garbage *) garbage;
     /* Threads waiting to enter this interpreter from outside.  Its worker
-     * lets go of the GIL between behaviors while this is non-zero. */
+     * lets go of the GIL between behaviors while this is non-zero.  Relaxed
+     * everywhere: a hint -- a worker that misses it keeps the GIL until the
+     * switch interval, one that sees it late yields once for nothing -- and
+     * the GIL itself orders what the entering thread does. */
     atomic_int gil_wanted;
     /* The worker thread's id, and whether it is inside a behavior body (so
-     * that shutting down can interrupt a long body, see bocpy_cancel). */
+     * that shutting down can interrupt a long body, see bocpy_cancel).
+     * in_body and running_code: relaxed everywhere, hints for cancel() and
+     * the report of running behaviors.  A body that ends just after the read
+     * is named once too often; the interrupt itself checks in_body again
+     * inside the interpreter, under its GIL, which orders it. */
     unsigned long thread_ident;
     atomic_bool in_body;
     /* The registry id of the body running while in_body (to name behaviors
@@ -219,7 +229,11 @@ struct bocpy_cown {
     /* Resident list of `home` (guarded by home->lock). */
     bocpy_cown *res_prev, *res_next;
     bool resident;
-    /* Token of the thread allowed to touch `.value` right now, or 0. */
+    /* Token of the thread allowed to touch `.value` right now, or 0.
+     * Relaxed everywhere: a thread compares it only with its own token, and
+     * it can read its own token only if its own last store put it there (no
+     * other thread stores that token), i.e. while it holds the cown; the
+     * value itself is ordered by libboc's hand-off, not by this field. */
     atomic_uintptr_t holder;
     /* A main-thread hold (Cown.acquire) and the value as it was then. */
     boc_request hold_req;

@@ -152,6 +152,7 @@ PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value) 
         late_capacity = capacity;
     }
     late_binds[n] = (late_bind){copy, blob};
+    /* release: pairs with bocpy_late_bind_count's acquire. */
     atomic_store_explicit(&late_count, n + 1, memory_order_release);
     pthread_mutex_unlock(&late_lock);
     Py_RETURN_NONE;

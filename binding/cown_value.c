@@ -57,6 +57,8 @@ static void resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c) {
 
 /* Moves the cown's home to `rec` (the caller holds the cown). */
 static void set_home(bocpy_cown *c, bocpy_interp *rec) {
+    /* relaxed: the holder is the only writer, and libboc's hand-off ordered
+     * the previous holder's store before this hold. */
     bocpy_interp *old = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (old == rec) {
         return;
@@ -172,6 +174,7 @@ static void unretrieved_bury(bocpy_cown *c) {
     pthread_mutex_lock(&unret_lock);
     *unret_dead_tail = dead;
     unret_dead_tail = &dead->next;
+    /* relaxed: see the declaration. */
     atomic_store_explicit(&unret_dead_pending, true, memory_order_relaxed);
     pthread_mutex_unlock(&unret_lock);
 }
@@ -198,6 +201,8 @@ static void destroy_one(bocpy_cown *c) {
             break;
         }
         pthread_mutex_lock(&home->lock);
+        /* relaxed: home->lock, taken by every change away from `home`,
+         * orders this read. */
         bool still_home = atomic_load_explicit(&c->home, memory_order_relaxed) == home;
         if (still_home) {
             resident_unlink_locked(home, c);
@@ -302,6 +307,7 @@ static void foreign_pickle_run(void *arg) {
         Py_XDECREF(exc);
         return;
     }
+    /* relaxed: a counter (bocpy_interp_stats). */
     atomic_fetch_add_explicit(&fp->home->stats.foreign_pickles, 1, memory_order_relaxed);
     /* The copy replaces the original: free it while we hold its GIL. */
     PyObject *obj = c->obj;
@@ -365,6 +371,7 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         PyErr_SetString(PyExc_RuntimeError, c->unavailable);
         return -1;
     }
+    /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == here) {
         return 0;
@@ -428,11 +435,13 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         bocpy_blob_free(c->blob);
         c->blob = NULL;
     }
+    /* relaxed: a counter (bocpy_interp_stats). */
     atomic_fetch_add_explicit(&here->stats.migrations_in, 1, memory_order_relaxed);
     return 0;
 }
 
 void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception) {
+    /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
     c->obj = obj == Py_None ? NULL : Py_NewRef(obj);
@@ -445,6 +454,7 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
     /* A behavior's exception must be read, or it is reported; not the ones
      * that only say a behavior was dropped because the program is ending
      * on an error (that error is reported already). */
+    /* relaxed: a lone flag (see its definition in lifecycle.c). */
     if (is_exception && !atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed)) {
         unretrieved_list(c);
     } else {
@@ -635,6 +645,7 @@ static void log_unretrieved(PyObject *error_method, uint64_t id, PyObject *exc) 
 /* The unread exception of a live cown, for the report at exit (the caller
  * holds the cown): new reference, or NULL with the rebuild error set. */
 static PyObject *unretrieved_value(bocpy_state *st, bocpy_cown *c) {
+    /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == st->interp) {
         return Py_NewRef(c->obj);
@@ -717,6 +728,7 @@ Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live) {
                 unret_dead_tail = &unret_dead;
             }
         } else {
+            /* relaxed: see the declaration (under unret_lock, like the set). */
             atomic_store_explicit(&unret_dead_pending, false, memory_order_relaxed);
         }
         pthread_mutex_unlock(&unret_lock);
@@ -844,6 +856,7 @@ static void Cown_dealloc(CownObject *self) {
     tp->tp_free((PyObject *)self);
     /* A result cown whose exception nobody read may just have died: say so
      * now, as asyncio does when a task's exception is never retrieved. */
+    /* relaxed: see the declaration (a stale "empty" only delays a report). */
     if (atomic_load_explicit(&unret_dead_pending, memory_order_relaxed) && !bocpy_is_finalizing()) {
         PyObject *pending = PyErr_GetRaisedException();
         bocpy_state *st = bocpy_state_of_type(tp);
@@ -858,6 +871,7 @@ static void Cown_dealloc(CownObject *self) {
 }
 
 static bool held_here(bocpy_cown *c) {
+    /* relaxed: see bocpy_cown.holder (only our own store shows our token). */
     return atomic_load_explicit(&c->holder, memory_order_relaxed) == bocpy_thread_token();
 }
 
@@ -934,6 +948,7 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     }
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     bocpy_interp *here = st->interp;
+    /* relaxed: this thread holds the cown (held_here; see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
     /* The copy is now only the value as this hold found it, kept in case the
@@ -1009,6 +1024,9 @@ static int check_main_quiescent(bocpy_state *st, const char *what) {
     return 0;
 }
 
+/* Open main-thread holds.  Relaxed everywhere: each change is one atomic
+ * add, so the count is exact; wait() consults it only to refuse a wait that
+ * could never end, and no other memory is published through it. */
 static atomic_long main_holds;
 
 long bocpy_main_holds(void) { return atomic_load_explicit(&main_holds, memory_order_relaxed); }
@@ -1017,6 +1035,7 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
     if (check_main_quiescent(st, what) < 0) {
         return -1;
     }
+    /* relaxed: see bocpy_cown.holder. */
     uintptr_t holder = atomic_load_explicit(&c->holder, memory_order_relaxed);
     if (holder == bocpy_thread_token()) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -1035,6 +1054,7 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
         return -1;
     }
     c->hold_before = Py_XNewRef(c->obj);
+    /* relaxed: see bocpy_cown.holder and main_holds. */
     atomic_store_explicit(&c->holder, bocpy_thread_token(), memory_order_relaxed);
     atomic_fetch_add_explicit(&main_holds, 1, memory_order_relaxed);
     return 0;
@@ -1048,6 +1068,7 @@ static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
     }
     int rc = bocpy_cown_settle(st, c, st->interp, c->hold_before);
     Py_CLEAR(c->hold_before);
+    /* relaxed: see bocpy_cown.holder and main_holds. */
     atomic_store_explicit(&c->holder, 0, memory_order_relaxed);
     atomic_fetch_sub_explicit(&main_holds, 1, memory_order_relaxed);
     /* Always let go, even if the new value was refused: a queued behavior

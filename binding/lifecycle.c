@@ -52,6 +52,11 @@
 #include <string.h>
 #include <time.h>
 
+/* Set by cancel(), cleared when a runtime starts or stops.  Relaxed
+ * everywhere: a lone flag that publishes nothing.  A worker (or pump) that
+ * misses a fresh cancel runs one more body, as if cancel() had come a moment
+ * later; the clears happen with no worker thread running (before the start
+ * creates them, after the stop joins them). */
 atomic_bool bocpy_cancelling;
 
 typedef enum lifecycle_state {
@@ -120,6 +125,7 @@ static int lc_wait_for_change(uint64_t seen) {
 }
 
 boc_runtime *bocpy_runtime(void) {
+    /* acquire pairs with the starter's release: the runtime is started. */
     return atomic_load_explicit(&current_runtime, memory_order_acquire);
 }
 
@@ -153,6 +159,7 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             lc_pins++;
             tls_pins++;
             *pinned = true;
+            /* relaxed: written under lc_lock, which we hold. */
             boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
             pthread_mutex_unlock(&lc_lock);
             assert(rt != NULL);
@@ -213,8 +220,9 @@ void bocpy_runtime_unpin(bool pinned) {
 
 bool bocpy_runtime_snapshot(unsigned *workers, uint64_t *live) {
     lc_lock_acquire();
+    /* relaxed: written under lc_lock, which we hold.  The runtime is freed
+     * only after it is cleared under lc_lock. */
     boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
-    /* The runtime is freed only after it is cleared under lc_lock. */
     *workers = rt ? boc_runtime_worker_count(rt) : 0;
     *live = rt ? boc_runtime_live(rt) : 0;
     pthread_mutex_unlock(&lc_lock);
@@ -273,7 +281,7 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
     worker_records_len = (unsigned)count;
 
     bocpy_start_error_reset();
-    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed); /* see its definition */
     boc_runtime *rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);
     if (rt == NULL) {
         start_failed();
@@ -296,6 +304,7 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
     }
     bocpy_bootstrap_started(st);
     lc_lock_acquire();
+    /* release: a worker or the watchdog that reads it sees it started. */
     atomic_store_explicit(&current_runtime, rt, memory_order_release);
     tls_lifecycle_owner = false;
     lc_transition(LC_RUNNING);
@@ -323,6 +332,7 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
         lifecycle_state state = lc_state;
         uint64_t seen = lc_generation;
         if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st))) {
+            /* relaxed: written under lc_lock, which we hold. */
             boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
             unsigned running = boc_runtime_worker_count(rt);
             pthread_mutex_unlock(&lc_lock);
@@ -372,6 +382,7 @@ static PyObject *collect_stats(boc_runtime *rt) {
         boc_worker_stats ws;
         boc_runtime_stats(rt, i, &ws);
         bocpy_interp *rec = i < worker_records_len ? worker_records[i] : NULL;
+        /* relaxed: counters (bocpy_interp_stats). */
         unsigned long long received =
             rec ? atomic_load_explicit(&rec->stats.migrations_in, memory_order_relaxed) : 0;
         unsigned long long fetched =
@@ -408,7 +419,7 @@ static void stop_runtime(boc_runtime *rt) {
     if (bocpy_noticeboard_clear() < 0) {
         PyErr_WriteUnraisable(NULL);
     }
-    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed); /* see its definition */
     lc_lock_acquire();
     tls_lifecycle_owner = false;
     lc_transition(LC_STOPPED);
@@ -514,6 +525,7 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
             lifecycle_state state = lc_state;
             uint64_t seen = lc_generation;
             if (state == LC_RUNNING) {
+                /* relaxed: written under lc_lock, which we hold. */
                 rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
                 tls_lifecycle_owner = true;
                 lc_transition(LC_DRAINING);
@@ -620,7 +632,8 @@ PyObject *bocpy_close_pool(bocpy_state *st) {
 static void interrupt_body(void *arg) {
     bocpy_interp *rec = arg;
     /* Raised in the body at its next bytecode; a body blocked in C (a
-     * sleep, a lock) sees it when that call returns. */
+     * sleep, a lock) sees it when that call returns.  relaxed: we hold the
+     * worker's GIL, which its body runs under, so this read is ordered. */
     if (atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
         PyThreadState_SetAsyncExc(rec->thread_ident, PyExc_KeyboardInterrupt);
     }
@@ -630,12 +643,13 @@ PyObject *bocpy_cancel(bocpy_state *st) {
     /* From now on workers skip bodies: each queued behavior completes at
      * once with a "did not run" exception on its result cown, which frees
      * its cowns for the next one, so the whole graph drains quickly. */
-    atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed);
+    atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed); /* see its definition */
     /* The pin keeps worker_records alive while we look at them. */
     bool pinned;
     boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
         bocpy_interp *rec = worker_records[i];
+        /* relaxed: a hint (bocpy_interp.in_body); interrupt_body checks again. */
         if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
             bocpy_interp_call_in(rec, interrupt_body, rec);
         }
@@ -654,10 +668,11 @@ PyObject *bocpy_running_behaviors(bocpy_state *st) {
     boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
         bocpy_interp *rec = worker_records[i];
+        /* relaxed: a name for a report (bocpy_interp.in_body); a body that
+         * just ended is harmless. */
         if (rec == NULL || !atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
             continue;
         }
-        /* relaxed: a name for a report; a body that just ended is harmless. */
         int64_t id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
         PyObject *name = bocpy_registry_name(st, id);
         PyObject *entry = name ? PyUnicode_FromFormat("worker %u: %U", i, name) : NULL;

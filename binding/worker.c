@@ -191,6 +191,7 @@ PyObject *bocpy_set_log_levels(PyObject *module, PyObject *arg) {
     free(log_levels);
     log_levels = copy;
     log_levels_len = (size_t)len;
+    /* release: see the declaration (the levels are stored before it). */
     atomic_fetch_add_explicit(&log_levels_version, 1, memory_order_release);
     pthread_mutex_unlock(&log_lock);
     Py_RETURN_NONE;
@@ -345,7 +346,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
         }
         before[held] = Py_XNewRef(c->obj);
         c->settled = false;
-        atomic_store_explicit(&c->holder, token, memory_order_relaxed);
+        atomic_store_explicit(&c->holder, token, memory_order_relaxed); /* see bocpy_cown.holder */
     }
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
@@ -400,6 +401,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     for (Py_ssize_t i = 0; i < nextra; i++, built++) {
         argv[built] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
     }
+    /* relaxed: hints for cancel() (bocpy_interp.in_body). */
     atomic_store_explicit(&here->running_code, p->code_id, memory_order_relaxed);
     atomic_store_explicit(&here->in_body, true, memory_order_relaxed);
     result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
@@ -450,7 +452,7 @@ settle:
         moved = moved || bocpy_blob_moves(c->blob);
     }
     for (uint32_t i = 0; i < held; i++) {
-        atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
+        atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed); /* as above */
         Py_XDECREF(before[i]);
     }
 store:
@@ -514,7 +516,7 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
     }
     free(ctx);
     *failed = true;
-    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
     return NULL;
 }
 
@@ -554,7 +556,7 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         *failed = true;
         return NULL;
     }
-    atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
     ctx->index = index;
     /* An interpreter an earlier runtime left in the pool, if there is one. */
     ctx->worker_tstate = bocpy_pool_enter();
@@ -563,7 +565,8 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         return abandon_worker(ctx, false, failed);
     }
     ctx->has_gil = true;
-    /* Read before the bootstrap syncs the levels: a later change is seen. */
+    /* Read before the bootstrap syncs the levels: a later change is seen
+     * (acquire, as in sync_log_levels). */
     ctx->log_levels_seen = atomic_load_explicit(&log_levels_version, memory_order_acquire);
     PyObject *core = bocpy_bootstrap_worker();
     if (core == NULL && pooled) {
@@ -584,7 +587,8 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
     ctx->record = ctx->state->interp;
     ctx->record->worker_index = (int)index;
     ctx->record->thread_ident = PyThread_get_thread_ident();
-    /* Counters are per runtime (wait(stats=True)). */
+    /* Counters are per runtime (wait(stats=True)); relaxed: counters
+     * (bocpy_interp_stats), read after boc_runtime_start returned. */
     atomic_store_explicit(&ctx->record->stats.migrations_in, 0, memory_order_relaxed);
     atomic_store_explicit(&ctx->record->stats.foreign_pickles, 0, memory_order_relaxed);
     Py_DECREF(core); /* sys.modules keeps it, and so the state, alive */
@@ -618,9 +622,11 @@ static void worker_run(void *user, boc_behavior *b, void *arg) {
         PyErr_Clear();
     }
     sync_log_levels(ctx);
+    /* relaxed: a lone flag (see its definition in lifecycle.c). */
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
     bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL);
     bocpy_garbage_drain(ctx->record);
+    /* relaxed: a hint (bocpy_interp.gil_wanted). */
     if (atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0) {
         /* Someone waits to enter this interpreter (to pickle a value that
          * lives here): let them in now rather than after a switch interval.
@@ -661,7 +667,7 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     }
     bocpy_noticeboard_thread_exit();
     free(ctx);
-    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
 }
 
 static void behavior_done(void *user, boc_behavior *b) {
