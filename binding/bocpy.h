@@ -141,7 +141,7 @@ typedef struct bocpy_moved {
 /* A value serialised for another interpreter: pickle bytes plus the cowns
  * the pickle refers to, each holding a strong reference for as long as the
  * blob exists (a cown inside a value must outlive its trip), plus the
- * buffers moved out of it (bocpy_serialize_move).  A blob with moves is
+ * buffers moved out of it (bocpy_serialise_move).  A blob with moves is
  * single use: reading it attaches its buffers. */
 struct bocpy_blob {
     size_t size;
@@ -161,12 +161,12 @@ Py_ssize_t bocpy_transfer_add_cown(bocpy_cown *cown);
  * (borrowed), or NULL when the index is not one of this blob's. */
 bocpy_cown *bocpy_transfer_get_cown(Py_ssize_t index);
 /* NULL with TypeError naming the type when `obj` cannot cross. */
-bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj);
+bocpy_blob *bocpy_serialise(bocpy_state *st, PyObject *obj);
 /* The same for a cown's value: objects of registered move types in it are
  * detached into the blob rather than copied.  When the result has moves
  * (bocpy_blob_moves), `obj` is stale and the caller must drop it.  On
  * failure nothing was detached. */
-bocpy_blob *bocpy_serialize_move(bocpy_state *st, PyObject *obj);
+bocpy_blob *bocpy_serialise_move(bocpy_state *st, PyObject *obj);
 /* True when `blob` (may be NULL) carries moved buffers: it is single use,
  * and the object it was made from is stale. */
 static inline bool bocpy_blob_moves(const bocpy_blob *blob) {
@@ -179,7 +179,7 @@ PyObject *bocpy_transfer_take_move(bocpy_state *st, Py_ssize_t index);
  * (rebuild, (index,)) reduction of `obj`, whose buffer is detached into
  * the blob; or its own __reduce_ex__ when no move is under way. */
 PyObject *bocpy_transfer_reduce_move(bocpy_state *st, PyObject *obj);
-PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob);
+PyObject *bocpy_deserialise(bocpy_state *st, const bocpy_blob *blob);
 /* No GIL needed. */
 void bocpy_blob_free(bocpy_blob *blob);
 /* Values that need no serialised copy to be checked or cached: they are

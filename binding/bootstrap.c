@@ -130,7 +130,7 @@ PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value) 
         }
         return NULL;
     }
-    bocpy_blob *blob = bocpy_serialize(st, value);
+    bocpy_blob *blob = bocpy_serialise(st, value);
     char *copy = blob ? strdup(utf8) : NULL;
     if (copy == NULL) {
         bocpy_blob_free(blob);
@@ -163,7 +163,7 @@ size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from)
     /* relaxed: late_lock orders the entries before this read. */
     size_t n = atomic_load_explicit(&late_count, memory_order_relaxed);
     for (size_t i = from; i < n; i++) {
-        PyObject *value = bocpy_deserialize(st, late_binds[i].blob);
+        PyObject *value = bocpy_deserialise(st, late_binds[i].blob);
         if (value == NULL || PyDict_SetItemString(namespace, late_binds[i].name, value) < 0) {
             PyErr_Clear(); /* as in the image: an unusable global stays absent */
         }
@@ -235,7 +235,7 @@ int bocpy_bootstrap_build(bocpy_state *st, PyObject *header, PyObject *values) {
     if (copy_sys_path() < 0) {
         return -1;
     }
-    bootstrap.header = bocpy_serialize(st, header);
+    bootstrap.header = bocpy_serialise(st, header);
     if (bootstrap.header == NULL) {
         return -1;
     }
@@ -247,7 +247,7 @@ int bocpy_bootstrap_build(bocpy_state *st, PyObject *header, PyObject *values) {
     }
     for (Py_ssize_t i = 0; i < nvalues; i++) {
         /* A value that cannot be sent is simply absent in workers. */
-        bootstrap.values[i] = bocpy_serialize(st, PyList_GET_ITEM(values, i));
+        bootstrap.values[i] = bocpy_serialise(st, PyList_GET_ITEM(values, i));
         if (bootstrap.values[i] == NULL) {
             PyErr_Clear();
         }
@@ -269,7 +269,7 @@ PyObject *bocpy_bootstrap_header(bocpy_state *st) {
     if (bootstrap.header == NULL) {
         Py_RETURN_NONE;
     }
-    return bocpy_deserialize(st, bootstrap.header);
+    return bocpy_deserialise(st, bootstrap.header);
 }
 
 PyObject *bocpy_bootstrap_value(bocpy_state *st, PyObject *index_obj) {
@@ -281,7 +281,7 @@ PyObject *bocpy_bootstrap_value(bocpy_state *st, PyObject *index_obj) {
         PyErr_Format(PyExc_LookupError, "no bootstrap value %zd", index);
         return NULL;
     }
-    return bocpy_deserialize(st, bootstrap.values[index]);
+    return bocpy_deserialise(st, bootstrap.values[index]);
 }
 
 /* Gives this (new) interpreter the main interpreter's sys.path, so that it

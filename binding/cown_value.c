@@ -292,7 +292,7 @@ typedef struct foreign_pickle {
 static void foreign_pickle_run(void *arg) {
     foreign_pickle *fp = arg;
     bocpy_cown *c = fp->cown;
-    fp->blob = bocpy_serialize_move(fp->home->state, c->obj);
+    fp->blob = bocpy_serialise_move(fp->home->state, c->obj);
     if (fp->blob == NULL) {
         /* A plain value kept without a copy (then this is MemoryError or
          * an interrupt), or a large one changed in place that can no longer
@@ -422,7 +422,7 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         c->blob_stale = false;
         home = NULL;
     }
-    PyObject *value = bocpy_deserialize(here->state, c->blob);
+    PyObject *value = bocpy_deserialise(here->state, c->blob);
     if (value == NULL) {
         return rebuild_failed(c, here);
     }
@@ -507,7 +507,7 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
      * interpreter for it): check now that it can cross, and keep the copy.
      * A refusal belongs to this hold: the cown goes back to the value it
      * found, and no other behavior's work is undone. */
-    bocpy_blob *blob = bocpy_serialize_move(st, now);
+    bocpy_blob *blob = bocpy_serialise_move(st, now);
     if (blob == NULL) {
         if (now != before) {
             /* A new object: put back the one the hold found (the live
@@ -567,7 +567,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
 
         PyObject *obj = c->obj;
         if (obj != NULL && (c->blob == NULL || c->blob_stale)) {
-            bocpy_blob *fresh = bocpy_serialize_move(st, obj);
+            bocpy_blob *fresh = bocpy_serialise_move(st, obj);
             if (fresh == NULL && c->blob != NULL) {
                 /* Mutated in place into something that cannot leave this
                  * interpreter: keep the last copy that could, and say so. */
@@ -595,7 +595,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
                              Py_TYPE(obj)->tp_name, cause);
                 PyObject *exc = PyErr_GetRaisedException();
                 Py_XDECREF(cause);
-                c->blob = bocpy_serialize(st, exc);
+                c->blob = bocpy_serialise(st, exc);
                 c->is_exception = c->blob != NULL;
                 Py_DECREF(exc);
                 PyErr_Clear();
@@ -651,7 +651,7 @@ static PyObject *unretrieved_value(bocpy_state *st, bocpy_cown *c) {
         return Py_NewRef(c->obj);
     }
     if (c->blob != NULL && !c->blob_stale) {
-        return bocpy_deserialize(st, c->blob);
+        return bocpy_deserialise(st, c->blob);
     }
     PyErr_SetString(PyExc_RuntimeError, "its value lives in a worker that is still running");
     return NULL;
@@ -735,7 +735,7 @@ Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live) {
         if (dead == NULL) {
             break;
         }
-        PyObject *exc = bocpy_deserialize(st, dead->blob);
+        PyObject *exc = bocpy_deserialise(st, dead->blob);
         log_unretrieved(error_method, dead->id, exc);
         Py_XDECREF(exc);
         bocpy_blob_free(dead->blob);
@@ -834,7 +834,7 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
             /* Check now, where the user can see which value is at fault,
              * and keep the copy: workers will start from it without
              * entering this interpreter. */
-            c->blob = bocpy_serialize_move(st, value);
+            c->blob = bocpy_serialise_move(st, value);
             if (c->blob == NULL) {
                 boc_cown_decref(&c->base);
                 return NULL;

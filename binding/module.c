@@ -164,7 +164,7 @@ static PyObject *core_is_transferable(PyObject *module, PyObject *obj) {
     if (bocpy_is_plain_immutable(st, obj)) {
         Py_RETURN_TRUE;
     }
-    bocpy_blob *blob = bocpy_serialize(st, obj);
+    bocpy_blob *blob = bocpy_serialise(st, obj);
     if (blob == NULL) {
         PyErr_Clear();
         Py_RETURN_FALSE;

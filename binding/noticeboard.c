@@ -380,7 +380,7 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value, bo
         (!seed && refuse_without_runtime(st, what) < 0)) {
         return NULL;
     }
-    bocpy_blob *blob = bocpy_serialize(st, value);
+    bocpy_blob *blob = bocpy_serialise(st, value);
     if (blob == NULL) {
         return NULL;
     }
@@ -436,7 +436,7 @@ PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyOb
     bocpy_strtable_slot *slot = bocpy_strtable_find(&entries, name, len, false);
     nb_version *v = slot ? slot->value : NULL;
     PyObject *current =
-        (v != NULL && v->blob != NULL) ? bocpy_deserialize(st, v->blob) : Py_NewRef(dflt);
+        (v != NULL && v->blob != NULL) ? bocpy_deserialise(st, v->blob) : Py_NewRef(dflt);
     PyObject *updated = NULL;
     int rc = -1;
     if (current != NULL) {
@@ -446,7 +446,7 @@ PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyOb
     if (updated == removed) {
         rc = commit(name, len, NULL);
     } else if (updated != NULL) {
-        bocpy_blob *blob = bocpy_serialize(st, updated);
+        bocpy_blob *blob = bocpy_serialise(st, updated);
         rc = blob ? commit(name, len, blob) : -1;
     }
     tls_in_update = false;
@@ -479,7 +479,7 @@ static PyObject *read_at(bocpy_state *st, const char *key, size_t len, uint64_t 
         return NULL;
     }
     *found = true;
-    PyObject *value = bocpy_deserialize(st, v->blob);
+    PyObject *value = bocpy_deserialise(st, v->blob);
     version_release(v);
     return value;
 }

@@ -280,7 +280,7 @@ static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, b
     }
     /* Even a plain result gets its copy now: whoever reads it next (often
      * another worker, or the main thread) then need not enter this one. */
-    *blob = bocpy_serialize(st, *value);
+    *blob = bocpy_serialise(st, *value);
     if (*blob != NULL) {
         return;
     }
@@ -298,7 +298,7 @@ static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, b
     }
     Py_SETREF(*value, replacement);
     *is_exception = true;
-    *blob = bocpy_serialize(st, *value);
+    *blob = bocpy_serialise(st, *value);
     PyErr_Clear();
 }
 
@@ -351,7 +351,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
     if (p->captures != NULL) {
-        snapshot = bocpy_deserialize(st, p->captures);
+        snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
         }
