@@ -462,6 +462,13 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback);
 PyObject *bocpy_set_wait_pump_poll(PyObject *ms);
 PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_ms, PyObject *on_starve);
 PyObject *bocpy_stop_watchdog(void);
+/* Diagnostics go through logging's "bocpy" logger (pump.c).
+ * bocpy_logger_call logs `message` at `level` ("warning", "error") and
+ * returns the call's result, or NULL with an exception set;
+ * bocpy_log_warning steals `message` (NULL: an exception is set) and
+ * reports through sys.unraisablehook if logging itself fails. */
+PyObject *bocpy_logger_call(const char *level, PyObject *message);
+void bocpy_log_warning(PyObject *message);
 
 /* ------------------------------------------------------------------- pool */
 
@@ -543,13 +550,6 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value, bo
 PyObject *bocpy_notice_delete(bocpy_state *st, PyObject *key);
 /* Empties the board (wait() does, as it ends a run); -1 with an exception. */
 int bocpy_noticeboard_clear(void);
-/* Diagnostics go through logging's "bocpy" logger (pump.c).
- * bocpy_logger_call logs `message` at `level` ("warning", "error") and
- * returns the call's result, or NULL with an exception set;
- * bocpy_log_warning steals `message` (NULL: an exception is set) and
- * reports through sys.unraisablehook if logging itself fails. */
-PyObject *bocpy_logger_call(const char *level, PyObject *message);
-void bocpy_log_warning(PyObject *message);
 PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyObject *dflt,
                               PyObject *removed);
 PyObject *bocpy_notice_read(bocpy_state *st, PyObject *key, PyObject *dflt);
