@@ -18,16 +18,18 @@
  *      _bootstrap_value) and applies it to the worker's `__main__`.  A
  *      worker that fails reports why (bocpy_start_error_report), and the
  *      starter raises it;
- *   3. main interpreter, on every @when (bocpy_late_binds_refresh): when
- *      `__main__` gained globals since it last looked, the Python side
+ *   3. main interpreter, once the runtime started (bocpy.start) and on
+ *      every @when (bocpy_late_binds_refresh): when `__main__` gained
+ *      globals since it last looked, the Python side
  *      (bocpy._bootstrap.refresh_main) sends them as *late binds*
  *      (_core._add_late_bind);
  *   4. each worker thread, before each behavior (worker.c's worker_run):
  *      sets in its `__main__` the late binds it has not seen yet.
  *
- * Everything here lives from one runtime start to its stop (bocpy_
- * bootstrap_clear, by lifecycle.c); the main interpreter writes it, under
- * lifecycle.c's STARTING state or late_lock, and workers only read it.
+ * Everything here lives from one runtime start to its stop (lifecycle.c
+ * calls bocpy_bootstrap_clear); the main interpreter writes it, in
+ * lifecycle.c's STARTING state or under late_lock, and workers only read
+ * it (but for the start error, which they write under its lock).
  */
 #include "bocpy.h"
 
