@@ -20,6 +20,37 @@
  *     settled by the home's lock and a reference taken under it.
  * A resident list per worker interpreter lets that worker serialise every
  * value it still owns before its interpreter ends.
+ *
+ * Values that cannot leave.  A value whose pickled form is over 64 KiB is
+ * not pickled again when a behavior changes it in place (that would copy it
+ * at every release: quadratic for a chain that grows it); its copy goes
+ * stale and it is pickled when it has to move.  A behavior may have left it
+ * unpicklable by then (a list that gained a lock).  The rule is that no
+ * successful behavior's effect is ever lost, so such a value is never put
+ * back to an older copy; it stays, with every change, in the interpreter
+ * that holds it (its home):
+ *   - a behavior that needs it on another worker runs there instead: the
+ *     worker gets BOCPY_VALUE_STUCK from bocpy_cown_materialize, undoes the
+ *     holds it took, and runs the whole behavior inside the home
+ *     interpreter on its own thread (worker.c, run_elsewhere), bringing the
+ *     behavior's other values there;
+ *   - when its worker stops (wait()), evacuation keeps it resident, and the
+ *     interpreter goes to the pool with it (pool.c); the next runtime's
+ *     workers take such interpreters first, so behaviors reach it again;
+ *   - a reader elsewhere -- the main thread (.value, acquire(), unwrap()),
+ *     a pinned behavior -- gets a TypeError naming the cown, the type and
+ *     the cause, and nothing moves: it is never handed stale data.
+ * Exact limits: (1) the value is lost only when its interpreter ends (the
+ * pool closed: at exit, before fork(), or a kept interpreter that fails to
+ * start again); then the cown gets a RuntimeError saying so (type, cause),
+ * and the bocpy logger warns, naming the cown and the type.  (2) A behavior
+ * that needs two such values stuck in two different interpreters, or one
+ * stuck in a kept interpreter that no worker of this runtime took (a run
+ * with fewer workers than interpreters holding such values), fails with the
+ * TypeError, and the values stay as they are.  (3) The failure is found
+ * when the value must move, not at the behavior that broke it: that
+ * behavior, and every one after it, succeed.  A value that is picklable
+ * again when it must move loses nothing at all.
  */
 #include "bocpy.h"
 
