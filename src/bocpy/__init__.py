@@ -597,7 +597,6 @@ _EXIT_GRACE_SECONDS = 0.5
 _EXIT_AFTER_TIMEOUT_SECONDS = 3.0
 
 
-
 def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
     def excepthook(*args: Any) -> Any:
         global _crashed
