@@ -1148,7 +1148,7 @@ def _busy(c):
 def assert_stuck_read(c) -> None:
     """Reading the value on the main thread names the cown, its type and the cause."""
     with pytest.raises(TypeError) as info:
-        c.value
+        _ = c.value
     text = str(info.value)
     assert f"cown {c._id} (type 'dict')" in text
     assert "cannot pickle '_thread.lock' object" in text
