@@ -368,6 +368,8 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
              * caller runs the behavior there.  Undo the holds taken so far
              * (the values made live here just stay here, until needed). */
             PyErr_Clear();
+            /* relaxed: we hold the cown, and only a holder moves its value
+             * (libboc's hand-off ordered the last move before our hold). */
             *elsewhere = atomic_load_explicit(&c->home, memory_order_relaxed);
             for (uint32_t i = 0; i < held; i++) {
                 atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
