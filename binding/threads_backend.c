@@ -234,7 +234,7 @@ static PyObject *call_body(bocpy_state *st, const bocpy_payload *p) {
     PyObject *snapshot = NULL, *extra = NULL;
     PyObject *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
     if (p->captures != NULL) {
-        snapshot = bocpy_deserialize(st, p->captures);
+        snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             return NULL;
         }

@@ -34,24 +34,6 @@ typedef struct worker_context {
     uint64_t log_levels_seen;
 } worker_context;
 
-/* The first error a starting worker reports.  Workers start concurrently,
- * so it is written under a lock; the starter reads it (under the same lock)
- * after boc_runtime_start has returned. */
-static pthread_mutex_t start_error_lock = PTHREAD_MUTEX_INITIALIZER;
-static char start_error[512];
-
-void bocpy_start_error_reset(void) {
-    pthread_mutex_lock(&start_error_lock);
-    start_error[0] = '\0';
-    pthread_mutex_unlock(&start_error_lock);
-}
-
-void bocpy_start_error_get(char *buf, size_t size) {
-    pthread_mutex_lock(&start_error_lock);
-    snprintf(buf, size, "%s", start_error);
-    pthread_mutex_unlock(&start_error_lock);
-}
-
 /* Worker threads between the start of worker_start and the end of
  * worker_stop (or of a failed start): while any exists, the pool must not
  * be ended (bocpy_close_pool) and a fork would kill the child.  relaxed:
@@ -62,12 +44,11 @@ static atomic_uint workers_alive;
 unsigned bocpy_workers_alive(void) {
     return atomic_load_explicit(&workers_alive, memory_order_relaxed);
 }
-void bocpy_worker_started(unsigned index, bocpy_interp *record);
 
 /* ------------------------------------------- records logged in workers
  *
  * A behavior's logging records belong to the main interpreter's logging
- * configuration.  Workers push each record, pickled by bocpy._worker, on
+ * configuration.  Workers push each record, pickled by bocpy._logging, on
  * one process-wide FIFO; the main interpreter takes them off (a drain
  * thread, and wait() before it returns) and hands them to its loggers.  One
  * FIFO keeps each worker's records in the order it logged them.  In the
@@ -210,6 +191,7 @@ PyObject *bocpy_set_log_levels(PyObject *module, PyObject *arg) {
     free(log_levels);
     log_levels = copy;
     log_levels_len = (size_t)len;
+    /* release: see the declaration (the levels are stored before it). */
     atomic_fetch_add_explicit(&log_levels_version, 1, memory_order_release);
     pthread_mutex_unlock(&log_lock);
     Py_RETURN_NONE;
@@ -234,7 +216,7 @@ static void sync_log_levels(worker_context *ctx) {
         return;
     }
     ctx->log_levels_seen = version;
-    PyObject *boot = PyImport_ImportModule("bocpy._worker");
+    PyObject *boot = PyImport_ImportModule(BOCPY_BOOTSTRAP_MODULE);
     PyObject *rv = boot ? PyObject_CallMethod(boot, "sync_logging", NULL) : NULL;
     if (rv == NULL) {
         PyErr_WriteUnraisable(boot);
@@ -246,12 +228,12 @@ static void sync_log_levels(worker_context *ctx) {
 /* ------------------------------------------------------ one behavior */
 
 /* A NameError for a global of the script that could not be sent to this
- * worker gets a message that names it and says why (bocpy._worker). */
+ * worker gets a message that names it and says why (bocpy._bootstrap). */
 static void explain_name_error(PyObject *exc) {
     if (!PyErr_GivenExceptionMatches(exc, PyExc_NameError)) {
         return;
     }
-    PyObject *worker = PyImport_ImportModule("bocpy._worker");
+    PyObject *worker = PyImport_ImportModule(BOCPY_BOOTSTRAP_MODULE);
     PyObject *rv = worker ? PyObject_CallMethod(worker, "explain_name_error", "O", exc) : NULL;
     if (rv == NULL) {
         PyErr_Clear(); /* the original message stays */
@@ -298,7 +280,7 @@ static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, b
     }
     /* Even a plain result gets its copy now: whoever reads it next (often
      * another worker, or the main thread) then need not enter this one. */
-    *blob = bocpy_serialize(st, *value);
+    *blob = bocpy_serialise(st, *value);
     if (*blob != NULL) {
         return;
     }
@@ -316,7 +298,7 @@ static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, b
     }
     Py_SETREF(*value, replacement);
     *is_exception = true;
-    *blob = bocpy_serialize(st, *value);
+    *blob = bocpy_serialise(st, *value);
     PyErr_Clear();
 }
 
@@ -330,7 +312,7 @@ static PyObject *dropped_error(void) {
 #define SMALL 8
 
 void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled,
-                        bocpy_outcome *out) {
+                        bocpy_outcome *out, bocpy_interp **elsewhere) {
     bocpy_payload *p = boc_behavior_payload(b);
     uintptr_t token = bocpy_thread_token();
     PyObject *result = NULL;
@@ -343,6 +325,9 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     bocpy_blob *blob = NULL;
     bool sealed = false, moved = false;
 
+    if (elsewhere != NULL) {
+        *elsewhere = NULL;
+    }
     bocpy_noticeboard_behavior_begin();
     if (cancelled) {
         result = dropped_error();
@@ -359,17 +344,36 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     }
     for (; held < p->ncowns; held++) {
         bocpy_cown *c = p->cowns[held];
-        if (bocpy_cown_materialize(c, here) < 0) {
+        int rc = bocpy_cown_materialize(c, here);
+        if (rc == BOCPY_VALUE_STUCK && elsewhere != NULL) {
+            /* The value cannot leave the interpreter that holds it: the
+             * caller runs the behavior there.  Undo the holds taken so far
+             * (the values made live here just stay here, until needed). */
+            PyErr_Clear();
+            /* relaxed: we hold the cown, and only a holder moves its value
+             * (libboc's hand-off ordered the last move before our hold). */
+            *elsewhere = atomic_load_explicit(&c->home, memory_order_relaxed);
+            for (uint32_t i = 0; i < held; i++) {
+                atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
+                Py_XDECREF(before[i]);
+            }
+            if (before != before_small) {
+                PyMem_Free(before);
+            }
+            bocpy_noticeboard_behavior_end();
+            return;
+        }
+        if (rc < 0) {
             goto failed;
         }
         before[held] = Py_XNewRef(c->obj);
         c->settled = false;
-        atomic_store_explicit(&c->holder, token, memory_order_relaxed);
+        atomic_store_explicit(&c->holder, token, memory_order_relaxed); /* see bocpy_cown.holder */
     }
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
     if (p->captures != NULL) {
-        snapshot = bocpy_deserialize(st, p->captures);
+        snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
         }
@@ -419,6 +423,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     for (Py_ssize_t i = 0; i < nextra; i++, built++) {
         argv[built] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
     }
+    /* relaxed: hints for cancel() (bocpy_interp.in_body). */
     atomic_store_explicit(&here->running_code, p->code_id, memory_order_relaxed);
     atomic_store_explicit(&here->in_body, true, memory_order_relaxed);
     result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
@@ -469,7 +474,7 @@ settle:
         moved = moved || bocpy_blob_moves(c->blob);
     }
     for (uint32_t i = 0; i < held; i++) {
-        atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
+        atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed); /* as above */
         Py_XDECREF(before[i]);
     }
 store:
@@ -517,49 +522,6 @@ static void drop_gil(worker_context *ctx) {
     }
 }
 
-static void report_start_error(unsigned index, const char *what) {
-    /* First error wins; later workers usually fail the same way. */
-    pthread_mutex_lock(&start_error_lock);
-    if (start_error[0] == '\0') {
-        snprintf(start_error, sizeof(start_error), "worker %u: %s", index, what);
-    }
-    pthread_mutex_unlock(&start_error_lock);
-}
-
-static void report_python_error(unsigned index) {
-    PyObject *exc = PyErr_GetRaisedException();
-    PyObject *text = exc ? PyObject_Repr(exc) : NULL;
-    const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
-    report_start_error(index, utf8 ? utf8 : "unknown error");
-    PyErr_Clear();
-    Py_XDECREF(text);
-    Py_XDECREF(exc);
-}
-
-/* Gives this (new) interpreter the main interpreter's sys.path, so that it
- * imports bocpy, and the user's modules, from the same places. */
-static int adopt_sys_path(void) {
-    const bocpy_bootstrap *boot = bocpy_current_bootstrap();
-    if (boot->sys_path == NULL) {
-        return 0;
-    }
-    PyObject *list = PyList_New((Py_ssize_t)boot->sys_path_len);
-    if (list == NULL) {
-        return -1;
-    }
-    for (size_t i = 0; i < boot->sys_path_len; i++) {
-        PyObject *entry = PyUnicode_FromString(boot->sys_path[i]);
-        if (entry == NULL) {
-            Py_DECREF(list);
-            return -1;
-        }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, entry);
-    }
-    int rc = PySys_SetObject("path", list);
-    Py_DECREF(list);
-    return rc;
-}
-
 /* Undoes a worker_start that failed: ends the worker's interpreter if it
  * was entered (a pooled one too: it may be what failed), and this thread's
  * main-interpreter state if it made one. */
@@ -576,7 +538,7 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
     }
     free(ctx);
     *failed = true;
-    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
     return NULL;
 }
 
@@ -586,7 +548,7 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
 static bool create_interpreter(worker_context *ctx) {
     ctx->main_tstate = PyThreadState_New(PyInterpreterState_Main());
     if (ctx->main_tstate == NULL) {
-        report_start_error(ctx->index, "could not create a thread state");
+        bocpy_start_error_report(ctx->index, "could not create a thread state");
         return false;
     }
     PyEval_RestoreThread(ctx->main_tstate);
@@ -601,42 +563,22 @@ static bool create_interpreter(worker_context *ctx) {
     };
     PyStatus status = Py_NewInterpreterFromConfig(&ctx->worker_tstate, &config);
     if (PyStatus_Exception(status) || ctx->worker_tstate == NULL) {
-        report_start_error(ctx->index,
-                           status.err_msg ? status.err_msg : "interpreter creation failed");
+        bocpy_start_error_report(ctx->index,
+                                 status.err_msg ? status.err_msg : "interpreter creation failed");
         return false;
     }
     return true;
-}
-
-/* In the worker's interpreter, holding its GIL: gives it the new runtime's
- * paths and __main__ image (bocpy._worker.bootstrap first resets what an
- * earlier runtime left in a kept one).  Returns bocpy._core, or NULL with
- * an exception set. */
-static PyObject *bootstrap_worker(void) {
-    if (adopt_sys_path() < 0) {
-        return NULL;
-    }
-    PyObject *core = PyImport_ImportModule("bocpy._core");
-    PyObject *boot = core ? PyImport_ImportModule("bocpy._worker") : NULL;
-    PyObject *rv = boot ? PyObject_CallMethod(boot, "bootstrap", NULL) : NULL;
-    Py_XDECREF(rv);
-    Py_XDECREF(boot);
-    if (rv == NULL) {
-        Py_XDECREF(core);
-        return NULL;
-    }
-    return core;
 }
 
 static void *worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
     worker_context *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
-        report_start_error(index, "out of memory");
+        bocpy_start_error_report(index, "out of memory");
         *failed = true;
         return NULL;
     }
-    atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
     ctx->index = index;
     /* An interpreter an earlier runtime left in the pool, if there is one. */
     ctx->worker_tstate = bocpy_pool_enter();
@@ -645,28 +587,35 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         return abandon_worker(ctx, false, failed);
     }
     ctx->has_gil = true;
-    /* Read before the bootstrap syncs the levels: a later change is seen. */
+    /* Read before the bootstrap syncs the levels: a later change is seen
+     * (acquire, as in sync_log_levels). */
     ctx->log_levels_seen = atomic_load_explicit(&log_levels_version, memory_order_acquire);
-    PyObject *core = bootstrap_worker();
+    PyObject *core = bocpy_bootstrap_worker();
     if (core == NULL && pooled) {
         /* A behavior of an earlier runtime broke this kept interpreter (it
-         * may have emptied sys.modules): end it, and start afresh. */
+         * may have emptied sys.modules): end it, and start afresh.  Values
+         * kept in it go first (lost if they still cannot be pickled). */
         PyErr_Clear();
+        bocpy_interp *kept = bocpy_interp_current();
+        if (kept != NULL && kept->state != NULL) {
+            bocpy_cown_evacuate_all(kept->state, kept, true);
+        }
         Py_EndInterpreter(ctx->worker_tstate);
         if (!create_interpreter(ctx)) {
             return abandon_worker(ctx, false, failed);
         }
-        core = bootstrap_worker();
+        core = bocpy_bootstrap_worker();
     }
     if (core == NULL) {
-        report_python_error(index);
+        bocpy_start_error_report_python(index);
         return abandon_worker(ctx, true, failed);
     }
     ctx->state = bocpy_state_of_module(core);
     ctx->record = ctx->state->interp;
     ctx->record->worker_index = (int)index;
     ctx->record->thread_ident = PyThread_get_thread_ident();
-    /* Counters are per runtime (wait(stats=True)). */
+    /* Counters are per runtime (wait(stats=True)); relaxed: counters
+     * (bocpy_interp_stats), read after boc_runtime_start returned. */
     atomic_store_explicit(&ctx->record->stats.migrations_in, 0, memory_order_relaxed);
     atomic_store_explicit(&ctx->record->stats.foreign_pickles, 0, memory_order_relaxed);
     Py_DECREF(core); /* sys.modules keeps it, and so the state, alive */
@@ -687,6 +636,40 @@ static void worker_idle(void *user, void *arg) {
     drop_gil(arg);
 }
 
+/* A behavior that needs a value stuck in another worker interpreter (see
+ * "Values that cannot leave" in cown_value.c) runs there, on this thread:
+ * this thread holds every cown the behavior requested, so nothing else can
+ * move or touch their values meanwhile; it enters that interpreter as any
+ * foreign entry does (bocpy_interp_call_in: it lets go of its own GIL
+ * first, so no thread ever waits for one GIL while holding another), and
+ * the other values the behavior needs are made live there. */
+typedef struct run_elsewhere {
+    bocpy_interp *there;
+    boc_behavior *b;
+    bool cancelled;
+    bool ran;
+} run_elsewhere;
+
+static void run_elsewhere_in(void *arg) {
+    run_elsewhere *e = arg;
+    bocpy_interp *there = e->there;
+    /* Only a worker interpreter of this runtime: its bocpy state is live and
+     * it runs the current __main__ image.  worker_index and thread_ident are
+     * written by its own worker with its GIL held, as we hold it now. */
+    if (there->state == NULL || there->worker_index < 0) {
+        return;
+    }
+    /* Cancellation interrupts a body by the thread ident of the interpreter's
+     * worker (bocpy_cancel): for this body, that is this thread.  Its own
+     * worker runs no Python while we hold the GIL, and gets it back after. */
+    unsigned long owner = there->thread_ident;
+    there->thread_ident = PyThread_get_thread_ident();
+    bocpy_run_behavior(there->state, there, e->b, e->cancelled, NULL, NULL);
+    there->thread_ident = owner;
+    bocpy_garbage_drain(there);
+    e->ran = true;
+}
+
 static void worker_run(void *user, boc_behavior *b, void *arg) {
     (void)user;
     worker_context *ctx = arg;
@@ -700,9 +683,20 @@ static void worker_run(void *user, boc_behavior *b, void *arg) {
         PyErr_Clear();
     }
     sync_log_levels(ctx);
+    /* relaxed: a lone flag (see its definition in lifecycle.c). */
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
-    bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL);
+    bocpy_interp *there = NULL;
+    bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL, &there);
+    if (there != NULL) {
+        run_elsewhere e = {.there = there, .b = b, .cancelled = cancelled, .ran = false};
+        if (!bocpy_interp_call_in(there, run_elsewhere_in, &e) || !e.ran) {
+            /* That interpreter is gone or not a worker of this runtime: run
+             * here, where the behavior gets the error saying why. */
+            bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL, NULL);
+        }
+    }
     bocpy_garbage_drain(ctx->record);
+    /* relaxed: a hint (bocpy_interp.gil_wanted). */
     if (atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0) {
         /* Someone waits to enter this interpreter (to pickle a value that
          * lives here): let them in now rather than after a switch interval.
@@ -722,16 +716,17 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     (void)index;
     worker_context *ctx = arg;
     take_gil(ctx);
-    PyObject *boot = PyImport_ImportModule("bocpy._worker");
+    PyObject *boot = PyImport_ImportModule(BOCPY_BOOTSTRAP_MODULE);
     PyObject *rv = boot ? PyObject_CallMethod(boot, "shutdown", NULL) : NULL;
     if (rv == NULL) {
         PyErr_WriteUnraisable(boot);
     }
     Py_XDECREF(rv);
     Py_XDECREF(boot);
-    /* Values still living here go back to their serialised copies: the
-     * main thread reads them after wait(), and the pool keeps no values. */
-    bocpy_cown_evacuate_all(ctx->state, ctx->record);
+    /* Values still living here go back to their serialised copies, so that
+     * the main thread reads them after wait(); one that cannot be pickled
+     * stays here, and goes to the pool with this interpreter. */
+    bocpy_cown_evacuate_all(ctx->state, ctx->record, false);
     bocpy_garbage_drain(ctx->record);
     ctx->record->worker_index = -1;
     ctx->record->thread_ident = 0;
@@ -743,7 +738,7 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     }
     bocpy_noticeboard_thread_exit();
     free(ctx);
-    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
 }
 
 static void behavior_done(void *user, boc_behavior *b) {

@@ -342,7 +342,7 @@ def start(worker_count: int | None = None, *, backend: str | None = None) -> Non
     # False when none runs and it needs the bootstrap to start one.
     if _core.start(worker_count, None, []):
         return
-    from . import _logging, _worker
+    from . import _bootstrap, _logging
 
     # One bootstrap at a time: building it resets what refresh_main knows.
     with _start_lock:
@@ -353,9 +353,9 @@ def start(worker_count: int | None = None, *, backend: str | None = None) -> Non
             # Workers run in this interpreter: no script image to send.
             _core.start(worker_count, (), [])
             return
-        header, values = _worker.build_bootstrap()
+        header, values = _bootstrap.build_bootstrap()
         _core.start(worker_count, header, values)
-        _worker.refresh_main()
+        _bootstrap.refresh_main()
 
 
 class WaitResult(NamedTuple):
