@@ -137,6 +137,7 @@ struct bocpy_blob {
     size_t nmoves;
     bocpy_moved *moves;
     bool whole; /* the value is moves[0] itself: no pickle */
+    bool compact; /* data is the compact encoding (transfer.c), not a pickle */
     char data[];
 };
 
