@@ -14,7 +14,8 @@
 4. memory, each in a fresh subprocess: RSS growth per idle ``Cown(int)``
    over 1,000,000 cowns (target 128 bytes), per behavior waiting in one
    cown's queue (target 256 bytes), and the peak RSS of a run scheduling
-   one behavior on each of 1,000,000 new cowns (target 400 MB).
+   one behavior on each of 1,000,000 cowns, the cowns and the result cowns
+   kept in lists (target 400 MB).
 
 Timings are the minimum of ``--repeats`` runs, the variants interleaved
 (the machine is noisy; the minimum is the least disturbed run).
@@ -187,10 +188,13 @@ elif mode == "queued":
     print(per)
 else:
     start(1)
-    for i in range(count):
-        @when(Cown(i))
+    cowns = [Cown(i + 1000) for i in range(count)]
+    results = []
+    for cown in cowns:
+        @when(cown)
         def step(c):
             c.value += 1
+        results.append(step)
     wait()
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
