@@ -278,7 +278,8 @@ void bocpy_registry_clear_state(bocpy_state *st);
  * behavior can be freed on any thread without a GIL. */
 typedef struct bocpy_payload {
     int64_t code_id;
-    bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL */
+    bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL, */
+    bool defaults_only;   /* or, when this is set, the defaults tuple alone */
     bocpy_cown *result;   /* borrowed: the behavior holds a reference */
     uint32_t nargs;       /* arguments given to @when */
     uint32_t ncowns;      /* cowns across all arguments */

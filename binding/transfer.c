@@ -276,7 +276,7 @@ typedef struct compact_buffer {
     char small[256];
 } compact_buffer;
 
-static bool compact_reserve(compact_buffer *buf, size_t more) {
+static inline bool compact_reserve(compact_buffer *buf, size_t more) {
     if (buf->len + more <= buf->capacity) {
         return true;
     }
@@ -297,7 +297,7 @@ static bool compact_reserve(compact_buffer *buf, size_t more) {
     return true;
 }
 
-static bool compact_put(compact_buffer *buf, char tag, const void *bytes, size_t size) {
+static inline bool compact_put(compact_buffer *buf, char tag, const void *bytes, size_t size) {
     if (!compact_reserve(buf, 1 + size)) {
         return false;
     }
@@ -309,7 +309,7 @@ static bool compact_put(compact_buffer *buf, char tag, const void *bytes, size_t
     return true;
 }
 
-static bool compact_put_sized(compact_buffer *buf, char tag, const char *bytes, size_t size) {
+static inline bool compact_put_sized(compact_buffer *buf, char tag, const char *bytes, size_t size) {
     uint32_t n = (uint32_t)size;
     if (!compact_put(buf, tag, &n, sizeof(n)) || !compact_reserve(buf, size)) {
         return false;
@@ -330,12 +330,17 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         return compact_put(buf, obj == Py_True ? 'T' : 'F', NULL, 0) ? 1 : -1;
     }
     if (type == &PyLong_Type) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-        if (overflow != 0) {
-            return 0;
+        int64_t v64;
+        if (PyUnstable_Long_IsCompact((PyLongObject *)obj)) {
+            v64 = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)obj); /* one digit */
+        } else {
+            int overflow;
+            long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+            if (overflow != 0) {
+                return 0;
+            }
+            v64 = (int64_t)v;
         }
-        int64_t v64 = (int64_t)v;
         return compact_put(buf, 'i', &v64, sizeof(v64)) ? 1 : -1;
     }
     if (type == &PyFloat_Type) {
@@ -397,7 +402,7 @@ typedef struct compact_reader {
     const bocpy_blob *blob;
 } compact_reader;
 
-static bool compact_take(compact_reader *r, void *out, size_t size) {
+static inline bool compact_take(compact_reader *r, void *out, size_t size) {
     if ((size_t)(r->end - r->at) < size) {
         return false;
     }

@@ -257,7 +257,15 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
 
     bocpy_blob *captures = NULL;
     PyObject *snapshot;
-    if (captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
+    /* The commonest captures, `def step(c, n=n)`, travel as the defaults
+     * tuple alone: no snapshot tuple to build, copy and take apart. */
+    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
+    bool defaults_only = nextra == 0 && defaults != NULL &&
+                         PyFunction_GET_KW_DEFAULTS(func) == NULL &&
+                         PyFunction_GET_CLOSURE(func) == NULL;
+    if (defaults_only) {
+        snapshot = Py_NewRef(defaults);
+    } else if (captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
@@ -300,6 +308,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     bocpy_payload *p = boc_behavior_payload(b);
     p->code_id = code_id;
     p->captures = captures;
+    p->defaults_only = defaults_only;
     p->result = result;
     p->nargs = (uint32_t)nargs;
     p->ncowns = (uint32_t)ncowns;

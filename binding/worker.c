@@ -368,7 +368,13 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     }
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->captures != NULL) {
+    if (p->captures != NULL && p->defaults_only) {
+        snapshot = bocpy_deserialize(st, p->captures);
+        if (snapshot == NULL) {
+            goto failed;
+        }
+        defaults = snapshot;
+    } else if (p->captures != NULL) {
         snapshot = bocpy_deserialize(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
