@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 

@@ -136,7 +136,7 @@ struct bocpy_blob {
     bocpy_cown **cowns;
     size_t nmoves;
     bocpy_moved *moves;
-    bool whole; /* the value is moves[0] itself: no pickle */
+    bool whole;   /* the value is moves[0] itself: no pickle */
     bool compact; /* data is the compact encoding (transfer.c), not a pickle */
     char data[];
 };

@@ -242,7 +242,6 @@ static bocpy_blob *serialize_whole(const bocpy_move_entry *type, PyObject *obj) 
     return blob;
 }
 
-
 /* ------------------------------------------------------- compact values
  *
  * The commonest values to cross -- a behavior's small captures, an int or
@@ -309,7 +308,8 @@ static inline bool compact_put(compact_buffer *buf, char tag, const void *bytes,
     return true;
 }
 
-static inline bool compact_put_sized(compact_buffer *buf, char tag, const char *bytes, size_t size) {
+static inline bool compact_put_sized(compact_buffer *buf, char tag, const char *bytes,
+                                     size_t size) {
     uint32_t n = (uint32_t)size;
     if (!compact_put(buf, tag, &n, sizeof(n)) || !compact_reserve(buf, size)) {
         return false;
@@ -431,7 +431,7 @@ static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
     case 'i': {
         int64_t v;
         return compact_take(r, &v, sizeof(v)) ? PyLong_FromLongLong((long long)v)
-                                               : compact_corrupt();
+                                              : compact_corrupt();
     }
     case 'f': {
         double v;

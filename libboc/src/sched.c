@@ -323,8 +323,8 @@ static boc_behavior *boc__find_work(boc__worker *self) {
         if (searching && !stopping) {
             struct timespec now;
             clock_gettime(CLOCK_MONOTONIC, &now);
-            int64_t spent = (int64_t)(now.tv_sec - began.tv_sec) * 1000000000 +
-                            (now.tv_nsec - began.tv_nsec);
+            int64_t spent =
+                (int64_t)(now.tv_sec - began.tv_sec) * 1000000000 + (now.tv_nsec - began.tv_nsec);
             if (spent < BOC__SEARCH_NS) {
                 sched_yield(); /* whoever feeds us may be waiting for this core */
                 continue;
