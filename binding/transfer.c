@@ -22,6 +22,7 @@
  */
 #include "bocpy.h"
 
+#include <stddef.h>
 #include <string.h>
 
 /* A buffer detached by the pickle under way, with the object it came from
@@ -188,7 +189,11 @@ static void context_free(serialise_context *ctx) {
 /* A blob of `size` pickle bytes taking over the context's cowns and moved
  * buffers (the context is left empty), or NULL with MemoryError. */
 static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t size) {
-    bocpy_blob *blob = malloc(sizeof(*blob) + size);
+    if (ctx->count > UINT32_MAX || ctx->nmoves > UINT32_MAX) {
+        PyErr_SetString(PyExc_MemoryError, "a value holds more than 2**32 cowns or buffers");
+        return NULL;
+    }
+    bocpy_blob *blob = malloc(offsetof(bocpy_blob, data) + size);
     bocpy_moved *moves = ctx->nmoves ? malloc(ctx->nmoves * sizeof(*moves)) : NULL;
     if (blob == NULL || (ctx->nmoves > 0 && moves == NULL)) {
         free(blob);
@@ -197,9 +202,9 @@ static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t siz
         return NULL;
     }
     blob->size = size;
-    blob->ncowns = ctx->count;
+    blob->ncowns = (uint32_t)ctx->count;
     blob->cowns = ctx->cowns;
-    blob->nmoves = ctx->nmoves;
+    blob->nmoves = (uint32_t)ctx->nmoves;
     blob->moves = moves;
     blob->whole = false;
     blob->compact = false;

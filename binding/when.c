@@ -313,13 +313,13 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     p->nargs = (uint32_t)nargs;
     p->ncowns = (uint32_t)ncowns;
     p->cowns = (bocpy_cown **)(p + 1);
-    p->groups = (int32_t *)(p->cowns + ncowns);
+    int32_t *groups = bocpy_payload_groups(p);
     size_t slot = 0;
     for (Py_ssize_t i = 0; i < nargs; i++) {
         PyObject *arg = PyTuple_GET_ITEM(args, i);
         if (PyList_Check(arg)) {
             Py_ssize_t n = PyList_GET_SIZE(arg);
-            p->groups[i] = (int32_t)n;
+            groups[i] = (int32_t)n;
             for (Py_ssize_t j = 0; j < n; j++) {
                 bocpy_cown *c = ((CownObject *)PyList_GET_ITEM(arg, j))->cown;
                 p->cowns[slot] = c;
@@ -327,7 +327,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
             }
         } else {
             bocpy_cown *c = ((CownObject *)arg)->cown;
-            p->groups[i] = -1;
+            groups[i] = -1;
             p->cowns[slot] = c;
             boc_behavior_set_cown(b, slot++, &c->base);
         }

@@ -428,13 +428,14 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
         }
     }
     uint32_t slot = 0;
+    const int32_t *groups = bocpy_payload_groups(p);
     for (uint32_t i = 0; i < p->nargs; i++, built++) {
         PyObject *arg;
-        if (p->groups[i] < 0) {
+        if (groups[i] < 0) {
             arg = bocpy_cown_wrap(st, p->cowns[slot++]);
         } else {
-            arg = PyList_New(p->groups[i]);
-            for (int32_t j = 0; arg != NULL && j < p->groups[i]; j++) {
+            arg = PyList_New(groups[i]);
+            for (int32_t j = 0; arg != NULL && j < groups[i]; j++) {
                 PyObject *item = bocpy_cown_wrap(st, p->cowns[slot++]);
                 if (item == NULL) {
                     Py_CLEAR(arg);
