@@ -25,7 +25,7 @@ C_SOURCES := $(wildcard libboc/include/*.h libboc/src/*.[ch] libboc/tests/*.[ch]
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 SPHINXOPTS ?= -W --keep-going
 
-.PHONY: all venv build demo test test-c test-python test-python-asan soak stress lint format bench \
+.PHONY: all venv build demo test test-c test-python test-python-asan soak stress lint check-prototypes format bench \
 	docs wheel test-wheel plots bench-executor clean
 
 all: build
@@ -70,10 +70,15 @@ demo: build
 test-c:
 	$(MAKE) -C libboc check
 
+# Every function or variable used across binding files is declared in a
+# binding header and everything else is static (scripts/check-prototypes.sh).
+check-prototypes: $(VENV)/.ready
+	scripts/check-prototypes.sh $(PY)
+
 # stubtest compares the stubs (_core.pyi, and the annotations of the Python
 # modules) with what the built extension accepts at run time, so lint needs
 # the build; its allow-list gives a reason on every line.
-lint: build $(VENV)/.dev-ready
+lint: build $(VENV)/.dev-ready check-prototypes
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy --strict src/bocpy
 	$(PY) -m mypy.stubtest --allowlist scripts/stubtest-allowlist.txt bocpy

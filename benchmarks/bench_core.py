@@ -7,7 +7,7 @@ One run measures, and prints as one table:
    cown while the counter is positive -- the per-behavior cost of the runtime;
 2. the same chain shape with a value the body does not modify: an ``int``
    versus a 1 MB ``bytes`` object -- values that stay on one worker are not
-   re-serialized, so the two should cost about the same per step;
+   re-serialised, so the two should cost about the same per step;
 3. CPU-bound chain steps (a fixed pure-Python loop of about 1 ms per body) on
    1 and on 2 workers, and the speedup;
 4. fan-out: many independent behaviors scheduled from the main thread, each on

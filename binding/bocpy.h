@@ -8,12 +8,16 @@
  * Python types `Cown` and the `@when` decorator.
  *
  * Files:
- *   interp.c       per-interpreter records: residents, garbage, foreign entry
+ *   module.c       module state, and the module functions (thin wrappers
+ *                  over the files below)
+ *   when.c         @when / whencall: building and scheduling behaviors
+ *   registry.c     behavior code: process-wide registry, per-interpreter caches
  *   transfer.c     serialised values ("blobs") and the pickling context
  *   move.c         types that cross by moving their buffer (<bocpy/move.h>)
- *   registry.c     behavior code: process-wide registry, per-interpreter caches
  *   cown_value.c   the Cown type and the life of a cown's value
- *   when.c         @when / whencall: building and scheduling behaviors
+ *   interp.c       per-interpreter records: residents, garbage, foreign entry
+ *   lifecycle.c    the runtime's lifecycle: start, wait/quiesce, stop, cancel
+ *   bootstrap.c    the script's __main__ image, worker start-up, late binds
  *   worker.c       worker sub-interpreters and running a behavior
  *   pool.c         worker interpreters kept from one runtime to the next
  *   pump.c         PinnedCown, pump(), wake-ups and the starvation watchdog
@@ -21,9 +25,8 @@
  *   messaging.c    the send/receive channels
  *   strtable.c     the string-keyed hash table both of those use
  *   args.c         argument checks shared by the module functions
- *   lifecycle.c    starting, waiting for and stopping the runtime
  *   matrix.c       the Matrix type (matrix.h)
- *   module.c       module state, start/wait/quiesce, module functions
+ * README.md walks through them in the order a behavior meets them.
  */
 #ifndef BOCPY_H
 #define BOCPY_H
@@ -53,7 +56,9 @@ typedef struct bocpy_garbage {
     PyObject *obj;
 } bocpy_garbage;
 
-/* Per-interpreter counters reported by wait(stats=True). */
+/* Per-interpreter counters reported by wait(stats=True).  Relaxed
+ * everywhere: each change is one atomic add, they are read only for the
+ * report, and no other memory is published through them. */
 typedef struct bocpy_interp_stats {
     atomic_uint_fast64_t migrations_in;   /* values deserialised here */
     atomic_uint_fast64_t foreign_pickles; /* values pickled by entering another interpreter */
@@ -77,13 +82,21 @@ struct bocpy_interp {
     pthread_mutex_t lock;
     bocpy_cown *residents;
     /* Objects of this interpreter released by other threads; drained by a
-     * thread holding this interpreter's GIL (Treiber stack). */
+     * thread holding this interpreter's GIL (Treiber stack: release push,
+     * acquire drain, see interp.c). */
     _Atomic(bocpy_garbage *) garbage;
     /* Threads waiting to enter this interpreter from outside.  Its worker
-     * lets go of the GIL between behaviors while this is non-zero. */
+     * lets go of the GIL between behaviors while this is non-zero.  Relaxed
+     * everywhere: a hint -- a worker that misses it keeps the GIL until the
+     * switch interval, one that sees it late yields once for nothing -- and
+     * the GIL itself orders what the entering thread does. */
     atomic_int gil_wanted;
     /* The worker thread's id, and whether it is inside a behavior body (so
-     * that shutting down can interrupt a long body, see bocpy_cancel). */
+     * that shutting down can interrupt a long body, see bocpy_cancel).
+     * in_body and running_code: relaxed everywhere, hints for cancel() and
+     * the report of running behaviors.  A body that ends just after the read
+     * is named once too often; the interrupt itself checks in_body again
+     * inside the interpreter, under its GIL, which orders it. */
     unsigned long thread_ident;
     atomic_bool in_body;
     /* The registry id of the body running while in_body (to name behaviors
@@ -128,7 +141,7 @@ typedef struct bocpy_moved {
 /* A value serialised for another interpreter: pickle bytes plus the cowns
  * the pickle refers to, each holding a strong reference for as long as the
  * blob exists (a cown inside a value must outlive its trip), plus the
- * buffers moved out of it (bocpy_serialize_move).  A blob with moves is
+ * buffers moved out of it (bocpy_serialise_move).  A blob with moves is
  * single use: reading it attaches its buffers. */
 struct bocpy_blob {
     size_t size;
@@ -151,12 +164,12 @@ Py_ssize_t bocpy_transfer_add_cown(bocpy_cown *cown);
  * (borrowed), or NULL when the index is not one of this blob's. */
 bocpy_cown *bocpy_transfer_get_cown(Py_ssize_t index);
 /* NULL with TypeError naming the type when `obj` cannot cross. */
-bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj);
+bocpy_blob *bocpy_serialise(bocpy_state *st, PyObject *obj);
 /* The same for a cown's value: objects of registered move types in it are
  * detached into the blob rather than copied.  When the result has moves
  * (bocpy_blob_moves), `obj` is stale and the caller must drop it.  On
  * failure nothing was detached. */
-bocpy_blob *bocpy_serialize_move(bocpy_state *st, PyObject *obj);
+bocpy_blob *bocpy_serialise_move(bocpy_state *st, PyObject *obj);
 /* True when `blob` (may be NULL) carries moved buffers: it is single use,
  * and the object it was made from is stale. */
 static inline bool bocpy_blob_moves(const bocpy_blob *blob) {
@@ -169,7 +182,7 @@ PyObject *bocpy_transfer_take_move(bocpy_state *st, Py_ssize_t index);
  * (rebuild, (index,)) reduction of `obj`, whose buffer is detached into
  * the blob; or its own __reduce_ex__ when no move is under way. */
 PyObject *bocpy_transfer_reduce_move(bocpy_state *st, PyObject *obj);
-PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob);
+PyObject *bocpy_deserialise(bocpy_state *st, const bocpy_blob *blob);
 /* No GIL needed. */
 void bocpy_blob_free(bocpy_blob *blob);
 /* Values that need no serialised copy to be checked or cached: they are
@@ -223,7 +236,11 @@ struct bocpy_cown {
     char *unavailable;
     /* Resident list of `home` (guarded by home->lock). */
     bocpy_cown *res_prev, *res_next;
-    /* Token of the thread allowed to touch `.value` right now, or 0. */
+    /* Token of the thread allowed to touch `.value` right now, or 0.
+     * Relaxed everywhere: a thread compares it only with its own token, and
+     * it can read its own token only if its own last store put it there (no
+     * other thread stores that token), i.e. while it holds the cown; the
+     * value itself is ordered by libboc's hand-off, not by this field. */
     atomic_uintptr_t holder;
     /* A main-thread hold (Cown.acquire) and the value as it was then. */
     boc_request hold_req;
@@ -303,24 +320,20 @@ static inline int32_t *bocpy_payload_groups(bocpy_payload *p) {
 PyObject *bocpy_when_type_create(PyObject *module);
 PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra);
 PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-/* A function for registry `id` with the given defaults and closure snapshot
- * (each may be None), built in the calling interpreter. */
 /* "module.qualname" of the code with registry `id`, or NULL with an
- * exception. */
+ * exception (registry.c). */
 PyObject *bocpy_registry_name(bocpy_state *st, int64_t id);
-/* The behaviors whose bodies run on workers right now, as "worker N:
- * name" strings (main interpreter; an empty list when none runs). */
-PyObject *bocpy_running_behaviors(bocpy_state *st);
-/* Code objects registered so far (process-wide). */
+/* Code objects registered so far (process-wide; registry.c). */
 size_t bocpy_registry_size(void);
+/* A function for registry `id` with the given defaults and closure snapshot
+ * (each may be None), built in the calling interpreter (registry.c). */
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
                                PyObject *kwdefaults, PyObject *cells);
-/* Main-thread holds (Cown.acquire) currently open. */
+/* Main-thread holds (Cown.acquire) currently open (cown_value.c). */
 long bocpy_main_holds(void);
 
-/* ----------------------------------------------------------------- workers */
+/* --------------------------------------------------------------- lifecycle */
 
-extern const boc_runtime_ops bocpy_runtime_ops;
 /* The runtime behaviors are scheduled on; NULL when none is running.  Only
  * safe to use without a pin on a worker thread inside a behavior (its
  * behavior keeps the runtime alive); everyone else pins (lifecycle.c). */
@@ -347,10 +360,73 @@ bool bocpy_runtime_snapshot(unsigned *workers, uint64_t *live);
  * CPython aborts a forked child of a process with live sub-interpreters.
  * Main interpreter, once per process. */
 int bocpy_fork_guard_install(void);
-/* The first error a starting worker reported (worker.c): written by any
- * worker thread, read by the starter once boc_runtime_start returned. */
+/* bocpy._core.start(count, header, values): True when a runtime with `count`
+ * workers runs (after waiting out one that starts or stops); False when none
+ * runs and `header` is None (build the bootstrap and call again); with a
+ * header, this thread starts one from it. */
+PyObject *bocpy_start(bocpy_state *st, PyObject *count, PyObject *header, PyObject *values);
+/* wait() (stop) or quiesce(): the stats list, and with `board` non-NULL
+ * the noticeboard as the run left it in *board. */
+PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop, PyObject **board);
+/* Skips the bodies of queued behaviors and interrupts running ones. */
+PyObject *bocpy_cancel(bocpy_state *st);
+/* Ends the pooled worker interpreters (no runtime may be running). */
+PyObject *bocpy_close_pool(bocpy_state *st);
+/* The behaviors whose bodies run on workers right now, as "worker N:
+ * name" strings (main interpreter; an empty list when none runs). */
+PyObject *bocpy_running_behaviors(bocpy_state *st);
+/* Worker `index` of the starting runtime has bootstrapped its interpreter,
+ * whose record is `record` (worker thread; read after the start). */
+void bocpy_worker_started(unsigned index, bocpy_interp *record);
+/* Set by cancel(): workers skip bodies until the runtime stops. */
+extern atomic_bool bocpy_cancelling;
+
+/* --------------------------------------------------------------- bootstrap */
+
+/* The module bootstrap.c and worker.c call into: the Python side of the
+ * image, of worker start-up and shut-down, and of late binds. */
+#define BOCPY_BOOTSTRAP_MODULE "bocpy._bootstrap"
+
+/* Main interpreter, STARTING: stores the image (`header`, and the list of
+ * bind `values` it refers to) and sys.path for the workers about to start.
+ * 0, or -1 with an exception. */
+int bocpy_bootstrap_build(bocpy_state *st, PyObject *header, PyObject *values);
+/* Main interpreter, the runtime started: remembers __main__'s namespace, so
+ * that @when notices globals made after this (late binds). */
+void bocpy_bootstrap_started(bocpy_state *st);
+/* Frees the bootstrap and the late binds (no worker may be running). */
+void bocpy_bootstrap_clear(void);
+/* Worker thread, in its new (or pooled) interpreter, GIL held: adopts the
+ * main sys.path and applies the image.  bocpy._core (new reference), or
+ * NULL with an exception set. */
+PyObject *bocpy_bootstrap_worker(void);
+/* _core._bootstrap_header() and _bootstrap_value(index), read by the Python
+ * side in a worker: the image header (None when there is none) and the bind
+ * value at `index` (LookupError when it could not be sent). */
+PyObject *bocpy_bootstrap_header(bocpy_state *st);
+PyObject *bocpy_bootstrap_value(bocpy_state *st, PyObject *index);
+/* The first error a starting worker reported: written by any worker thread
+ * (report; report_python takes the exception set), read by the starter once
+ * boc_runtime_start returned (get). */
 void bocpy_start_error_reset(void);
 void bocpy_start_error_get(char *buf, size_t size);
+void bocpy_start_error_report(unsigned index, const char *what);
+void bocpy_start_error_report_python(unsigned index);
+/* Globals the main script assigned after the runtime started ("late
+ * binds"): workers apply the ones they have not seen before each behavior.
+ * The count is free to read from any thread. */
+size_t bocpy_late_bind_count(void);
+/* Main interpreter: _core._add_late_bind(name, value). */
+PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value);
+/* Worker: sets, in `namespace`, late binds [from, count); returns the new
+ * count. */
+size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from);
+/* Main interpreter, on each @when: notices new __main__ globals. */
+int bocpy_late_binds_refresh(bocpy_state *st);
+
+/* ----------------------------------------------------------------- workers */
+
+extern const boc_runtime_ops bocpy_runtime_ops;
 /* What running a behavior on the main thread reports back to pump(). */
 typedef struct bocpy_outcome {
     bool body_raised;      /* the body raised; the exception is on the result cown */
@@ -363,9 +439,19 @@ typedef struct bocpy_outcome {
  * may be NULL (workers capture everything). */
 void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled,
                         bocpy_outcome *out);
-extern atomic_bool bocpy_cancelling;
+/* Worker threads that exist right now (starting, running or stopping). */
+unsigned bocpy_workers_alive(void);
+/* Records logged in workers, on their way to the main interpreter, and the
+ * main interpreter's levels on their way to workers; the _core._log_*
+ * functions. */
+PyObject *bocpy_log_forward(PyObject *module, PyObject *arg);
+PyObject *bocpy_log_take(PyObject *module, PyObject *unused);
+PyObject *bocpy_log_wait(PyObject *module, PyObject *arg);
+PyObject *bocpy_log_wake(PyObject *module, PyObject *unused);
+PyObject *bocpy_set_log_levels(PyObject *module, PyObject *arg);
+PyObject *bocpy_log_levels(PyObject *module, PyObject *unused);
 
-/* ------------------------------------------------------------------ pinned */
+/* -------------------------------------------------------------------- pump */
 
 typedef struct bocpy_pump_result {
     uint64_t executed;
@@ -382,6 +468,24 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
                    bool raise_on_error, bocpy_pump_result *out);
 void bocpy_pinned_runtime_gone(void);
 PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
+/* The module functions of pump.c: pump(), the wake fd and callback, the
+ * poll interval of wait(), and the starvation watchdog. */
+PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline, PyObject *max_behaviors,
+                     int raise_on_error);
+PyObject *bocpy_wake_fd(void);
+PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback);
+PyObject *bocpy_set_wait_pump_poll(PyObject *ms);
+PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_ms, PyObject *on_starve);
+PyObject *bocpy_stop_watchdog(void);
+/* Diagnostics go through logging's "bocpy" logger (pump.c).
+ * bocpy_logger_call logs `message` at `level` ("warning", "error") and
+ * returns the call's result, or NULL with an exception set;
+ * bocpy_log_warning steals `message` (NULL: an exception is set) and
+ * reports through sys.unraisablehook if logging itself fails. */
+PyObject *bocpy_logger_call(const char *level, PyObject *message);
+void bocpy_log_warning(PyObject *message);
+
+/* ------------------------------------------------------------------- pool */
 
 /* Worker interpreters kept between runtimes (pool.c).
  *   enter: a worker thread holding no GIL takes a pooled interpreter and
@@ -394,42 +498,10 @@ PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
  *          beyond the first `keep` (see pool.c for why it may race with a
  *          starting runtime).
  * The pool holds as many interpreters as the largest runtime used. */
-/* Records logged in workers, on their way to the main interpreter, and the
- * main interpreter's levels on their way to workers (worker.c); the
- * _core._log_* functions. */
-PyObject *bocpy_log_forward(PyObject *module, PyObject *arg);
-PyObject *bocpy_log_take(PyObject *module, PyObject *unused);
-PyObject *bocpy_log_wait(PyObject *module, PyObject *arg);
-PyObject *bocpy_log_wake(PyObject *module, PyObject *unused);
-PyObject *bocpy_set_log_levels(PyObject *module, PyObject *arg);
-PyObject *bocpy_log_levels(PyObject *module, PyObject *unused);
-
-/* Worker threads that exist right now (starting, running or stopping). */
-unsigned bocpy_workers_alive(void);
 PyThreadState *bocpy_pool_enter(void);
 void bocpy_pool_leave(bocpy_interp *rec, PyThreadState *current);
 size_t bocpy_pool_size(void);
 void bocpy_pool_trim(size_t keep);
-
-/* Bootstrap blobs handed to every worker as it starts. */
-typedef struct bocpy_bootstrap {
-    /* The main interpreter's sys.path, as plain strings: a worker needs it
-     * before it can import bocpy itself (and so before it can unpickle). */
-    char **sys_path;
-    size_t sys_path_len;
-    bocpy_blob *header;
-    size_t nvalues;
-    bocpy_blob **values;
-} bocpy_bootstrap;
-const bocpy_bootstrap *bocpy_current_bootstrap(void);
-
-/* Globals the main script assigned after the runtime started ("late
- * binds"): workers apply the ones they have not seen before each behavior. */
-size_t bocpy_late_bind_count(void);
-/* Sets, in `namespace`, late binds [from, count); returns the new count. */
-size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from);
-/* Main interpreter, on each @when: notices new __main__ globals. */
-int bocpy_late_binds_refresh(bocpy_state *st);
 
 /* ------------------------------------------------------ string tables */
 
@@ -493,16 +565,6 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value, bo
 PyObject *bocpy_notice_delete(bocpy_state *st, PyObject *key);
 /* Empties the board (wait() does, as it ends a run); -1 with an exception. */
 int bocpy_noticeboard_clear(void);
-/* Diagnostics go through logging's "bocpy" logger (pump.c).
- * bocpy_logger_call logs `message` at `level` ("warning", "error") and
- * returns the call's result, or NULL with an exception set;
- * bocpy_log_warning steals `message` (NULL: an exception is set) and
- * reports through sys.unraisablehook if logging itself fails. */
-PyObject *bocpy_logger_call(const char *level, PyObject *message);
-void bocpy_log_warning(PyObject *message);
-/* wait() (stop) or quiesce(): the stats list, and with `board` non-NULL
- * the noticeboard as the run left it in *board (lifecycle.c). */
-PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout, bool stop, PyObject **board);
 PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyObject *dflt,
                               PyObject *removed);
 PyObject *bocpy_notice_read(bocpy_state *st, PyObject *key, PyObject *dflt);
@@ -568,7 +630,7 @@ struct bocpy_state {
     PyObject *marshal_dumps, *marshal_loads;
     PyObject *fallback_dumps;  /* bocpy._pickling.dumps, imported lazily */
     PyObject *rebuild_cown;    /* _core._rebuild_cown */
-    PyObject *starter;         /* bocpy._start_default (main interpreter) */
+    PyObject *starter;         /* bocpy.start (main interpreter; _set_starter) */
     PyObject *main_dict;       /* __main__.__dict__ when the runtime started */
     Py_ssize_t main_dict_size; /* its size when last looked at */
     bocpy_interp *interp;

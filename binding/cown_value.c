@@ -57,6 +57,8 @@ static void resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c) {
 
 /* Moves the cown's home to `rec` (the caller holds the cown). */
 static void set_home(bocpy_cown *c, bocpy_interp *rec) {
+    /* relaxed: the holder is the only writer, and libboc's hand-off ordered
+     * the previous holder's store before this hold. */
     bocpy_interp *old = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (old == rec) {
         return;
@@ -172,6 +174,7 @@ static void unretrieved_bury(bocpy_cown *c) {
     pthread_mutex_lock(&unret_lock);
     *unret_dead_tail = dead;
     unret_dead_tail = &dead->next;
+    /* relaxed: see the declaration. */
     atomic_store_explicit(&unret_dead_pending, true, memory_order_relaxed);
     pthread_mutex_unlock(&unret_lock);
 }
@@ -198,6 +201,8 @@ static void destroy_one(bocpy_cown *c) {
             break;
         }
         pthread_mutex_lock(&home->lock);
+        /* relaxed: home->lock, taken by every change away from `home`,
+         * orders this read. */
         bool still_home = atomic_load_explicit(&c->home, memory_order_relaxed) == home;
         if (still_home) {
             resident_unlink_locked(home, c);
@@ -287,7 +292,7 @@ typedef struct foreign_pickle {
 static void foreign_pickle_run(void *arg) {
     foreign_pickle *fp = arg;
     bocpy_cown *c = fp->cown;
-    fp->blob = bocpy_serialize_move(fp->home->state, c->obj);
+    fp->blob = bocpy_serialise_move(fp->home->state, c->obj);
     if (fp->blob == NULL) {
         /* A plain value kept without a copy (then this is MemoryError or
          * an interrupt), or a large one changed in place that can no longer
@@ -302,6 +307,7 @@ static void foreign_pickle_run(void *arg) {
         Py_XDECREF(exc);
         return;
     }
+    /* relaxed: a counter (bocpy_interp_stats). */
     atomic_fetch_add_explicit(&fp->home->stats.foreign_pickles, 1, memory_order_relaxed);
     /* The copy replaces the original: free it while we hold its GIL. */
     PyObject *obj = c->obj;
@@ -365,6 +371,7 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         PyErr_SetString(PyExc_RuntimeError, c->unavailable);
         return -1;
     }
+    /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == here) {
         return 0;
@@ -415,7 +422,7 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         c->blob_stale = false;
         home = NULL;
     }
-    PyObject *value = bocpy_deserialize(here->state, c->blob);
+    PyObject *value = bocpy_deserialise(here->state, c->blob);
     if (value == NULL) {
         return rebuild_failed(c, here);
     }
@@ -428,11 +435,13 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         bocpy_blob_free(c->blob);
         c->blob = NULL;
     }
+    /* relaxed: a counter (bocpy_interp_stats). */
     atomic_fetch_add_explicit(&here->stats.migrations_in, 1, memory_order_relaxed);
     return 0;
 }
 
 void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception) {
+    /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
     c->obj = obj == Py_None ? NULL : Py_NewRef(obj);
@@ -445,6 +454,7 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
     /* A behavior's exception must be read, or it is reported; not the ones
      * that only say a behavior was dropped because the program is ending
      * on an error (that error is reported already). */
+    /* relaxed: a lone flag (see its definition in lifecycle.c). */
     if (is_exception && !atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed)) {
         unretrieved_list(c);
     } else {
@@ -497,7 +507,7 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
      * interpreter for it): check now that it can cross, and keep the copy.
      * A refusal belongs to this hold: the cown goes back to the value it
      * found, and no other behavior's work is undone. */
-    bocpy_blob *blob = bocpy_serialize_move(st, now);
+    bocpy_blob *blob = bocpy_serialise_move(st, now);
     if (blob == NULL) {
         if (now != before) {
             /* A new object: put back the one the hold found (the live
@@ -537,16 +547,10 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
         bocpy_cown *c = rec->residents;
         /* Take a reference so that no destroyer can free the cown while we
          * work on it outside the lock; skip cowns already being destroyed
-         * (their destroyer is waiting for this lock and will unlink them). */
-        while (c != NULL) {
-            size_t n = atomic_load_explicit(&c->base.refcount, memory_order_relaxed);
-            while (n > 0 && !atomic_compare_exchange_weak_explicit(&c->base.refcount, &n, n + 1,
-                                                                   memory_order_relaxed,
-                                                                   memory_order_relaxed)) {
-            }
-            if (n > 0) {
-                break;
-            }
+         * (their destroyer is waiting for this lock and will unlink them).
+         * Holding rec->lock keeps a listed cown's memory valid for the try,
+         * as boc_cown_try_incref requires. */
+        while (c != NULL && !boc_cown_try_incref(&c->base)) {
             c = c->res_next;
         }
         if (c == NULL) {
@@ -563,7 +567,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
 
         PyObject *obj = c->obj;
         if (obj != NULL && (c->blob == NULL || c->blob_stale)) {
-            bocpy_blob *fresh = bocpy_serialize_move(st, obj);
+            bocpy_blob *fresh = bocpy_serialise_move(st, obj);
             if (fresh == NULL && c->blob != NULL) {
                 /* Mutated in place into something that cannot leave this
                  * interpreter: keep the last copy that could, and say so. */
@@ -591,7 +595,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
                              Py_TYPE(obj)->tp_name, cause);
                 PyObject *exc = PyErr_GetRaisedException();
                 Py_XDECREF(cause);
-                c->blob = bocpy_serialize(st, exc);
+                c->blob = bocpy_serialise(st, exc);
                 c->is_exception = c->blob != NULL;
                 Py_DECREF(exc);
                 PyErr_Clear();
@@ -641,12 +645,13 @@ static void log_unretrieved(PyObject *error_method, uint64_t id, PyObject *exc) 
 /* The unread exception of a live cown, for the report at exit (the caller
  * holds the cown): new reference, or NULL with the rebuild error set. */
 static PyObject *unretrieved_value(bocpy_state *st, bocpy_cown *c) {
+    /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == st->interp) {
         return Py_NewRef(c->obj);
     }
     if (c->blob != NULL && !c->blob_stale) {
-        return bocpy_deserialize(st, c->blob);
+        return bocpy_deserialise(st, c->blob);
     }
     PyErr_SetString(PyExc_RuntimeError, "its value lives in a worker that is still running");
     return NULL;
@@ -656,7 +661,8 @@ static PyObject *unretrieved_value(bocpy_state *st, bocpy_cown *c) {
 static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
     /* Take a reference to each under the lock (skipping cowns already being
      * destroyed: their destroyer waits for the lock and then buries them),
-     * and report outside it, where logging may run any code. */
+     * and report outside it, where logging may run any code.  The lock keeps
+     * a listed cown's memory valid for boc_cown_try_incref. */
     size_t n = 0, cap = 0;
     bocpy_cown **cowns = NULL;
     pthread_mutex_lock(&unret_lock);
@@ -665,12 +671,7 @@ static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
     }
     cowns = cap ? malloc(cap * sizeof(*cowns)) : NULL;
     for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = c->unret_next) {
-        size_t refs = atomic_load_explicit(&c->base.refcount, memory_order_relaxed);
-        while (refs > 0 &&
-               !atomic_compare_exchange_weak_explicit(&c->base.refcount, &refs, refs + 1,
-                                                      memory_order_relaxed, memory_order_relaxed)) {
-        }
-        if (refs > 0) {
+        if (boc_cown_try_incref(&c->base)) {
             cowns[n++] = c;
         }
     }
@@ -727,13 +728,14 @@ Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live) {
                 unret_dead_tail = &unret_dead;
             }
         } else {
+            /* relaxed: see the declaration (under unret_lock, like the set). */
             atomic_store_explicit(&unret_dead_pending, false, memory_order_relaxed);
         }
         pthread_mutex_unlock(&unret_lock);
         if (dead == NULL) {
             break;
         }
-        PyObject *exc = bocpy_deserialize(st, dead->blob);
+        PyObject *exc = bocpy_deserialise(st, dead->blob);
         log_unretrieved(error_method, dead->id, exc);
         Py_XDECREF(exc);
         bocpy_blob_free(dead->blob);
@@ -832,7 +834,7 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
             /* Check now, where the user can see which value is at fault,
              * and keep the copy: workers will start from it without
              * entering this interpreter. */
-            c->blob = bocpy_serialize_move(st, value);
+            c->blob = bocpy_serialise_move(st, value);
             if (c->blob == NULL) {
                 boc_cown_decref(&c->base);
                 return NULL;
@@ -854,6 +856,7 @@ static void Cown_dealloc(CownObject *self) {
     tp->tp_free((PyObject *)self);
     /* A result cown whose exception nobody read may just have died: say so
      * now, as asyncio does when a task's exception is never retrieved. */
+    /* relaxed: see the declaration (a stale "empty" only delays a report). */
     if (atomic_load_explicit(&unret_dead_pending, memory_order_relaxed) && !bocpy_is_finalizing()) {
         PyObject *pending = PyErr_GetRaisedException();
         bocpy_state *st = bocpy_state_of_type(tp);
@@ -868,6 +871,7 @@ static void Cown_dealloc(CownObject *self) {
 }
 
 static bool held_here(bocpy_cown *c) {
+    /* relaxed: see bocpy_cown.holder (only our own store shows our token). */
     return atomic_load_explicit(&c->holder, memory_order_relaxed) == bocpy_thread_token();
 }
 
@@ -944,6 +948,7 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     }
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     bocpy_interp *here = st->interp;
+    /* relaxed: this thread holds the cown (held_here; see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
     /* The copy is now only the value as this hold found it, kept in case the
@@ -1019,6 +1024,9 @@ static int check_main_quiescent(bocpy_state *st, const char *what) {
     return 0;
 }
 
+/* Open main-thread holds.  Relaxed everywhere: each change is one atomic
+ * add, so the count is exact; wait() consults it only to refuse a wait that
+ * could never end, and no other memory is published through it. */
 static atomic_long main_holds;
 
 long bocpy_main_holds(void) { return atomic_load_explicit(&main_holds, memory_order_relaxed); }
@@ -1027,6 +1035,7 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
     if (check_main_quiescent(st, what) < 0) {
         return -1;
     }
+    /* relaxed: see bocpy_cown.holder. */
     uintptr_t holder = atomic_load_explicit(&c->holder, memory_order_relaxed);
     if (holder == bocpy_thread_token()) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -1045,6 +1054,7 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
         return -1;
     }
     c->hold_before = Py_XNewRef(c->obj);
+    /* relaxed: see bocpy_cown.holder and main_holds. */
     atomic_store_explicit(&c->holder, bocpy_thread_token(), memory_order_relaxed);
     atomic_fetch_add_explicit(&main_holds, 1, memory_order_relaxed);
     return 0;
@@ -1058,6 +1068,7 @@ static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
     }
     int rc = bocpy_cown_settle(st, c, st->interp, c->hold_before);
     Py_CLEAR(c->hold_before);
+    /* relaxed: see bocpy_cown.holder and main_holds. */
     atomic_store_explicit(&c->holder, 0, memory_order_relaxed);
     atomic_fetch_sub_explicit(&main_holds, 1, memory_order_relaxed);
     /* Always let go, even if the new value was refused: a queued behavior

@@ -51,6 +51,8 @@ bocpy_interp *bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_ma
     rec->worker_index = -1;
     rec->state = NULL;
     rec->residents = NULL;
+    /* relaxed: the record is not in use yet; records_lock, and then the
+     * module state that points to it, publish it. */
     atomic_store_explicit(&rec->garbage, NULL, memory_order_relaxed);
     atomic_store_explicit(&rec->gil_wanted, 0, memory_order_relaxed);
     atomic_store_explicit(&rec->in_body, false, memory_order_relaxed);
@@ -115,6 +117,7 @@ void bocpy_garbage_push(bocpy_interp *rec, PyObject *obj) {
         return;
     }
     node->obj = obj;
+    /* relaxed: only a first guess of the head; the CAS checks it. */
     bocpy_garbage *head = atomic_load_explicit(&rec->garbage, memory_order_relaxed);
     do {
         node->next = head;
@@ -130,7 +133,9 @@ void bocpy_garbage_push(bocpy_interp *rec, PyObject *obj) {
 }
 
 void bocpy_garbage_drain(bocpy_interp *rec) {
-    /* Cheap check first: this runs between every two behaviors. */
+    /* Cheap check first: this runs between every two behaviors.  relaxed: a
+     * push it misses is drained next time (the GIL holder drains before
+     * each behavior and before letting go of the GIL). */
     if (atomic_load_explicit(&rec->garbage, memory_order_relaxed) == NULL) {
         return;
     }
@@ -157,7 +162,7 @@ bool bocpy_interp_call_in(bocpy_interp *rec, void (*fn)(void *), void *arg) {
         return false;
     }
     PyEval_RestoreThread(there);
-    atomic_fetch_sub_explicit(&rec->gil_wanted, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&rec->gil_wanted, 1, memory_order_relaxed); /* a hint, as above */
     fn(arg);
     PyThreadState_Clear(there);
     PyThreadState_DeleteCurrent();

@@ -52,6 +52,11 @@
 #include <string.h>
 #include <time.h>
 
+/* Set by cancel(), cleared when a runtime starts or stops.  Relaxed
+ * everywhere: a lone flag that publishes nothing.  A worker (or pump) that
+ * misses a fresh cancel runs one more body, as if cancel() had come a moment
+ * later; the clears happen with no worker thread running (before the start
+ * creates them, after the stop joins them). */
 atomic_bool bocpy_cancelling;
 
 typedef enum lifecycle_state {
@@ -75,7 +80,6 @@ static _Atomic(boc_runtime *) current_runtime;
 /* The thread that owns STARTING or DRAINING/JOINING; its pins nest. */
 static _Thread_local bool tls_lifecycle_owner;
 static _Thread_local unsigned tls_pins;
-static bocpy_bootstrap bootstrap;
 static bocpy_interp **worker_records;
 static unsigned worker_records_len;
 
@@ -121,6 +125,7 @@ static int lc_wait_for_change(uint64_t seen) {
 }
 
 boc_runtime *bocpy_runtime(void) {
+    /* acquire pairs with the starter's release: the runtime is started. */
     return atomic_load_explicit(&current_runtime, memory_order_acquire);
 }
 
@@ -154,6 +159,7 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             lc_pins++;
             tls_pins++;
             *pinned = true;
+            /* relaxed: written under lc_lock, which we hold. */
             boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
             pthread_mutex_unlock(&lc_lock);
             assert(rt != NULL);
@@ -214,157 +220,28 @@ void bocpy_runtime_unpin(bool pinned) {
 
 bool bocpy_runtime_snapshot(unsigned *workers, uint64_t *live) {
     lc_lock_acquire();
+    /* relaxed: written under lc_lock, which we hold.  The runtime is freed
+     * only after it is cleared under lc_lock. */
     boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
-    /* The runtime is freed only after it is cleared under lc_lock. */
     *workers = rt ? boc_runtime_worker_count(rt) : 0;
     *live = rt ? boc_runtime_live(rt) : 0;
     pthread_mutex_unlock(&lc_lock);
     return rt != NULL;
 }
 
-const bocpy_bootstrap *bocpy_current_bootstrap(void) { return &bootstrap; }
-
 void bocpy_worker_started(unsigned index, bocpy_interp *record) {
     if (index < worker_records_len) {
         worker_records[index] = record;
     }
 }
-typedef struct late_bind {
-    char *name;
-    bocpy_blob *blob;
-} late_bind;
 
-/* Appended by the main thread, read by workers: both under late_lock.  The
- * count is also kept atomic so that workers can check it for free. */
-static pthread_mutex_t late_lock = PTHREAD_MUTEX_INITIALIZER;
-static late_bind *late_binds;
-static size_t late_capacity;
-static atomic_size_t late_count;
-
-static void late_binds_clear(void) {
-    pthread_mutex_lock(&late_lock);
-    size_t n = atomic_load_explicit(&late_count, memory_order_relaxed);
-    for (size_t i = 0; i < n; i++) {
-        free(late_binds[i].name);
-        bocpy_blob_free(late_binds[i].blob);
-    }
-    free(late_binds);
-    late_binds = NULL;
-    late_capacity = 0;
-    atomic_store_explicit(&late_count, 0, memory_order_relaxed);
-    pthread_mutex_unlock(&late_lock);
-}
-
-size_t bocpy_late_bind_count(void) {
-    /* acquire pairs with the release in add_late_bind: a worker that sees
-     * the new count finds the entry complete (it also takes the lock). */
-    return atomic_load_explicit(&late_count, memory_order_acquire);
-}
-
-PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value) {
-    const char *utf8 = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
-    if (utf8 == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "late bind names are str");
-        }
-        return NULL;
-    }
-    bocpy_blob *blob = bocpy_serialize(st, value);
-    char *copy = blob ? strdup(utf8) : NULL;
-    if (copy == NULL) {
-        bocpy_blob_free(blob);
-        return blob ? PyErr_NoMemory() : NULL;
-    }
-    pthread_mutex_lock(&late_lock);
-    size_t n = atomic_load_explicit(&late_count, memory_order_relaxed);
-    if (n == late_capacity) {
-        size_t capacity = late_capacity ? late_capacity * 2 : 16;
-        late_bind *grown = realloc(late_binds, capacity * sizeof(*grown));
-        if (grown == NULL) {
-            pthread_mutex_unlock(&late_lock);
-            free(copy);
-            bocpy_blob_free(blob);
-            return PyErr_NoMemory();
-        }
-        late_binds = grown;
-        late_capacity = capacity;
-    }
-    late_binds[n] = (late_bind){copy, blob};
-    atomic_store_explicit(&late_count, n + 1, memory_order_release);
-    pthread_mutex_unlock(&late_lock);
-    Py_RETURN_NONE;
-}
-
-size_t bocpy_late_binds_apply(bocpy_state *st, PyObject *namespace, size_t from) {
-    pthread_mutex_lock(&late_lock);
-    size_t n = atomic_load_explicit(&late_count, memory_order_relaxed);
-    for (size_t i = from; i < n; i++) {
-        PyObject *value = bocpy_deserialize(st, late_binds[i].blob);
-        if (value == NULL || PyDict_SetItemString(namespace, late_binds[i].name, value) < 0) {
-            PyErr_Clear(); /* as in the image: an unusable global stays absent */
-        }
-        Py_XDECREF(value);
-    }
-    pthread_mutex_unlock(&late_lock);
-    return n;
-}
-
-int bocpy_late_binds_refresh(bocpy_state *st) {
-    if (st->main_dict == NULL || PyDict_GET_SIZE(st->main_dict) == st->main_dict_size) {
-        return 0;
-    }
-    st->main_dict_size = PyDict_GET_SIZE(st->main_dict);
-    PyObject *worker = PyImport_ImportModule("bocpy._worker");
-    PyObject *rv = worker ? PyObject_CallMethod(worker, "refresh_main", NULL) : NULL;
-    Py_XDECREF(worker);
-    Py_XDECREF(rv);
-    return rv == NULL ? -1 : 0;
-}
-
+/* Forgets what the last start made (bootstrap.c's bootstrap and late binds,
+ * and the records of its workers). */
 static void bootstrap_clear(void) {
-    late_binds_clear();
-    for (size_t i = 0; i < bootstrap.sys_path_len; i++) {
-        free(bootstrap.sys_path[i]);
-    }
-    free(bootstrap.sys_path);
-    bocpy_blob_free(bootstrap.header);
-    for (size_t i = 0; i < bootstrap.nvalues; i++) {
-        bocpy_blob_free(bootstrap.values[i]);
-    }
-    free(bootstrap.values);
-    memset(&bootstrap, 0, sizeof(bootstrap));
+    bocpy_bootstrap_clear();
     free(worker_records);
     worker_records = NULL;
     worker_records_len = 0;
-}
-
-/* Copies the main interpreter's sys.path (its str entries) into C memory. */
-static int copy_sys_path(void) {
-    PyObject *path = PySys_GetObject("path"); /* borrowed */
-    if (path == NULL || !PyList_Check(path)) {
-        return 0;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(path);
-    bootstrap.sys_path = calloc((size_t)n + 1, sizeof(char *));
-    if (bootstrap.sys_path == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *entry = PyList_GET_ITEM(path, i);
-        const char *utf8 = PyUnicode_Check(entry) ? PyUnicode_AsUTF8(entry) : NULL;
-        if (utf8 == NULL) {
-            PyErr_Clear();
-            continue;
-        }
-        char *copy = strdup(utf8);
-        if (copy == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        bootstrap.sys_path[bootstrap.sys_path_len++] = copy;
-    }
-    return 0;
 }
 
 static int check_main(bocpy_state *st, const char *name) {
@@ -391,35 +268,20 @@ static void start_failed(void) {
  * workers.  0, or -1 with an exception (the state is STOPPED again). */
 static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObject *values) {
     bootstrap_clear();
-    if (copy_sys_path() < 0) {
+    if (bocpy_bootstrap_build(st, header, values) < 0) {
         start_failed();
         return -1;
     }
-    bootstrap.header = bocpy_serialize(st, header);
-    if (bootstrap.header == NULL) {
-        start_failed();
-        return -1;
-    }
-    Py_ssize_t nvalues = PyList_GET_SIZE(values);
-    bootstrap.values = calloc((size_t)nvalues + 1, sizeof(*bootstrap.values));
     worker_records = calloc((size_t)count, sizeof(*worker_records));
-    if (bootstrap.values == NULL || worker_records == NULL) {
+    if (worker_records == NULL) {
         start_failed();
         PyErr_NoMemory();
         return -1;
     }
     worker_records_len = (unsigned)count;
-    for (Py_ssize_t i = 0; i < nvalues; i++) {
-        /* A value that cannot be sent is simply absent in workers. */
-        bootstrap.values[i] = bocpy_serialize(st, PyList_GET_ITEM(values, i));
-        if (bootstrap.values[i] == NULL) {
-            PyErr_Clear();
-        }
-    }
-    bootstrap.nvalues = (size_t)nvalues;
 
     bocpy_start_error_reset();
-    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed); /* see its definition */
     boc_runtime *rt = boc_runtime_new((unsigned)count, &bocpy_runtime_ops, NULL);
     if (rt == NULL) {
         start_failed();
@@ -440,11 +302,9 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
                      why[0] ? why : "thread creation failed");
         return -1;
     }
-    PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
-    Py_XSETREF(st->main_dict, main ? Py_NewRef(PyModule_GetDict(main)) : NULL);
-    st->main_dict_size = st->main_dict ? PyDict_GET_SIZE(st->main_dict) : 0;
-    PyErr_Clear();
+    bocpy_bootstrap_started(st);
     lc_lock_acquire();
+    /* release: a worker or the watchdog that reads it sees it started. */
     atomic_store_explicit(&current_runtime, rt, memory_order_release);
     tls_lifecycle_owner = false;
     lc_transition(LC_RUNNING);
@@ -472,6 +332,7 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
         lifecycle_state state = lc_state;
         uint64_t seen = lc_generation;
         if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st))) {
+            /* relaxed: written under lc_lock, which we hold. */
             boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
             unsigned running = boc_runtime_worker_count(rt);
             pthread_mutex_unlock(&lc_lock);
@@ -521,6 +382,7 @@ static PyObject *collect_stats(boc_runtime *rt) {
         boc_worker_stats ws;
         boc_runtime_stats(rt, i, &ws);
         bocpy_interp *rec = i < worker_records_len ? worker_records[i] : NULL;
+        /* relaxed: counters (bocpy_interp_stats). */
         unsigned long long received =
             rec ? atomic_load_explicit(&rec->stats.migrations_in, memory_order_relaxed) : 0;
         unsigned long long fetched =
@@ -557,7 +419,7 @@ static void stop_runtime(boc_runtime *rt) {
     if (bocpy_noticeboard_clear() < 0) {
         PyErr_WriteUnraisable(NULL);
     }
-    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed);
+    atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed); /* see its definition */
     lc_lock_acquire();
     tls_lifecycle_owner = false;
     lc_transition(LC_STOPPED);
@@ -663,6 +525,7 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
             lifecycle_state state = lc_state;
             uint64_t seen = lc_generation;
             if (state == LC_RUNNING) {
+                /* relaxed: written under lc_lock, which we hold. */
                 rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
                 tls_lifecycle_owner = true;
                 lc_transition(LC_DRAINING);
@@ -769,7 +632,8 @@ PyObject *bocpy_close_pool(bocpy_state *st) {
 static void interrupt_body(void *arg) {
     bocpy_interp *rec = arg;
     /* Raised in the body at its next bytecode; a body blocked in C (a
-     * sleep, a lock) sees it when that call returns. */
+     * sleep, a lock) sees it when that call returns.  relaxed: we hold the
+     * worker's GIL, which its body runs under, so this read is ordered. */
     if (atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
         PyThreadState_SetAsyncExc(rec->thread_ident, PyExc_KeyboardInterrupt);
     }
@@ -779,12 +643,13 @@ PyObject *bocpy_cancel(bocpy_state *st) {
     /* From now on workers skip bodies: each queued behavior completes at
      * once with a "did not run" exception on its result cown, which frees
      * its cowns for the next one, so the whole graph drains quickly. */
-    atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed);
+    atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed); /* see its definition */
     /* The pin keeps worker_records alive while we look at them. */
     bool pinned;
     boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
         bocpy_interp *rec = worker_records[i];
+        /* relaxed: a hint (bocpy_interp.in_body); interrupt_body checks again. */
         if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
             bocpy_interp_call_in(rec, interrupt_body, rec);
         }
@@ -803,10 +668,11 @@ PyObject *bocpy_running_behaviors(bocpy_state *st) {
     boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
         bocpy_interp *rec = worker_records[i];
+        /* relaxed: a name for a report (bocpy_interp.in_body); a body that
+         * just ended is harmless. */
         if (rec == NULL || !atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
             continue;
         }
-        /* relaxed: a name for a report; a body that just ended is harmless. */
         int64_t id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
         PyObject *name = bocpy_registry_name(st, id);
         PyObject *entry = name ? PyUnicode_FromFormat("worker %u: %U", i, name) : NULL;

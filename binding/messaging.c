@@ -93,7 +93,7 @@ PyObject *bocpy_send(bocpy_state *st, PyObject *tag, PyObject *contents) {
     if (bocpy_str_arg(tag, "a message tag", &name, &len) < 0) {
         return NULL;
     }
-    bocpy_blob *blob = bocpy_serialize(st, contents);
+    bocpy_blob *blob = bocpy_serialise(st, contents);
     if (blob == NULL) {
         return NULL;
     }
@@ -216,7 +216,7 @@ PyObject *bocpy_receive(bocpy_state *st, PyObject *tags_obj, PyObject *timeout_o
     }
     Py_INCREF(which);
     Py_DECREF(tags);
-    PyObject *contents = bocpy_deserialize(st, m->blob);
+    PyObject *contents = bocpy_deserialise(st, m->blob);
     bocpy_blob_free(m->blob);
     free(m);
     if (contents == NULL) {

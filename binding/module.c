@@ -7,18 +7,6 @@
  */
 #include "bocpy.h"
 
-PyObject *bocpy_start(bocpy_state *st, PyObject *count, PyObject *header, PyObject *values);
-PyObject *bocpy_cancel(bocpy_state *st);
-PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline, PyObject *max_behaviors,
-                     int raise_on_error);
-PyObject *bocpy_wake_fd(void);
-PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback);
-PyObject *bocpy_set_wait_pump_poll(PyObject *ms);
-PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_ms, PyObject *on_starve);
-PyObject *bocpy_stop_watchdog(void);
-PyObject *bocpy_close_pool(bocpy_state *st);
-PyObject *bocpy_add_late_bind(bocpy_state *st, PyObject *name, PyObject *value);
-
 static struct PyModuleDef bocpy_module_def;
 
 bocpy_state *bocpy_state_of_module(PyObject *module) { return PyModule_GetState(module); }
@@ -153,24 +141,11 @@ static PyObject *core_register_code(PyObject *module, PyObject *func) {
 
 static PyObject *core_bootstrap_header(PyObject *module, PyObject *unused) {
     (void)unused;
-    const bocpy_bootstrap *boot = bocpy_current_bootstrap();
-    if (boot->header == NULL) {
-        Py_RETURN_NONE;
-    }
-    return bocpy_deserialize(bocpy_state_of_module(module), boot->header);
+    return bocpy_bootstrap_header(bocpy_state_of_module(module));
 }
 
 static PyObject *core_bootstrap_value(PyObject *module, PyObject *arg) {
-    Py_ssize_t index = PyLong_AsSsize_t(arg);
-    if (index == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    const bocpy_bootstrap *boot = bocpy_current_bootstrap();
-    if (index < 0 || (size_t)index >= boot->nvalues || boot->values[index] == NULL) {
-        PyErr_Format(PyExc_LookupError, "no bootstrap value %zd", index);
-        return NULL;
-    }
-    return bocpy_deserialize(bocpy_state_of_module(module), boot->values[index]);
+    return bocpy_bootstrap_value(bocpy_state_of_module(module), arg);
 }
 
 static PyObject *core_set_starter(PyObject *module, PyObject *func) {
@@ -189,7 +164,7 @@ static PyObject *core_is_transferable(PyObject *module, PyObject *obj) {
     if (bocpy_is_plain_immutable(st, obj)) {
         Py_RETURN_TRUE;
     }
-    bocpy_blob *blob = bocpy_serialize(st, obj);
+    bocpy_blob *blob = bocpy_serialise(st, obj);
     if (blob == NULL) {
         PyErr_Clear();
         Py_RETURN_FALSE;
@@ -728,5 +703,9 @@ static struct PyModuleDef bocpy_module_def = {
     .m_clear = core_clear,
     .m_free = core_free,
 };
+
+/* The import system finds the entry point by name; declared first, as every
+ * non-static function of the binding is (-Wmissing-prototypes). */
+PyMODINIT_FUNC PyInit__core(void);
 
 PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&bocpy_module_def); }

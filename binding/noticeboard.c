@@ -39,10 +39,22 @@ typedef struct nb_version {
     struct nb_version *older;
     uint64_t version;
     bocpy_blob *blob; /* NULL: the key was deleted */
-    atomic_int refs;  /* the chain's reference plus readers' */
+    atomic_int refs;  /* the chain's reference plus readers' (see version_release) */
 } nb_version;
 
-/* A live snapshot.  Pins form a list guarded by pins_lock. */
+/* A live snapshot.  Pins form a list guarded by pins_lock.
+ *
+ * `version` is relaxed everywhere.  It is set only under the board's read
+ * lock (pin_set, the view's copy in bocpy_noticeboard), and read by a
+ * committing writer only under the write lock: the rwlock orders every set
+ * before or after the writer's whole commit, so a writer either sees the pin
+ * or commits a version the pin is taken after (and then needs nothing older
+ * kept).  It is cleared (0) without the lock by its own thread when the
+ * behavior ends: a writer that still sees the old value keeps versions a
+ * little longer (harmless); one that sees 0 frees versions this thread no
+ * longer reads, since its next snapshot is taken under the read lock, after
+ * that commit.  The owner's own reads (behavior_snapshot) see its own last
+ * store. */
 typedef struct nb_pin {
     struct nb_pin *prev, *next;
     atomic_uint_fast64_t version; /* 0: not pinned */
@@ -50,6 +62,8 @@ typedef struct nb_pin {
 
 static pthread_rwlock_t board_lock = PTHREAD_RWLOCK_INITIALIZER;
 static bocpy_strtable entries; /* key -> newest nb_version */
+/* Written only under the write lock; read under either side (relaxed: the
+ * rwlock orders every read after the commit that wrote it). */
 static atomic_uint_fast64_t board_version = 1;
 static size_t live_keys;
 
@@ -143,6 +157,7 @@ static void pin_free(nb_pin *pin) {
 
 /* Fixes `pin` at the current board version (read lock held). */
 static uint64_t pin_set(nb_pin *pin) {
+    /* relaxed: see nb_pin and board_version. */
     uint64_t now = atomic_load_explicit(&board_version, memory_order_relaxed);
     atomic_store_explicit(&pin->version, now, memory_order_relaxed);
     return now;
@@ -153,7 +168,7 @@ static uint64_t oldest_pinned(uint64_t current) {
     uint64_t oldest = current;
     pthread_mutex_lock(&pins_lock);
     for (nb_pin *p = pins; p != NULL; p = p->next) {
-        uint64_t v = atomic_load_explicit(&p->version, memory_order_relaxed);
+        uint64_t v = atomic_load_explicit(&p->version, memory_order_relaxed); /* see nb_pin */
         if (v != 0 && v < oldest) {
             oldest = v;
         }
@@ -172,6 +187,7 @@ static uint64_t behavior_snapshot(void) {
             return 0;
         }
     }
+    /* relaxed: our own pin; only this thread changes it outside the lock. */
     uint64_t v = atomic_load_explicit(&tls_pin->version, memory_order_relaxed);
     if (v == 0) {
         if (nb_lock_read() < 0) {
@@ -189,6 +205,7 @@ void bocpy_noticeboard_behavior_end(void) {
     /* The next behavior on this thread takes a fresh snapshot. */
     tls_in_behavior = false;
     if (tls_pin != NULL) {
+        /* relaxed: a writer that misses it keeps versions longer (nb_pin). */
         atomic_store_explicit(&tls_pin->version, 0, memory_order_relaxed);
     }
 }
@@ -230,6 +247,7 @@ static int commit(const char *key, size_t len, bocpy_blob *blob) {
     }
     nb_version *newest = slot->value;
     bool was_live = newest != NULL && newest->blob != NULL;
+    /* relaxed: we hold the write lock, under which alone it changes. */
     uint64_t version = atomic_load_explicit(&board_version, memory_order_relaxed) + 1;
     v->version = version;
     v->blob = blob;
@@ -262,7 +280,7 @@ static bool any_pinned(void) {
     bool pinned = false;
     pthread_mutex_lock(&pins_lock);
     for (nb_pin *p = pins; p != NULL && !pinned; p = p->next) {
-        pinned = atomic_load_explicit(&p->version, memory_order_relaxed) != 0;
+        pinned = atomic_load_explicit(&p->version, memory_order_relaxed) != 0; /* see nb_pin */
     }
     pthread_mutex_unlock(&pins_lock);
     return pinned;
@@ -362,7 +380,7 @@ PyObject *bocpy_notice_write(bocpy_state *st, PyObject *key, PyObject *value, bo
         (!seed && refuse_without_runtime(st, what) < 0)) {
         return NULL;
     }
-    bocpy_blob *blob = bocpy_serialize(st, value);
+    bocpy_blob *blob = bocpy_serialise(st, value);
     if (blob == NULL) {
         return NULL;
     }
@@ -418,7 +436,7 @@ PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyOb
     bocpy_strtable_slot *slot = bocpy_strtable_find(&entries, name, len, false);
     nb_version *v = slot ? slot->value : NULL;
     PyObject *current =
-        (v != NULL && v->blob != NULL) ? bocpy_deserialize(st, v->blob) : Py_NewRef(dflt);
+        (v != NULL && v->blob != NULL) ? bocpy_deserialise(st, v->blob) : Py_NewRef(dflt);
     PyObject *updated = NULL;
     int rc = -1;
     if (current != NULL) {
@@ -428,7 +446,7 @@ PyObject *bocpy_notice_update(bocpy_state *st, PyObject *key, PyObject *fn, PyOb
     if (updated == removed) {
         rc = commit(name, len, NULL);
     } else if (updated != NULL) {
-        bocpy_blob *blob = bocpy_serialize(st, updated);
+        bocpy_blob *blob = bocpy_serialise(st, updated);
         rc = blob ? commit(name, len, blob) : -1;
     }
     tls_in_update = false;
@@ -461,7 +479,7 @@ static PyObject *read_at(bocpy_state *st, const char *key, size_t len, uint64_t 
         return NULL;
     }
     *found = true;
-    PyObject *value = bocpy_deserialize(st, v->blob);
+    PyObject *value = bocpy_deserialise(st, v->blob);
     version_release(v);
     return value;
 }
@@ -812,6 +830,7 @@ PyObject *bocpy_noticeboard(bocpy_state *st, bool fresh) {
     }
     /* The view's pin keeps the behavior's snapshot (or today's board). */
     if (behavior != 0) {
+        /* relaxed: under the read lock, like pin_set (see nb_pin). */
         atomic_store_explicit(&view->pin->version, behavior, memory_order_relaxed);
         view->version = behavior;
     } else {

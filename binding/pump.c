@@ -44,6 +44,10 @@ static int internal_wake_fd = -1;
  * the main GIL held); the hook only reads whether one is set. */
 static PyObject *wake_callback;
 static atomic_bool wake_callback_set;
+/* A call of run_wake_callback is queued (Py_AddPendingCall) and has not
+ * started yet: the hook queues at most one.  Set by the hook (release
+ * exchange), cleared by the call before it runs the callback (acquire
+ * exchange): see bocpy_pinned_ready_hook for why no wake-up is lost. */
 static atomic_bool wake_callback_pending;
 
 /* pump() must not be re-entered from a pinned body on the same thread. */
@@ -71,7 +75,10 @@ static void fd_clear(int fd) {
 
 static int run_wake_callback(void *arg) {
     (void)arg;
-    atomic_store_explicit(&wake_callback_pending, false, memory_order_relaxed);
+    /* acquire, and a read-modify-write: it reads the `true` of the last hook
+     * that found a call already queued, so that hook's pinned work is
+     * visible to the callback (and to the pump() it calls). */
+    (void)atomic_exchange_explicit(&wake_callback_pending, false, memory_order_acquire);
     if (wake_callback == NULL) {
         return 0;
     }
@@ -92,9 +99,22 @@ void bocpy_pinned_ready_hook(void *user) {
     (void)user;
     fd_signal(public_wake_fd);
     fd_signal(internal_wake_fd);
+    /* wake_callback_set: relaxed, a lone flag -- a hook that misses a
+     * callback just set still signals the fds, and one that sees a callback
+     * just cleared queues a call that finds none.
+     * wake_callback_pending: a duplicate signal (two queued calls) only runs
+     * the callback twice, and pump() finds nothing the second time.  No
+     * signal is lost: the exchange reads the latest value, so a hook that
+     * finds `true` comes before the clearing exchange of the queued call,
+     * which then runs after it; release here and acquire there make this
+     * hook's pinned work (pushed before) visible to that call.  A hook that
+     * finds `false` queues its own call (Py_AddPendingCall's lock orders
+     * the push before it). */
     if (atomic_load_explicit(&wake_callback_set, memory_order_relaxed) &&
-        !atomic_exchange_explicit(&wake_callback_pending, true, memory_order_relaxed)) {
+        !atomic_exchange_explicit(&wake_callback_pending, true, memory_order_release)) {
         if (Py_AddPendingCall(run_wake_callback, NULL) < 0) {
+            /* relaxed: no call was queued, so nothing pairs with this; the
+             * next hook queues one (the fds stay signalled meanwhile). */
             atomic_store_explicit(&wake_callback_pending, false, memory_order_relaxed);
         }
     }
@@ -151,6 +171,8 @@ int bocpy_pinned_init_fds(void) {
 /* Sleeps (GIL released by the caller) until pinned work or quiescence is
  * signalled, or `timeout_ms` passes. */
 void bocpy_pinned_wait_for_wake(int64_t timeout_ms) {
+    /* relaxed: a lone setting; a slice that misses a new value uses the
+     * old one once. */
     long poll_ms = atomic_load_explicit(&wait_poll_ms, memory_order_relaxed);
     if (timeout_ms > poll_ms) {
         timeout_ms = poll_ms;
@@ -187,6 +209,8 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
      * otherwise); with a GIL it can only happen while a pinned body has
      * released the GIL, and the second caller simply finds nothing to do. */
     int expected = 0;
+    /* acquire pairs with the release that ends the previous pump: its pops
+     * (and the bodies it ran) happen before ours. */
     if (!atomic_compare_exchange_strong_explicit(&pumpers, &expected, 1, memory_order_acquire,
                                                  memory_order_relaxed)) {
         bocpy_runtime_unpin(pinned);
@@ -213,6 +237,8 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
         if (b == NULL) {
             break;
         }
+        /* relaxed: a lone flag that publishes nothing; a pump that misses a
+         * cancel() just made runs one more body, as if cancel() came later. */
         bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
         bocpy_outcome outcome = {0};
         tls_pumping = true;
@@ -311,6 +337,8 @@ PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback) {
         return NULL;
     }
     Py_XSETREF(wake_callback, callback == Py_None ? NULL : Py_NewRef(callback));
+    /* relaxed: see bocpy_pinned_ready_hook (a hook that reads a stale flag
+     * still signals the fds; the callback itself is read with the GIL). */
     atomic_store_explicit(&wake_callback_set, wake_callback != NULL, memory_order_relaxed);
     Py_RETURN_NONE;
 }
@@ -337,16 +365,23 @@ static atomic_llong watchdog_warn_ms = -1;
 static PyObject *watchdog_on_starve; /* main interpreter; main GIL */
 /* The episode (nonempty_since) already reported, and the report to give. */
 static uint64_t watchdog_reported_since;
+/* The report's numbers, and whether a fire_watchdog call is queued (one at
+ * most).  All relaxed: the numbers are a diagnostic, so a report that reads
+ * a newer episode's age with an older depth, or the numbers of the report
+ * before, is still true enough; a duplicate (two queued calls) only warns
+ * twice.  No report is lost: the exchange reads the latest value, so a
+ * watchdog that finds `true` comes before the queued call's clear. */
 static atomic_ullong watchdog_report_age_ms, watchdog_report_depth;
 static atomic_bool watchdog_report_pending;
 
 static int fire_watchdog(void *arg) {
     (void)arg;
+    /* relaxed: see the declaration (a diagnostic, duplicates harmless). */
     atomic_store_explicit(&watchdog_report_pending, false, memory_order_relaxed);
     unsigned long long age = atomic_load_explicit(&watchdog_report_age_ms, memory_order_relaxed);
     unsigned long long depth = atomic_load_explicit(&watchdog_report_depth, memory_order_relaxed);
     if (atomic_load_explicit(&watchdog_warn_ms, memory_order_relaxed) < 0) {
-        return 0; /* disabled since the report was queued */
+        return 0; /* disabled since the report was queued (relaxed: a lone setting) */
     }
     PyObject *message = PyUnicode_FromFormat(
         "bocpy: the pinned queue has been non-empty for %llu ms (depth %llu); the main "
@@ -376,6 +411,7 @@ static void *watchdog_main(void *arg) {
     (void)arg;
     pthread_mutex_lock(&watchdog_lock);
     while (!watchdog_stop) {
+        /* relaxed: a lone setting, read afresh each period. */
         long long warn_ms = atomic_load_explicit(&watchdog_warn_ms, memory_order_relaxed);
         long long period_ms = warn_ms < 0 ? 250 : warn_ms / 4;
         period_ms = period_ms < 5 ? 5 : (period_ms > 250 ? 250 : period_ms);
@@ -400,6 +436,7 @@ static void *watchdog_main(void *arg) {
             continue;
         }
         watchdog_reported_since = since; /* once per non-empty episode */
+        /* relaxed: see the declarations of the report. */
         atomic_store_explicit(&watchdog_report_age_ms, age_ms, memory_order_relaxed);
         atomic_store_explicit(&watchdog_report_depth, boc_pinned_depth(rt), memory_order_relaxed);
         if (!atomic_exchange_explicit(&watchdog_report_pending, true, memory_order_relaxed)) {
@@ -437,6 +474,7 @@ PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_obj, PyObject 
     }
     Py_XSETREF(watchdog_on_starve, on_starve == Py_None ? NULL : Py_NewRef(on_starve));
     long long warn = warn_obj == Py_None ? -1 : warn_ms;
+    /* relaxed: a lone setting; the watchdog reads it afresh each period. */
     atomic_store_explicit(&watchdog_warn_ms, warn, memory_order_relaxed);
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS

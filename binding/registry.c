@@ -13,7 +13,7 @@
  *   functions  id -> a function built from the code against this
  *              interpreter's import of the defining module (a worker never
  *              re-runs a `__main__` script: it gets the image that
- *              bocpy._worker applied to its own `__main__`).
+ *              bocpy._bootstrap applied to its own `__main__`).
  */
 #include "bocpy.h"
 
@@ -52,6 +52,7 @@ static uint64_t hash_bytes(uint64_t h, const char *p, size_t n) {
 }
 
 static registry_entry *registry_get(int64_t id) {
+    /* acquire (a debug check): pairs with registry_intern's release. */
     assert(id >= 0 && (size_t)id < atomic_load_explicit(&registry_len, memory_order_acquire) + 1);
     return &registry_chunks[id / REGISTRY_CHUNK][id % REGISTRY_CHUNK];
 }
@@ -70,6 +71,7 @@ static int64_t registry_intern(const char *code, size_t code_size, const char *m
     uint64_t hash = hash_bytes(0xcbf29ce484222325ULL, code, code_size);
     hash = hash_bytes(hash, module, strlen(module) + 1);
     pthread_mutex_lock(&registry_lock);
+    /* relaxed: only registry_lock holders write it, and we hold it. */
     size_t len = atomic_load_explicit(&registry_len, memory_order_relaxed);
     if (registry_index_cap > 0) {
         for (size_t i = hash & (registry_index_cap - 1); registry_index[i] != 0;
@@ -320,6 +322,8 @@ PyObject *bocpy_registry_function(bocpy_state *st, int64_t id) {
 }
 
 size_t bocpy_registry_size(void) {
+    /* acquire, like every other read of the length outside the lock (a
+     * count alone would do with relaxed). */
     return atomic_load_explicit(&registry_len, memory_order_acquire);
 }
 

@@ -13,7 +13,7 @@
  * the code registry.  A value that neither can send raises TypeError naming
  * its type, at the point where the user stored or captured it.
  *
- * A cown's value may instead MOVE (bocpy_serialize_move): objects of types
+ * A cown's value may instead MOVE (bocpy_serialise_move): objects of types
  * registered with <bocpy/move.h> (move.c) give up their buffer, which the
  * blob carries as a payload; the pickle refers to it by index, and reading
  * the blob attaches it to a new object.  The move is all or nothing: if
@@ -222,7 +222,7 @@ static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t siz
 
 /* A value that is itself a movable object: its buffer is the whole blob,
  * no pickle needed (the chain-of-behaviors fast path). */
-static bocpy_blob *serialize_whole(const bocpy_move_entry *type, PyObject *obj) {
+static bocpy_blob *serialise_whole(const bocpy_move_entry *type, PyObject *obj) {
     void *payload = bocpy_move_detach(type, obj);
     if (payload == NULL) {
         return NULL;
@@ -484,7 +484,7 @@ static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
 /* A compact blob for `obj`, NULL with no exception when `obj` is not a
  * compact value, or NULL with an exception.  Called with `ctx` installed
  * as this thread's serialising context; on NULL the context is reset. */
-static bocpy_blob *compact_serialize(bocpy_state *st, serialise_context *ctx, PyObject *obj) {
+static bocpy_blob *compact_serialise(bocpy_state *st, serialise_context *ctx, PyObject *obj) {
     compact_buffer buf;
     buf.data = buf.small;
     buf.len = 0;
@@ -502,12 +502,12 @@ static bocpy_blob *compact_serialize(bocpy_state *st, serialise_context *ctx, Py
     return blob;
 }
 
-static bocpy_blob *serialize(bocpy_state *st, PyObject *obj, bool move) {
+static bocpy_blob *serialise(bocpy_state *st, PyObject *obj, bool move) {
     move = move && bocpy_move_any(st);
     if (move) {
         const bocpy_move_entry *type = bocpy_move_entry_of(st, obj);
         if (type != NULL) {
-            return serialize_whole(type, obj);
+            return serialise_whole(type, obj);
         }
     }
     serialise_context ctx = {.move = move};
@@ -515,7 +515,7 @@ static bocpy_blob *serialize(bocpy_state *st, PyObject *obj, bool move) {
     tls_serialising = &ctx;
 
     /* No compact value holds a movable object: `move` changes nothing. */
-    bocpy_blob *compact = compact_serialize(st, &ctx, obj);
+    bocpy_blob *compact = compact_serialise(st, &ctx, obj);
     if (compact != NULL || PyErr_Occurred()) {
         tls_serialising = outer;
         context_free(&ctx);
@@ -581,10 +581,10 @@ static bocpy_blob *serialize(bocpy_state *st, PyObject *obj, bool move) {
     return blob;
 }
 
-bocpy_blob *bocpy_serialize(bocpy_state *st, PyObject *obj) { return serialize(st, obj, false); }
+bocpy_blob *bocpy_serialise(bocpy_state *st, PyObject *obj) { return serialise(st, obj, false); }
 
-bocpy_blob *bocpy_serialize_move(bocpy_state *st, PyObject *obj) {
-    return serialize(st, obj, true);
+bocpy_blob *bocpy_serialise_move(bocpy_state *st, PyObject *obj) {
+    return serialise(st, obj, true);
 }
 
 /*
@@ -636,7 +636,7 @@ static PyObject *loads_in_frame(bocpy_state *st) {
     return func;
 }
 
-PyObject *bocpy_deserialize(bocpy_state *st, const bocpy_blob *blob) {
+PyObject *bocpy_deserialise(bocpy_state *st, const bocpy_blob *blob) {
     if (blob->whole) {
         return bocpy_move_attach(st, blob->moves[0].type, &blob->moves[0].payload);
     }

@@ -166,7 +166,7 @@ static void explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *e
      * closure cells (named after their free variable). */
     if (extra != NULL) {
         for (Py_ssize_t i = 0; culprit == NULL && i < PyTuple_GET_SIZE(extra); i++) {
-            bocpy_blob *blob = bocpy_serialize(st, PyTuple_GET_ITEM(extra, i));
+            bocpy_blob *blob = bocpy_serialise(st, PyTuple_GET_ITEM(extra, i));
             if (blob == NULL) {
                 PyErr_Clear();
                 culprit = PyTuple_GET_ITEM(extra, i);
@@ -178,7 +178,7 @@ static void explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *e
     if (defaults != NULL && varnames != NULL) {
         Py_ssize_t first = code->co_argcount - PyTuple_GET_SIZE(defaults);
         for (Py_ssize_t i = 0; culprit == NULL && i < PyTuple_GET_SIZE(defaults); i++) {
-            bocpy_blob *blob = bocpy_serialize(st, PyTuple_GET_ITEM(defaults, i));
+            bocpy_blob *blob = bocpy_serialise(st, PyTuple_GET_ITEM(defaults, i));
             if (blob == NULL) {
                 PyErr_Clear();
                 culprit = PyTuple_GET_ITEM(defaults, i);
@@ -193,7 +193,7 @@ static void explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *e
             if (content == NULL) {
                 continue;
             }
-            bocpy_blob *blob = bocpy_serialize(st, content);
+            bocpy_blob *blob = bocpy_serialise(st, content);
             if (blob == NULL) {
                 PyErr_Clear();
                 culprit = content;
@@ -270,7 +270,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
         return NULL;
     }
     if (snapshot != NULL) {
-        captures = bocpy_serialize(st, snapshot);
+        captures = bocpy_serialise(st, snapshot);
         Py_DECREF(snapshot);
         if (captures == NULL) {
             /* Ctrl-C (or any non-Exception) while pickling propagates as is. */

@@ -34,24 +34,6 @@ typedef struct worker_context {
     uint64_t log_levels_seen;
 } worker_context;
 
-/* The first error a starting worker reports.  Workers start concurrently,
- * so it is written under a lock; the starter reads it (under the same lock)
- * after boc_runtime_start has returned. */
-static pthread_mutex_t start_error_lock = PTHREAD_MUTEX_INITIALIZER;
-static char start_error[512];
-
-void bocpy_start_error_reset(void) {
-    pthread_mutex_lock(&start_error_lock);
-    start_error[0] = '\0';
-    pthread_mutex_unlock(&start_error_lock);
-}
-
-void bocpy_start_error_get(char *buf, size_t size) {
-    pthread_mutex_lock(&start_error_lock);
-    snprintf(buf, size, "%s", start_error);
-    pthread_mutex_unlock(&start_error_lock);
-}
-
 /* Worker threads between the start of worker_start and the end of
  * worker_stop (or of a failed start): while any exists, the pool must not
  * be ended (bocpy_close_pool) and a fork would kill the child.  relaxed:
@@ -62,12 +44,11 @@ static atomic_uint workers_alive;
 unsigned bocpy_workers_alive(void) {
     return atomic_load_explicit(&workers_alive, memory_order_relaxed);
 }
-void bocpy_worker_started(unsigned index, bocpy_interp *record);
 
 /* ------------------------------------------- records logged in workers
  *
  * A behavior's logging records belong to the main interpreter's logging
- * configuration.  Workers push each record, pickled by bocpy._worker, on
+ * configuration.  Workers push each record, pickled by bocpy._logging, on
  * one process-wide FIFO; the main interpreter takes them off (a drain
  * thread, and wait() before it returns) and hands them to its loggers.  One
  * FIFO keeps each worker's records in the order it logged them.  In the
@@ -210,6 +191,7 @@ PyObject *bocpy_set_log_levels(PyObject *module, PyObject *arg) {
     free(log_levels);
     log_levels = copy;
     log_levels_len = (size_t)len;
+    /* release: see the declaration (the levels are stored before it). */
     atomic_fetch_add_explicit(&log_levels_version, 1, memory_order_release);
     pthread_mutex_unlock(&log_lock);
     Py_RETURN_NONE;
@@ -234,7 +216,7 @@ static void sync_log_levels(worker_context *ctx) {
         return;
     }
     ctx->log_levels_seen = version;
-    PyObject *boot = PyImport_ImportModule("bocpy._worker");
+    PyObject *boot = PyImport_ImportModule(BOCPY_BOOTSTRAP_MODULE);
     PyObject *rv = boot ? PyObject_CallMethod(boot, "sync_logging", NULL) : NULL;
     if (rv == NULL) {
         PyErr_WriteUnraisable(boot);
@@ -246,12 +228,12 @@ static void sync_log_levels(worker_context *ctx) {
 /* ------------------------------------------------------ one behavior */
 
 /* A NameError for a global of the script that could not be sent to this
- * worker gets a message that names it and says why (bocpy._worker). */
+ * worker gets a message that names it and says why (bocpy._bootstrap). */
 static void explain_name_error(PyObject *exc) {
     if (!PyErr_GivenExceptionMatches(exc, PyExc_NameError)) {
         return;
     }
-    PyObject *worker = PyImport_ImportModule("bocpy._worker");
+    PyObject *worker = PyImport_ImportModule(BOCPY_BOOTSTRAP_MODULE);
     PyObject *rv = worker ? PyObject_CallMethod(worker, "explain_name_error", "O", exc) : NULL;
     if (rv == NULL) {
         PyErr_Clear(); /* the original message stays */
@@ -298,7 +280,7 @@ static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, b
     }
     /* Even a plain result gets its copy now: whoever reads it next (often
      * another worker, or the main thread) then need not enter this one. */
-    *blob = bocpy_serialize(st, *value);
+    *blob = bocpy_serialise(st, *value);
     if (*blob != NULL) {
         return;
     }
@@ -316,7 +298,7 @@ static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, b
     }
     Py_SETREF(*value, replacement);
     *is_exception = true;
-    *blob = bocpy_serialize(st, *value);
+    *blob = bocpy_serialise(st, *value);
     PyErr_Clear();
 }
 
@@ -364,18 +346,18 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
         }
         before[held] = Py_XNewRef(c->obj);
         c->settled = false;
-        atomic_store_explicit(&c->holder, token, memory_order_relaxed);
+        atomic_store_explicit(&c->holder, token, memory_order_relaxed); /* see bocpy_cown.holder */
     }
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
     if (p->captures != NULL && p->defaults_only) {
-        snapshot = bocpy_deserialize(st, p->captures);
+        snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
         }
         defaults = snapshot;
     } else if (p->captures != NULL) {
-        snapshot = bocpy_deserialize(st, p->captures);
+        snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
         }
@@ -455,6 +437,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     for (Py_ssize_t i = 0; i < filled; i++, built++) {
         argv[built] = Py_NewRef(PyTuple_GET_ITEM(defaults, first_default + i));
     }
+    /* relaxed: hints for cancel() (bocpy_interp.in_body). */
     atomic_store_explicit(&here->running_code, p->code_id, memory_order_relaxed);
     atomic_store_explicit(&here->in_body, true, memory_order_relaxed);
     result = PyObject_Vectorcall(func, argv, (size_t)total, NULL);
@@ -505,7 +488,7 @@ settle:
         moved = moved || bocpy_blob_moves(c->blob);
     }
     for (uint32_t i = 0; i < held; i++) {
-        atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
+        atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed); /* as above */
         Py_XDECREF(before[i]);
     }
 store:
@@ -553,49 +536,6 @@ static void drop_gil(worker_context *ctx) {
     }
 }
 
-static void report_start_error(unsigned index, const char *what) {
-    /* First error wins; later workers usually fail the same way. */
-    pthread_mutex_lock(&start_error_lock);
-    if (start_error[0] == '\0') {
-        snprintf(start_error, sizeof(start_error), "worker %u: %s", index, what);
-    }
-    pthread_mutex_unlock(&start_error_lock);
-}
-
-static void report_python_error(unsigned index) {
-    PyObject *exc = PyErr_GetRaisedException();
-    PyObject *text = exc ? PyObject_Repr(exc) : NULL;
-    const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
-    report_start_error(index, utf8 ? utf8 : "unknown error");
-    PyErr_Clear();
-    Py_XDECREF(text);
-    Py_XDECREF(exc);
-}
-
-/* Gives this (new) interpreter the main interpreter's sys.path, so that it
- * imports bocpy, and the user's modules, from the same places. */
-static int adopt_sys_path(void) {
-    const bocpy_bootstrap *boot = bocpy_current_bootstrap();
-    if (boot->sys_path == NULL) {
-        return 0;
-    }
-    PyObject *list = PyList_New((Py_ssize_t)boot->sys_path_len);
-    if (list == NULL) {
-        return -1;
-    }
-    for (size_t i = 0; i < boot->sys_path_len; i++) {
-        PyObject *entry = PyUnicode_FromString(boot->sys_path[i]);
-        if (entry == NULL) {
-            Py_DECREF(list);
-            return -1;
-        }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, entry);
-    }
-    int rc = PySys_SetObject("path", list);
-    Py_DECREF(list);
-    return rc;
-}
-
 /* Undoes a worker_start that failed: ends the worker's interpreter if it
  * was entered (a pooled one too: it may be what failed), and this thread's
  * main-interpreter state if it made one. */
@@ -612,7 +552,7 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
     }
     free(ctx);
     *failed = true;
-    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
     return NULL;
 }
 
@@ -622,7 +562,7 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
 static bool create_interpreter(worker_context *ctx) {
     ctx->main_tstate = PyThreadState_New(PyInterpreterState_Main());
     if (ctx->main_tstate == NULL) {
-        report_start_error(ctx->index, "could not create a thread state");
+        bocpy_start_error_report(ctx->index, "could not create a thread state");
         return false;
     }
     PyEval_RestoreThread(ctx->main_tstate);
@@ -637,42 +577,22 @@ static bool create_interpreter(worker_context *ctx) {
     };
     PyStatus status = Py_NewInterpreterFromConfig(&ctx->worker_tstate, &config);
     if (PyStatus_Exception(status) || ctx->worker_tstate == NULL) {
-        report_start_error(ctx->index,
-                           status.err_msg ? status.err_msg : "interpreter creation failed");
+        bocpy_start_error_report(ctx->index,
+                                 status.err_msg ? status.err_msg : "interpreter creation failed");
         return false;
     }
     return true;
-}
-
-/* In the worker's interpreter, holding its GIL: gives it the new runtime's
- * paths and __main__ image (bocpy._worker.bootstrap first resets what an
- * earlier runtime left in a kept one).  Returns bocpy._core, or NULL with
- * an exception set. */
-static PyObject *bootstrap_worker(void) {
-    if (adopt_sys_path() < 0) {
-        return NULL;
-    }
-    PyObject *core = PyImport_ImportModule("bocpy._core");
-    PyObject *boot = core ? PyImport_ImportModule("bocpy._worker") : NULL;
-    PyObject *rv = boot ? PyObject_CallMethod(boot, "bootstrap", NULL) : NULL;
-    Py_XDECREF(rv);
-    Py_XDECREF(boot);
-    if (rv == NULL) {
-        Py_XDECREF(core);
-        return NULL;
-    }
-    return core;
 }
 
 static void *worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
     worker_context *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
-        report_start_error(index, "out of memory");
+        bocpy_start_error_report(index, "out of memory");
         *failed = true;
         return NULL;
     }
-    atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
     ctx->index = index;
     /* An interpreter an earlier runtime left in the pool, if there is one. */
     ctx->worker_tstate = bocpy_pool_enter();
@@ -681,9 +601,10 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         return abandon_worker(ctx, false, failed);
     }
     ctx->has_gil = true;
-    /* Read before the bootstrap syncs the levels: a later change is seen. */
+    /* Read before the bootstrap syncs the levels: a later change is seen
+     * (acquire, as in sync_log_levels). */
     ctx->log_levels_seen = atomic_load_explicit(&log_levels_version, memory_order_acquire);
-    PyObject *core = bootstrap_worker();
+    PyObject *core = bocpy_bootstrap_worker();
     if (core == NULL && pooled) {
         /* A behavior of an earlier runtime broke this kept interpreter (it
          * may have emptied sys.modules): end it, and start afresh. */
@@ -692,17 +613,18 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
         if (!create_interpreter(ctx)) {
             return abandon_worker(ctx, false, failed);
         }
-        core = bootstrap_worker();
+        core = bocpy_bootstrap_worker();
     }
     if (core == NULL) {
-        report_python_error(index);
+        bocpy_start_error_report_python(index);
         return abandon_worker(ctx, true, failed);
     }
     ctx->state = bocpy_state_of_module(core);
     ctx->record = ctx->state->interp;
     ctx->record->worker_index = (int)index;
     ctx->record->thread_ident = PyThread_get_thread_ident();
-    /* Counters are per runtime (wait(stats=True)). */
+    /* Counters are per runtime (wait(stats=True)); relaxed: counters
+     * (bocpy_interp_stats), read after boc_runtime_start returned. */
     atomic_store_explicit(&ctx->record->stats.migrations_in, 0, memory_order_relaxed);
     atomic_store_explicit(&ctx->record->stats.foreign_pickles, 0, memory_order_relaxed);
     Py_DECREF(core); /* sys.modules keeps it, and so the state, alive */
@@ -736,9 +658,11 @@ static void worker_run(void *user, boc_behavior *b, void *arg) {
         PyErr_Clear();
     }
     sync_log_levels(ctx);
+    /* relaxed: a lone flag (see its definition in lifecycle.c). */
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
     bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL);
     bocpy_garbage_drain(ctx->record);
+    /* relaxed: a hint (bocpy_interp.gil_wanted). */
     if (atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0) {
         /* Someone waits to enter this interpreter (to pickle a value that
          * lives here): let them in now rather than after a switch interval.
@@ -758,7 +682,7 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     (void)index;
     worker_context *ctx = arg;
     take_gil(ctx);
-    PyObject *boot = PyImport_ImportModule("bocpy._worker");
+    PyObject *boot = PyImport_ImportModule(BOCPY_BOOTSTRAP_MODULE);
     PyObject *rv = boot ? PyObject_CallMethod(boot, "shutdown", NULL) : NULL;
     if (rv == NULL) {
         PyErr_WriteUnraisable(boot);
@@ -779,7 +703,7 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     }
     bocpy_noticeboard_thread_exit();
     free(ctx);
-    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&workers_alive, 1, memory_order_relaxed); /* see its declaration */
 }
 
 static void behavior_done(void *user, boc_behavior *b) {

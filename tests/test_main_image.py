@@ -1,4 +1,4 @@
-"""Tests for :mod:`bocpy._main_image`.
+"""Tests for the ``__main__`` image of :mod:`bocpy._bootstrap`.
 
 Each test writes a small script into ``tmp_path``, runs it for real as a
 ``__main__`` module object, builds its image, ships the image through pickle
@@ -6,7 +6,6 @@ Each test writes a small script into ``tmp_path``, runs it for real as a
 namespace.
 """
 
-import importlib.util
 import marshal
 import pickle
 import sys
@@ -17,19 +16,10 @@ from typing import Any
 
 import pytest
 
-try:
-    from bocpy import _main_image
-except ImportError:  # package not built/installed: load the module by path
-    _PATH = Path(__file__).resolve().parents[1] / "src" / "bocpy" / "_main_image.py"
-    _SPEC = importlib.util.spec_from_file_location("_bocpy_main_image", _PATH)
-    assert _SPEC is not None
-    assert _SPEC.loader is not None
-    _main_image = importlib.util.module_from_spec(_SPEC)
-    sys.modules[_SPEC.name] = _main_image
-    _SPEC.loader.exec_module(_main_image)
+from bocpy import _bootstrap
 
-apply_image = _main_image.apply_image
-build_image = _main_image.build_image
+apply_image = _bootstrap.apply_image
+build_image = _bootstrap.build_image
 
 
 def picklable(value: object) -> bool:

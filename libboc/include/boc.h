@@ -84,6 +84,19 @@ struct boc_cown {
 /* Initialise an embedded cown: refcount 1, fresh id, empty queue. */
 void boc_cown_init(boc_cown *cown, uint32_t flags, void (*destroy)(boc_cown *));
 void boc_cown_incref(boc_cown *cown);
+/*
+ * Takes a reference unless the count is already zero (the cown is being, or
+ * has been, destroyed): true when a reference was taken.  For a host that
+ * finds cowns through its own index (a list it unlinks a cown from in
+ * destroy) rather than through a reference it owns.  The caller must keep
+ * the cown's memory valid across the call, e.g. by holding the lock that
+ * destroy takes to unlink it; the count never rises from zero, so destroy
+ * runs once.  Memory order: relaxed, like boc_cown_incref -- a successful
+ * take publishes nothing, and the reference it adds is dropped by
+ * boc_cown_decref, whose release (and the last dropper's acquire fence)
+ * orders this thread's uses of the cown before destroy.
+ */
+bool boc_cown_try_incref(boc_cown *cown);
 /* Drops one reference; calls cown->destroy when it was the last one. */
 void boc_cown_decref(boc_cown *cown);
 

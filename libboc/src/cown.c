@@ -37,6 +37,24 @@ void boc_cown_incref(boc_cown *cown) {
     (void)before;
 }
 
+bool boc_cown_try_incref(boc_cown *cown) {
+    /* Relaxed, on success and failure: every change of the count is an
+     * atomic read-modify-write, so they form one modification order; a
+     * successful CAS from n > 0 puts our increment before the decrement
+     * that reaches zero, so destroy cannot start until we drop ours (its
+     * release and the acquire fence in decref order our uses first).  A
+     * failed take reads zero and touches nothing more.  Nothing else is
+     * published through the count. */
+    size_t n = atomic_load_explicit(&cown->refcount, memory_order_relaxed);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak_explicit(&cown->refcount, &n, n + 1, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void boc_cown_decref(boc_cown *cown) {
     /* Release: every use of the cown by this thread happens before the drop.
      * The thread that drops the last reference adds an acquire fence so that

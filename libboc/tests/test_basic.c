@@ -119,6 +119,67 @@ TEST_IMPL(cown_ids_and_refcount) {
     return 0;
 }
 
+/* A cown that is never freed, so that boc_cown_try_incref may be called on it
+ * after its count reached zero: destroy only counts, and says it ran. */
+typedef struct try_cown {
+    boc_cown base;
+    atomic_uint destroyed;
+    atomic_bool gone;
+} try_cown;
+
+static void try_cown_destroy(boc_cown *cown) {
+    try_cown *c = (try_cown *)cown;
+    atomic_fetch_add(&c->destroyed, 1);
+    atomic_store(&c->gone, true);
+}
+
+enum { TRY_THREADS = 4, TRY_ROUNDS = 20000 };
+
+/* Takes and drops references while the owner drops the last one.  A take
+ * that starts after destroy ran must fail: seeing `gone` (seq_cst) orders
+ * the decrement to zero before the take, and the count never rises from
+ * zero. */
+static void *try_incref_thread(void *arg) {
+    try_cown *c = arg;
+    for (unsigned i = 0; i < TRY_ROUNDS; i++) {
+        bool gone = atomic_load(&c->gone);
+        if (boc_cown_try_incref(&c->base)) {
+            ASSERT(!gone);
+            boc_cown_decref(&c->base);
+        } else {
+            ASSERT(atomic_load(&c->base.refcount) == 0);
+        }
+    }
+    return NULL;
+}
+
+TEST_IMPL(cown_try_incref) {
+    static try_cown c;
+    boc_cown_init(&c.base, 0, try_cown_destroy);
+    atomic_store(&c.destroyed, 0);
+    atomic_store(&c.gone, false);
+    ASSERT(boc_cown_try_incref(&c.base));
+    ASSERT(atomic_load(&c.base.refcount) == 2);
+    boc_cown_decref(&c.base);
+    ASSERT(atomic_load(&c.base.refcount) == 1);
+
+    /* Threads take and drop references while the owner drops the last one:
+     * destroy runs exactly once, and nothing revives the cown after it. */
+    pthread_t threads[TRY_THREADS];
+    for (int i = 0; i < TRY_THREADS; i++) {
+        ASSERT(pthread_create(&threads[i], NULL, try_incref_thread, &c) == 0);
+    }
+    boc_cown_decref(&c.base);
+    for (int i = 0; i < TRY_THREADS; i++) {
+        ASSERT(pthread_join(threads[i], NULL) == 0);
+    }
+    ASSERT(atomic_load(&c.destroyed) == 1);
+    ASSERT(!boc_cown_try_incref(&c.base));
+    ASSERT(atomic_load(&c.base.refcount) == 0);
+    ASSERT(atomic_load(&c.destroyed) == 1);
+    return 0;
+}
+
 /* -------------------------------------------------------------- behaviors */
 
 TEST_IMPL(behavior_payload_and_discard) {

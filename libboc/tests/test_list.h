@@ -10,6 +10,7 @@
 
 #define TEST_LIST(X)                                                                               \
     X(cown_ids_and_refcount)                                                                       \
+    X(cown_try_incref)                                                                             \
     X(behavior_payload_and_discard)                                                                \
     X(runtime_new_rejects_bad_arguments)                                                           \
     X(chain_order_single_cown)                                                                     \

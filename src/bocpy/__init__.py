@@ -320,16 +320,16 @@ def start(worker_count: int | None = None) -> None:
     # False when none runs and it needs the bootstrap to start one.
     if _core.start(worker_count, None, []):
         return
-    from . import _logging, _worker
+    from . import _bootstrap, _logging
 
     # One bootstrap at a time: building it resets what refresh_main knows.
     with _start_lock:
         if _core.start(worker_count, None, []):
             return
         _logging.start_main()
-        header, values = _worker.build_bootstrap()
+        header, values = _bootstrap.build_bootstrap()
         _core.start(worker_count, header, values)
-        _worker.refresh_main()
+        _bootstrap.refresh_main()
 
 
 class WaitResult(NamedTuple):
@@ -595,7 +595,6 @@ _EXIT_GRACE_SECONDS = 0.5
 #: After a timed-out wait(): how long exit waits for the work before it
 #: interrupts it.
 _EXIT_AFTER_TIMEOUT_SECONDS = 3.0
-
 
 
 def _note_crash(hook: Callable[..., Any]) -> Callable[..., Any]:
