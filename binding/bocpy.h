@@ -262,7 +262,12 @@ bocpy_state *bocpy_cown_parse_new(PyTypeObject *type, PyObject *args, PyObject *
 PyObject *bocpy_cown_object_new(PyTypeObject *type, bocpy_cown *c);
 bool bocpy_cown_check(bocpy_state *st, PyObject *obj);
 uintptr_t bocpy_thread_token(void);
-/* Makes the value live in `here` (whose GIL the caller holds). */
+/* Makes the value live in `here` (whose GIL the caller holds).  Returns 0,
+ * or a negative number with an exception set: BOCPY_VALUE_STUCK when the
+ * value lives in another worker interpreter and cannot be pickled out of it
+ * (it stays there; a worker may run the behavior there instead, see
+ * bocpy_run_behavior), -1 for any other failure. */
+#define BOCPY_VALUE_STUCK (-2)
 int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here);
 /* Replaces the value with `obj` (a new reference is taken) living in `here`. */
 void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception);
@@ -271,8 +276,19 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
  * the cown held when the hold began.  On failure the old value is restored
  * and -1 is returned with an exception set. */
 int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before);
-/* Serialises every resident of a stopping worker (caller holds its GIL). */
-void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec);
+/* Serialises every resident of worker interpreter `rec` (the caller holds
+ * its GIL; no behavior runs).  A value that cannot be pickled stays resident
+ * unless `final` (the interpreter is about to end): then it is lost, the cown
+ * gets an exception saying so, and a report waits for
+ * bocpy_report_lost_values. */
+void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec, bool final);
+/* Last resort when a worker interpreter's bocpy module is freed with values
+ * still resident (its interpreter ended without bocpy_cown_evacuate_all):
+ * drops them without Python (caller holds that interpreter's GIL). */
+void bocpy_cown_abandon_residents(bocpy_interp *rec);
+/* Main interpreter, its GIL held: logs (logger "bocpy", warning) each value
+ * lost because the interpreter holding it ended (see above). */
+void bocpy_report_lost_values(void);
 /* Main interpreter, its GIL held: logs (logger "bocpy") each exception that
  * a behavior left on a result cown nobody read before the cown died; with
  * `live`, also those on cowns still alive (the program is ending).  Returns
@@ -436,9 +452,13 @@ typedef struct bocpy_outcome {
 
 /* Runs one behavior on the calling thread (which holds `here`'s GIL).  With
  * `cancelled`, the body is skipped and the result cown records why.  `out`
- * may be NULL (workers capture everything). */
+ * may be NULL (workers capture everything).  With `elsewhere` non-NULL, a
+ * requested cown whose value is stuck in another interpreter (see
+ * bocpy_cown_materialize) makes it stop before the body, undo what it did,
+ * and set *elsewhere to that interpreter: the caller must run the behavior
+ * there.  Otherwise *elsewhere (when given) is NULL and the behavior ran. */
 void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled,
-                        bocpy_outcome *out);
+                        bocpy_outcome *out, bocpy_interp **elsewhere);
 /* Worker threads that exist right now (starting, running or stopping). */
 unsigned bocpy_workers_alive(void);
 /* Records logged in workers, on their way to the main interpreter, and the

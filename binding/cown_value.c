@@ -20,6 +20,37 @@
  *     settled by the home's lock and a reference taken under it.
  * A resident list per worker interpreter lets that worker serialise every
  * value it still owns before its interpreter ends.
+ *
+ * Values that cannot leave.  A value whose pickled form is over 64 KiB is
+ * not pickled again when a behavior changes it in place (that would copy it
+ * at every release: quadratic for a chain that grows it); its copy goes
+ * stale and it is pickled when it has to move.  A behavior may have left it
+ * unpicklable by then (a list that gained a lock).  The rule is that no
+ * successful behavior's effect is ever lost, so such a value is never put
+ * back to an older copy; it stays, with every change, in the interpreter
+ * that holds it (its home):
+ *   - a behavior that needs it on another worker runs there instead: the
+ *     worker gets BOCPY_VALUE_STUCK from bocpy_cown_materialize, undoes the
+ *     holds it took, and runs the whole behavior inside the home
+ *     interpreter on its own thread (worker.c, run_elsewhere), bringing the
+ *     behavior's other values there;
+ *   - when its worker stops (wait()), evacuation keeps it resident, and the
+ *     interpreter goes to the pool with it (pool.c); the next runtime's
+ *     workers take such interpreters first, so behaviors reach it again;
+ *   - a reader elsewhere -- the main thread (.value, acquire(), unwrap()),
+ *     a pinned behavior -- gets a TypeError naming the cown, the type and
+ *     the cause, and nothing moves: it is never handed stale data.
+ * Exact limits: (1) the value is lost only when its interpreter ends (the
+ * pool closed: at exit, before fork(), or a kept interpreter that fails to
+ * start again); then the cown gets a RuntimeError saying so (type, cause),
+ * and the bocpy logger warns, naming the cown and the type.  (2) A behavior
+ * that needs two such values stuck in two different interpreters, or one
+ * stuck in a kept interpreter that no worker of this runtime took (a run
+ * with fewer workers than interpreters holding such values), fails with the
+ * TypeError, and the values stay as they are.  (3) The failure is found
+ * when the value must move, not at the behavior that broke it: that
+ * behavior, and every one after it, succeed.  A value that is picklable
+ * again when it must move loses nothing at all.
  */
 #include "bocpy.h"
 
@@ -287,7 +318,18 @@ typedef struct foreign_pickle {
     bocpy_interp *home;
     bocpy_blob *blob;
     char *error; /* why pickling failed (plain C copy for the caller) */
+    char *type;  /* the value's type name, when pickling failed */
 } foreign_pickle;
+
+/* strdup of str(obj), or of `fallback` (clears any error). */
+static char *text_of(PyObject *obj, const char *fallback) {
+    PyObject *text = obj ? PyObject_Str(obj) : NULL;
+    const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
+    char *copy = strdup(utf8 ? utf8 : fallback);
+    PyErr_Clear();
+    Py_XDECREF(text);
+    return copy;
+}
 
 static void foreign_pickle_run(void *arg) {
     foreign_pickle *fp = arg;
@@ -297,13 +339,10 @@ static void foreign_pickle_run(void *arg) {
         /* A plain value kept without a copy (then this is MemoryError or
          * an interrupt), or a large one changed in place that can no longer
          * be pickled: either way it stays here, as it is -- nothing that
-         * behaviors did to it is undone. */
+         * behaviors did to it is undone (see "Values that cannot leave"). */
         PyObject *exc = PyErr_GetRaisedException();
-        PyObject *text = PyObject_Str(exc);
-        const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
-        fp->error = strdup(utf8 ? utf8 : "unknown error");
-        PyErr_Clear();
-        Py_XDECREF(text);
+        fp->error = text_of(exc, "unknown error");
+        fp->type = strdup(Py_TYPE(c->obj)->tp_name);
         Py_XDECREF(exc);
         return;
     }
@@ -408,14 +447,22 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         }
         if (fp.blob == NULL) {
             PyErr_Format(PyExc_TypeError,
-                         "the value of this cown could not be sent to the interpreter that "
-                         "needs it (%s): an earlier behavior changed it in place into a "
-                         "state that cannot be pickled.  It stays, with every change made "
-                         "to it, in the interpreter that holds it (worker %d), where "
-                         "behaviors still get it: make it picklable again, or replace it",
-                         fp.error ? fp.error : "out of memory", home->worker_index);
+                         "the value of cown %llu (type '%.200s') cannot be copied out of the "
+                         "worker interpreter that holds it: a behavior changed it in place "
+                         "into a state that cannot be pickled (%s).  Nothing is lost: it stays "
+                         "there with every change made to it.  %s; make it picklable again (or "
+                         "give the cown a new value) in a behavior",
+                         (unsigned long long)c->base.id, fp.type ? fp.type : "?",
+                         fp.error ? fp.error : "out of memory",
+                         here->is_main
+                             ? "Behaviors that request the cown run there, but the main thread "
+                               "cannot read it"
+                             : "This behavior could not run there: it also needs a value that "
+                               "another interpreter holds in the same state, or no worker of "
+                               "this run owns that interpreter (start more workers)");
             free(fp.error);
-            return -1;
+            free(fp.type);
+            return BOCPY_VALUE_STUCK;
         }
         bocpy_blob_free(c->blob);
         c->blob = fp.blob;
@@ -541,7 +588,88 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
     return 0;
 }
 
-void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
+/* Reports of values lost because the interpreter holding them ended: made
+ * in that interpreter (maybe on a worker thread), logged by the main one. */
+typedef struct lost_report {
+    struct lost_report *next;
+    char *text;
+} lost_report;
+
+static pthread_mutex_t lost_lock = PTHREAD_MUTEX_INITIALIZER;
+static lost_report *lost_head, **lost_tail = &lost_head;
+
+static void lost_push(char *text) {
+    lost_report *r = text ? malloc(sizeof(*r)) : NULL;
+    if (r == NULL) {
+        free(text);
+        return; /* the report is lost; the cown still says why */
+    }
+    r->next = NULL;
+    r->text = text;
+    pthread_mutex_lock(&lost_lock);
+    *lost_tail = r;
+    lost_tail = &r->next;
+    pthread_mutex_unlock(&lost_lock);
+}
+
+void bocpy_report_lost_values(void) {
+    for (;;) {
+        pthread_mutex_lock(&lost_lock);
+        lost_report *r = lost_head;
+        if (r != NULL) {
+            lost_head = r->next;
+            if (lost_head == NULL) {
+                lost_tail = &lost_head;
+            }
+        }
+        pthread_mutex_unlock(&lost_lock);
+        if (r == NULL) {
+            return;
+        }
+        bocpy_log_warning(PyUnicode_FromString(r->text));
+        free(r->text);
+        free(r);
+    }
+}
+
+/* The interpreter holding `obj`, the value of `c`, ends and it cannot be
+ * pickled (that error is pending): the value is gone.  The cown gets an
+ * exception that says so -- never an older copy, which would silently undo
+ * the behaviors that changed it since -- and the main interpreter logs it. */
+static void lose_value(bocpy_state *st, bocpy_cown *c, PyObject *obj) {
+    PyObject *cause = PyErr_GetRaisedException();
+    PyErr_Format(PyExc_RuntimeError,
+                 "bocpy: the value of cown %llu (type '%.200s') was lost: the worker "
+                 "interpreter holding it ended (the pool of worker interpreters was closed: "
+                 "at exit, before fork(), or by a failed worker start) while a behavior had "
+                 "left it in a state that cannot be pickled (%S)",
+                 (unsigned long long)c->base.id, Py_TYPE(obj)->tp_name, cause);
+    PyObject *exc = PyErr_GetRaisedException();
+    Py_XDECREF(cause);
+    lost_push(text_of(exc, "bocpy: the value of a cown was lost"));
+    bocpy_blob_free(c->blob);
+    c->blob = exc ? bocpy_serialise(st, exc) : NULL;
+    c->blob_stale = false;
+    c->is_exception = c->blob != NULL;
+    Py_XDECREF(exc);
+    PyErr_Clear();
+}
+
+static void resident_link_locked(bocpy_interp *rec, bocpy_cown *c) {
+    c->res_prev = NULL;
+    c->res_next = rec->residents;
+    if (rec->residents != NULL) {
+        rec->residents->res_prev = c;
+    }
+    rec->residents = c;
+    c->resident = true;
+}
+
+/* Takes the first resident of `rec` off its list, with a reference so that
+ * no destroyer frees it while the caller works on it outside the lock; NULL
+ * once none is left.  Cowns already being destroyed are skipped: their
+ * destroyer waits for this lock and unlinks them, and we wait for that. */
+static bocpy_cown *resident_take(bocpy_interp *rec) {
     for (;;) {
         pthread_mutex_lock(&rec->lock);
         bocpy_cown *c = rec->residents;
@@ -553,53 +681,89 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec) {
         while (c != NULL && !boc_cown_try_incref(&c->base)) {
             c = c->res_next;
         }
-        if (c == NULL) {
-            bool empty = rec->residents == NULL;
-            pthread_mutex_unlock(&rec->lock);
-            if (empty) {
-                return;
-            }
-            sched_yield();
-            continue;
+        if (c != NULL) {
+            resident_unlink_locked(rec, c);
         }
-        resident_unlink_locked(rec, c);
+        bool empty = rec->residents == NULL;
         pthread_mutex_unlock(&rec->lock);
+        if (c != NULL || empty) {
+            return c;
+        }
+        sched_yield();
+    }
+}
+
+void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec, bool final) {
+    /* Cowns whose value stays here (it cannot be pickled): taken off the
+     * list while we work, with a reference, and put back at the end. */
+    bocpy_cown *kept = NULL;
+    for (;;) {
+        bocpy_cown *c = resident_take(rec);
+        if (c == NULL) {
+            break;
+        }
 
         PyObject *obj = c->obj;
         if (obj != NULL && (c->blob == NULL || c->blob_stale)) {
             bocpy_blob *fresh = bocpy_serialise_move(st, obj);
-            if (fresh == NULL && c->blob != NULL) {
-                /* Mutated in place into something that cannot leave this
-                 * interpreter: keep the last copy that could, and say so. */
-                PyObject *cause = PyErr_GetRaisedException();
-                PyObject *message = PyUnicode_FromFormat(
-                    "bocpy: a cown's value (type '%.200s') was changed in place into a state "
-                    "that cannot leave its worker (%S); it was rolled back to its last "
-                    "transferable value",
-                    Py_TYPE(obj)->tp_name, cause);
-                Py_XDECREF(cause);
-                bocpy_log_warning(message);
-                c->blob_stale = false;
-            } else if (fresh != NULL) {
+            if (fresh == NULL && !final) {
+                /* A behavior changed it in place into something that cannot
+                 * be pickled.  Going back to an older copy would undo every
+                 * behavior since, so it stays here, with this interpreter,
+                 * in the pool; a later behavior runs here to reach it. */
+                PyErr_Clear();
+                c->res_next = kept;
+                kept = c;
+                continue; /* keeps our reference until it is linked again */
+            }
+            if (fresh == NULL) {
+                lose_value(st, c, obj);
+            } else {
                 bocpy_blob_free(c->blob);
                 c->blob = fresh;
                 c->blob_stale = false;
             }
-            if (c->blob == NULL) {
-                /* The value cannot outlive its interpreter: say so on the
-                 * cown rather than losing it silently. */
-                PyObject *cause = PyErr_GetRaisedException();
-                PyErr_Format(PyExc_RuntimeError,
-                             "the value of this cown (type '%.200s') was lost when its "
-                             "worker stopped: %S",
-                             Py_TYPE(obj)->tp_name, cause);
-                PyObject *exc = PyErr_GetRaisedException();
-                Py_XDECREF(cause);
-                c->blob = bocpy_serialise(st, exc);
-                c->is_exception = c->blob != NULL;
-                Py_DECREF(exc);
-                PyErr_Clear();
-            }
+        }
+        c->obj = NULL;
+        /* release: pairs with destroy_one's acquire load of the home. */
+        atomic_store_explicit(&c->home, NULL, memory_order_release);
+        Py_XDECREF(obj);
+        boc_cown_decref(&c->base);
+    }
+    /* This is still their home (no one moves a value while no behavior
+     * runs): link each again, then drop our reference outside the lock --
+     * a last one destroys the cown, whose destroyer takes the lock. */
+    while (kept != NULL) {
+        bocpy_cown *c = kept;
+        kept = c->res_next;
+        pthread_mutex_lock(&rec->lock);
+        resident_link_locked(rec, c);
+        pthread_mutex_unlock(&rec->lock);
+        boc_cown_decref(&c->base);
+    }
+}
+
+void bocpy_cown_abandon_residents(bocpy_interp *rec) {
+    for (;;) {
+        bocpy_cown *c = resident_take(rec);
+        if (c == NULL) {
+            return;
+        }
+        PyObject *obj = c->obj;
+        if (obj != NULL && (c->blob == NULL || c->blob_stale)) {
+            /* No copy is current and Python can no longer make one here:
+             * behaviors get this error; the main thread reads None. */
+            char text[256];
+            snprintf(text, sizeof(text),
+                     "bocpy: the value of cown %llu (type '%.100s') was lost: the worker "
+                     "interpreter holding it ended before it could be pickled",
+                     (unsigned long long)c->base.id, Py_TYPE(obj)->tp_name);
+            free(c->unavailable);
+            c->unavailable = strdup(text);
+            lost_push(strdup(text));
+            bocpy_blob_free(c->blob);
+            c->blob = NULL;
+            c->blob_stale = false;
         }
         c->obj = NULL;
         /* release: pairs with destroy_one's acquire load of the home. */
@@ -709,6 +873,7 @@ Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live) {
     if (reporting) {
         return 0;
     }
+    bocpy_report_lost_values();
     PyObject *logging = PyImport_ImportModule("logging");
     PyObject *logger = logging ? PyObject_CallMethod(logging, "getLogger", "s", "bocpy") : NULL;
     PyObject *error_method = logger ? PyObject_GetAttrString(logger, "error") : NULL;

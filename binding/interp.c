@@ -67,7 +67,10 @@ bocpy_interp *bocpy_interp_acquire_record(PyInterpreterState *interp, bool is_ma
 
 void bocpy_interp_release_record(bocpy_interp *rec) {
     /* The interpreter is finalising its bocpy module: whatever garbage is
-     * left belongs to it and can still be freed here (we hold its GIL). */
+     * left belongs to it and can still be freed here (we hold its GIL).
+     * Values still resident (it ended without being evacuated: a crash at
+     * exit) must not keep pointing at it once the record is recycled. */
+    bocpy_cown_abandon_residents(rec);
     bocpy_garbage_drain(rec);
     pthread_mutex_lock(&records_lock);
     rec->state = NULL;

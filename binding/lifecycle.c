@@ -626,6 +626,7 @@ PyObject *bocpy_close_pool(bocpy_state *st) {
         return NULL;
     }
     bocpy_pool_trim(0);
+    bocpy_report_lost_values();
     Py_RETURN_NONE;
 }
 

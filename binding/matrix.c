@@ -26,9 +26,12 @@
  * those operations raise BufferError.
  *
  * Speed.  The kernels are plain loops over `restrict` pointers that GCC and
- * Clang vectorise; `@` is a cache-blocked kernel (B packed into panels, a
- * 4x8 register tile accumulated over a block of k), with an AVX2/FMA version
- * picked at run time on x86-64.  Methods use METH_FASTCALL and a small
+ * Clang vectorise (with GCC on x86-64 glibc, also as AVX2 copies picked at
+ * load time: MATRIX_CLONES); sums along axis 0 fold four rows per pass over
+ * the accumulating row, and min/max run in independent lanes; `@` is a
+ * cache-blocked kernel (B packed into panels, a 6x8 register tile
+ * accumulated over a block of k), with an AVX2/FMA version picked at run
+ * time on x86-64.  Methods use METH_FASTCALL and a small
  * keyword parser so that operations on 2-element vectors in a Python loop
  * cost little more than the object allocation.
  */
@@ -55,6 +58,21 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define MATRIX_HAVE_AVX2_KERNEL 1
+#endif
+
+/* Element-wise kernels and sums are compiled twice on x86-64 with GCC and
+ * glibc: once for AVX2 (4 doubles per instruction) and once for the baseline
+ * (SSE2), the copy picked by an ifunc when the extension loads.  Elsewhere
+ * (Clang, musl, other architectures, other systems) they are compiled once
+ * for the baseline.  fp-contract is off, so both copies round alike. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) &&       \
+    defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define MATRIX_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef MATRIX_CLONES
+#define MATRIX_CLONES
 #endif
 
 #include "bocpy.h"
@@ -516,9 +534,9 @@ enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, 
  * are full blocks the whole matrix is one long row.
  */
 #define DEFINE_BINARY_KERNEL(NAME, EXPR)                                                           \
-    static void NAME(double *restrict out, Py_ssize_t rows, Py_ssize_t cols,                       \
-                     const double *restrict a, Py_ssize_t ars, Py_ssize_t acs,                     \
-                     const double *restrict b, Py_ssize_t brs, Py_ssize_t bcs) {                   \
+    MATRIX_CLONES static void NAME(double *restrict out, Py_ssize_t rows, Py_ssize_t cols,         \
+                                   const double *restrict a, Py_ssize_t ars, Py_ssize_t acs,       \
+                                   const double *restrict b, Py_ssize_t brs, Py_ssize_t bcs) {     \
         if (acs == 1 && bcs == 1 && ars == cols && brs == cols) {                                  \
             cols *= rows;                                                                          \
             rows = 1;                                                                              \
@@ -589,7 +607,7 @@ static void binary_run(enum binop op, double *out, Py_ssize_t rows, Py_ssize_t c
 enum unop { UOP_NEG, UOP_ABS, UOP_SQRT, UOP_CEIL, UOP_FLOOR, UOP_ROUND };
 
 #define DEFINE_UNARY_KERNEL(NAME, EXPR)                                                            \
-    static void NAME(double *restrict out, const double *restrict a, Py_ssize_t n) {               \
+    MATRIX_CLONES static void NAME(double *restrict out, const double *restrict a, Py_ssize_t n) { \
         for (Py_ssize_t i = 0; i < n; i++) {                                                       \
             double x = a[i];                                                                       \
             out[i] = (EXPR);                                                                       \
@@ -612,7 +630,7 @@ static const unary_kernel unary_kernels[] = {
 
 /* Sum of n contiguous doubles with eight independent accumulators (the
  * compiler may not reorder a single floating-point chain by itself). */
-static double sum_contiguous(const double *restrict a, Py_ssize_t n) {
+MATRIX_CLONES static double sum_contiguous(const double *restrict a, Py_ssize_t n) {
     double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -627,7 +645,7 @@ static double sum_contiguous(const double *restrict a, Py_ssize_t n) {
     return t;
 }
 
-static double sumsq_contiguous(const double *restrict a, Py_ssize_t n) {
+MATRIX_CLONES static double sumsq_contiguous(const double *restrict a, Py_ssize_t n) {
     double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -1310,6 +1328,112 @@ static double extreme_strided(const double *p, Py_ssize_t n, Py_ssize_t stride,
     return (kind == RED_ARGMIN || kind == RED_ARGMAX) ? (double)at : best;
 }
 
+/* The fmin/fmax step of the scans below, inline and vectorisable: x
+ * replaces m when it is smaller (larger), or when m is NaN (so a NaN is kept
+ * only while nothing else has been seen).  It agrees with fmin/fmax except
+ * when m and x are zeros of opposite sign, where either may come out; the
+ * callers redo a zero answer with extreme_strided, so results match it. */
+#define MIN_STEP(m, x) (((x) < (m)) | ((m) != (m)) ? (x) : (m))
+#define MAX_STEP(m, x) (((x) > (m)) | ((m) != (m)) ? (x) : (m))
+
+/* Lanes of extreme_contiguous: the array is scanned as rows of this many
+ * columns, each column a running min/max (vectorised like column_extremes). */
+#define EXTREME_LANES 32
+
+/* min (want_max false) or max of n contiguous doubles, n >= 1, in
+ * EXTREME_LANES independent lanes; a zero answer is recomputed in order
+ * (see MIN_STEP). */
+MATRIX_CLONES static double extreme_contiguous(const double *restrict a, Py_ssize_t n,
+                                               bool want_max) {
+    if (n < 2 * EXTREME_LANES) {
+        return extreme_strided(a, n, 1, want_max ? RED_MAX : RED_MIN);
+    }
+    double m[EXTREME_LANES];
+    memcpy(m, a, sizeof m);
+    Py_ssize_t i = EXTREME_LANES;
+    for (; i + EXTREME_LANES <= n; i += EXTREME_LANES) {
+        const double *restrict r = a + i;
+        if (want_max) {
+            for (int k = 0; k < EXTREME_LANES; k++) {
+                m[k] = MAX_STEP(m[k], r[k]);
+            }
+        } else {
+            for (int k = 0; k < EXTREME_LANES; k++) {
+                m[k] = MIN_STEP(m[k], r[k]);
+            }
+        }
+    }
+    double r = m[0];
+    for (int k = 1; k < EXTREME_LANES; k++) {
+        r = want_max ? MAX_STEP(r, m[k]) : MIN_STEP(r, m[k]);
+    }
+    for (; i < n; i++) {
+        r = want_max ? MAX_STEP(r, a[i]) : MIN_STEP(r, a[i]);
+    }
+    return r == 0.0 ? extreme_strided(a, n, 1, want_max ? RED_MAX : RED_MIN) : r;
+}
+
+/* Per-column sums (of squares) of a rows x cols block into o (cols doubles,
+ * overwritten), four rows per pass over o.  Each column is still summed top
+ * to bottom, one row at a time, so the results are those of a plain loop. */
+MATRIX_CLONES static void column_sums(double *restrict o, const double *restrict a, Py_ssize_t rows,
+                                      Py_ssize_t cols, bool squares) {
+    /* 0.0 + x, as a sum starting from zero gives (-0.0 becomes 0.0). */
+    for (Py_ssize_t j = 0; j < cols; j++) {
+        o[j] = 0.0 + (squares ? a[j] * a[j] : a[j]);
+    }
+    Py_ssize_t i = 1;
+    for (; i + 4 <= rows; i += 4) {
+        const double *restrict r0 = a + i * cols, *restrict r1 = r0 + cols;
+        const double *restrict r2 = r1 + cols, *restrict r3 = r2 + cols;
+        if (squares) {
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                o[j] = (((o[j] + r0[j] * r0[j]) + r1[j] * r1[j]) + r2[j] * r2[j]) + r3[j] * r3[j];
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                o[j] = (((o[j] + r0[j]) + r1[j]) + r2[j]) + r3[j];
+            }
+        }
+    }
+    for (; i < rows; i++) {
+        const double *restrict r = a + i * cols;
+        if (squares) {
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                o[j] += r[j] * r[j];
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                o[j] += r[j];
+            }
+        }
+    }
+}
+
+/* Per-column min (want_max false) or max into o, row by row over
+ * contiguous memory; a zero answer is recomputed down its column. */
+MATRIX_CLONES static void column_extremes(double *restrict o, const double *restrict a,
+                                          Py_ssize_t rows, Py_ssize_t cols, bool want_max) {
+    memcpy(o, a, (size_t)cols * sizeof(double));
+    for (Py_ssize_t i = 1; i < rows; i++) {
+        const double *restrict r = a + i * cols;
+        if (want_max) {
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                o[j] = MAX_STEP(o[j], r[j]);
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < cols; j++) {
+                o[j] = MIN_STEP(o[j], r[j]);
+            }
+        }
+    }
+    for (Py_ssize_t j = 0; j < cols; j++) {
+        if (o[j] == 0.0) {
+            o[j] = extreme_strided(a + j, rows, cols, want_max ? RED_MAX : RED_MIN);
+        }
+    }
+}
+
 static double finish(enum reduction kind, double s, Py_ssize_t count) {
     switch (kind) {
     case RED_MEAN:
@@ -1329,7 +1453,11 @@ static PyObject *reduce(MatrixObject *self, enum reduction kind, int axis) {
     Py_ssize_t rows = self->buf.rows, cols = self->buf.columns, n = rows * cols;
     bool squares = kind == RED_MAG || kind == RED_MAGSQ;
     bool extreme = kind >= RED_MIN;
+    bool minmax = kind == RED_MIN || kind == RED_MAX;
     if (axis < 0) {
+        if (minmax) {
+            return PyFloat_FromDouble(extreme_contiguous(a, n, kind == RED_MAX));
+        }
         if (extreme) {
             double r = extreme_strided(a, n, 1, kind);
             return kind >= RED_ARGMIN ? PyLong_FromSsize_t((Py_ssize_t)r) : PyFloat_FromDouble(r);
@@ -1337,39 +1465,34 @@ static PyObject *reduce(MatrixObject *self, enum reduction kind, int axis) {
         double s = squares ? sumsq_contiguous(a, n) : sum_contiguous(a, n);
         return PyFloat_FromDouble(finish(kind, s, n));
     }
-    MatrixObject *res = axis == 0 ? matrix_new(Py_TYPE(self), 1, cols, true)
+    MatrixObject *res = axis == 0 ? matrix_new(Py_TYPE(self), 1, cols, false)
                                   : matrix_new(Py_TYPE(self), rows, 1, false);
     if (res == NULL) {
         return NULL;
     }
     double *restrict o = res->buf.data;
     if (axis == 0) {
-        if (extreme) {
+        if (minmax) {
+            column_extremes(o, a, rows, cols, kind == RED_MAX);
+        } else if (extreme) {
             for (Py_ssize_t j = 0; j < cols; j++) {
                 o[j] = extreme_strided(a + j, rows, cols, kind);
             }
         } else {
             /* Row by row into the accumulating row: contiguous, vectorised. */
-            for (Py_ssize_t i = 0; i < rows; i++) {
-                const double *restrict r = a + i * cols;
-                if (squares) {
-                    for (Py_ssize_t j = 0; j < cols; j++) {
-                        o[j] += r[j] * r[j];
-                    }
-                } else {
-                    for (Py_ssize_t j = 0; j < cols; j++) {
-                        o[j] += r[j];
-                    }
+            column_sums(o, a, rows, cols, squares);
+            if (kind != RED_SUM && kind != RED_MAGSQ) {
+                for (Py_ssize_t j = 0; j < cols; j++) {
+                    o[j] = finish(kind, o[j], rows);
                 }
-            }
-            for (Py_ssize_t j = 0; j < cols; j++) {
-                o[j] = finish(kind, o[j], rows);
             }
         }
     } else {
         for (Py_ssize_t i = 0; i < rows; i++) {
             const double *r = a + i * cols;
-            if (extreme) {
+            if (minmax) {
+                o[i] = extreme_contiguous(r, cols, kind == RED_MAX);
+            } else if (extreme) {
                 o[i] = extreme_strided(r, cols, 1, kind);
             } else {
                 double s = squares ? sumsq_contiguous(r, cols) : sum_contiguous(r, cols);

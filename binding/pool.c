@@ -16,8 +16,13 @@
  *  - no thread runs in it: its last worker deleted its own thread state,
  *    which released its GIL (on 3.12 an idle placeholder state remains,
  *    see below);
- *  - no cown value lives in it (the worker evacuated its residents), so no
- *    other thread has a reason to enter it;
+ *  - no cown value lives in it (the worker evacuated its residents) except
+ *    values that could not be pickled when it left (cown_value.c, "Values
+ *    that cannot leave"): they stay, with every change made to them, and
+ *    the only thread that enters it meanwhile is one that needs such a value
+ *    (bocpy_interp_call_in, to try pickling it again); the next runtime's
+ *    workers take the interpreters holding values first, so that behaviors
+ *    can run against those values there;
  *  - its bocpy record is live (the interpreter still has bocpy._core) and
  *    has worker_index -1.
  * A worker that takes one out owns it until it puts it back, which it does
@@ -26,7 +31,9 @@
  * interpreter; refused while any worker exists, see bocpy_close_pool) may
  * race with a runtime that starts meanwhile.  Each pop hands an
  * interpreter to exactly one owner, so that race is harmless: whatever the
- * trim took is ended, whatever a worker took is used.
+ * trim took is ended, whatever a worker took is used.  Trimming ends the
+ * values still kept in an interpreter: each such cown gets an exception
+ * saying its value was lost, and the bocpy logger reports it.
  */
 #include "bocpy.h"
 
@@ -45,12 +52,28 @@ static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static bocpy_interp *pool;
 static size_t pool_len;
 
+/* Whether values are kept in `rec` (lock order: pool_lock, then rec->lock). */
+static bool holds_values(bocpy_interp *rec) {
+    pthread_mutex_lock(&rec->lock);
+    bool holds = rec->residents != NULL;
+    pthread_mutex_unlock(&rec->lock);
+    return holds;
+}
+
 static bocpy_interp *pool_pop(size_t keep) {
     pthread_mutex_lock(&pool_lock);
     bocpy_interp *rec = NULL;
     if (pool_len > keep) {
-        rec = pool;
-        pool = rec->next_pooled;
+        /* Prefer one that keeps values: a worker then runs in it. */
+        bocpy_interp **link = &pool;
+        for (bocpy_interp **l = &pool; *l != NULL; l = &(*l)->next_pooled) {
+            if (holds_values(*l)) {
+                link = l;
+                break;
+            }
+        }
+        rec = *link;
+        *link = rec->next_pooled;
         rec->next_pooled = NULL;
         pool_len--;
     }
@@ -127,6 +150,9 @@ void bocpy_pool_trim(size_t keep) {
             PyEval_RestoreThread(here);
             pool_push(rec); /* out of memory: try again another time */
             return;
+        }
+        if (rec->state != NULL) {
+            bocpy_cown_evacuate_all(rec->state, rec, true);
         }
         Py_EndInterpreter(there);
         PyEval_RestoreThread(here);

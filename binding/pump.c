@@ -242,7 +242,7 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
         bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
         bocpy_outcome outcome = {0};
         tls_pumping = true;
-        bocpy_run_behavior(st, st->interp, b, cancelled, &outcome);
+        bocpy_run_behavior(st, st->interp, b, cancelled, &outcome, NULL);
         tls_pumping = false;
         boc_behavior_complete(b);
         out->executed++;

@@ -312,7 +312,7 @@ static PyObject *dropped_error(void) {
 #define SMALL 8
 
 void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled,
-                        bocpy_outcome *out) {
+                        bocpy_outcome *out, bocpy_interp **elsewhere) {
     bocpy_payload *p = boc_behavior_payload(b);
     uintptr_t token = bocpy_thread_token();
     PyObject *result = NULL;
@@ -325,6 +325,9 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     bocpy_blob *blob = NULL;
     bool sealed = false, moved = false;
 
+    if (elsewhere != NULL) {
+        *elsewhere = NULL;
+    }
     bocpy_noticeboard_behavior_begin();
     if (cancelled) {
         result = dropped_error();
@@ -341,7 +344,26 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     }
     for (; held < p->ncowns; held++) {
         bocpy_cown *c = p->cowns[held];
-        if (bocpy_cown_materialize(c, here) < 0) {
+        int rc = bocpy_cown_materialize(c, here);
+        if (rc == BOCPY_VALUE_STUCK && elsewhere != NULL) {
+            /* The value cannot leave the interpreter that holds it: the
+             * caller runs the behavior there.  Undo the holds taken so far
+             * (the values made live here just stay here, until needed). */
+            PyErr_Clear();
+            /* relaxed: we hold the cown, and only a holder moves its value
+             * (libboc's hand-off ordered the last move before our hold). */
+            *elsewhere = atomic_load_explicit(&c->home, memory_order_relaxed);
+            for (uint32_t i = 0; i < held; i++) {
+                atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed);
+                Py_XDECREF(before[i]);
+            }
+            if (before != before_small) {
+                PyMem_Free(before);
+            }
+            bocpy_noticeboard_behavior_end();
+            return;
+        }
+        if (rc < 0) {
             goto failed;
         }
         before[held] = Py_XNewRef(c->obj);
@@ -607,8 +629,13 @@ static void *worker_start(void *user, unsigned index, bool *failed) {
     PyObject *core = bocpy_bootstrap_worker();
     if (core == NULL && pooled) {
         /* A behavior of an earlier runtime broke this kept interpreter (it
-         * may have emptied sys.modules): end it, and start afresh. */
+         * may have emptied sys.modules): end it, and start afresh.  Values
+         * kept in it go first (lost if they still cannot be pickled). */
         PyErr_Clear();
+        bocpy_interp *kept = bocpy_interp_current();
+        if (kept != NULL && kept->state != NULL) {
+            bocpy_cown_evacuate_all(kept->state, kept, true);
+        }
         Py_EndInterpreter(ctx->worker_tstate);
         if (!create_interpreter(ctx)) {
             return abandon_worker(ctx, false, failed);
@@ -645,6 +672,40 @@ static void worker_idle(void *user, void *arg) {
     drop_gil(arg);
 }
 
+/* A behavior that needs a value stuck in another worker interpreter (see
+ * "Values that cannot leave" in cown_value.c) runs there, on this thread:
+ * this thread holds every cown the behavior requested, so nothing else can
+ * move or touch their values meanwhile; it enters that interpreter as any
+ * foreign entry does (bocpy_interp_call_in: it lets go of its own GIL
+ * first, so no thread ever waits for one GIL while holding another), and
+ * the other values the behavior needs are made live there. */
+typedef struct run_elsewhere {
+    bocpy_interp *there;
+    boc_behavior *b;
+    bool cancelled;
+    bool ran;
+} run_elsewhere;
+
+static void run_elsewhere_in(void *arg) {
+    run_elsewhere *e = arg;
+    bocpy_interp *there = e->there;
+    /* Only a worker interpreter of this runtime: its bocpy state is live and
+     * it runs the current __main__ image.  worker_index and thread_ident are
+     * written by its own worker with its GIL held, as we hold it now. */
+    if (there->state == NULL || there->worker_index < 0) {
+        return;
+    }
+    /* Cancellation interrupts a body by the thread ident of the interpreter's
+     * worker (bocpy_cancel): for this body, that is this thread.  Its own
+     * worker runs no Python while we hold the GIL, and gets it back after. */
+    unsigned long owner = there->thread_ident;
+    there->thread_ident = PyThread_get_thread_ident();
+    bocpy_run_behavior(there->state, there, e->b, e->cancelled, NULL, NULL);
+    there->thread_ident = owner;
+    bocpy_garbage_drain(there);
+    e->ran = true;
+}
+
 static void worker_run(void *user, boc_behavior *b, void *arg) {
     (void)user;
     worker_context *ctx = arg;
@@ -660,7 +721,16 @@ static void worker_run(void *user, boc_behavior *b, void *arg) {
     sync_log_levels(ctx);
     /* relaxed: a lone flag (see its definition in lifecycle.c). */
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
-    bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL);
+    bocpy_interp *there = NULL;
+    bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL, &there);
+    if (there != NULL) {
+        run_elsewhere e = {.there = there, .b = b, .cancelled = cancelled, .ran = false};
+        if (!bocpy_interp_call_in(there, run_elsewhere_in, &e) || !e.ran) {
+            /* That interpreter is gone or not a worker of this runtime: run
+             * here, where the behavior gets the error saying why. */
+            bocpy_run_behavior(ctx->state, ctx->record, b, cancelled, NULL, NULL);
+        }
+    }
     bocpy_garbage_drain(ctx->record);
     /* relaxed: a hint (bocpy_interp.gil_wanted). */
     if (atomic_load_explicit(&ctx->record->gil_wanted, memory_order_relaxed) > 0) {
@@ -689,9 +759,10 @@ static void worker_stop(void *user, unsigned index, void *arg) {
     }
     Py_XDECREF(rv);
     Py_XDECREF(boot);
-    /* Values still living here go back to their serialised copies: the
-     * main thread reads them after wait(), and the pool keeps no values. */
-    bocpy_cown_evacuate_all(ctx->state, ctx->record);
+    /* Values still living here go back to their serialised copies, so that
+     * the main thread reads them after wait(); one that cannot be pickled
+     * stays here, and goes to the pool with this interpreter. */
+    bocpy_cown_evacuate_all(ctx->state, ctx->record, false);
     bocpy_garbage_drain(ctx->record);
     ctx->record->worker_index = -1;
     ctx->record->thread_ident = 0;

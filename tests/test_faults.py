@@ -1096,7 +1096,11 @@ def test_in_place_mutation_on_the_main_thread_is_undone_at_release():
 
 # A value that serialises to more than 64 KiB is not re-checked each time a
 # behavior changes it in place (that would copy it at every release); it is
-# checked when it has to move.
+# pickled when it has to move.  If a behavior left it unpicklable, it stays
+# in the worker interpreter that holds it, with every change made to it:
+# behaviors that need it run there, readers elsewhere get an error naming
+# the cause, and it is lost (with an exception on the cown and a warning)
+# only when that interpreter ends.
 BIG_PAD = bytes(100_000)
 
 
@@ -1119,6 +1123,38 @@ def _big_unlock(c):
     return list(c.value["items"])
 
 
+def _big_where(c, i):
+    """Append ``i``; say which thread ran the body, and in which interpreter."""
+    c.value["items"].append(i)
+    return threading.get_ident(), id(sys.modules)
+
+
+def _big_take_from(c, d):
+    """Move ``d``'s number into the large value (``d`` lives elsewhere)."""
+    c.value["items"].append(d.value)
+    d.value += 1
+    return id(sys.modules)
+
+
+def _big_replace(c):
+    c.value = {"pad": b"", "items": ["new"], "extra": []}
+    return "replaced"
+
+
+def _busy(c):
+    return sum(range(20_000))
+
+
+def assert_stuck_read(c) -> None:
+    """Reading the value on the main thread names the cown, its type and the cause."""
+    with pytest.raises(TypeError) as info:
+        _ = c.value
+    text = str(info.value)
+    assert f"cown {c._id} (type 'dict')" in text
+    assert "cannot pickle '_thread.lock' object" in text
+    assert "Nothing is lost" in text
+
+
 def test_a_large_value_mutated_in_place_and_undone_in_time_loses_nothing():
     """Only the large value's state at the time it must move matters."""
     bocpy.start(1)  # one worker: the value never has to move between the behaviors
@@ -1136,10 +1172,11 @@ def test_a_large_value_mutated_in_place_and_undone_in_time_loses_nothing():
     assert_runtime_works()
 
 
-def test_a_large_value_left_unpicklable_rolls_back_when_it_must_move(caplog):
-    """The documented limit of checking large values lazily: when the worker
-    stops, the value goes back to its last transferable copy and the bocpy
-    logger says so; the cown stays usable."""
+def test_a_large_value_left_unpicklable_keeps_every_later_change(caplog):
+    """The behavior that made it unpicklable, and those after it, all stand:
+    wait() keeps the value where it is (no rollback), the main thread gets an
+    error naming the cause instead of stale data, and once a behavior makes
+    it picklable again every change is there."""
     bocpy.start(1)
     c = Cown(_big_value())
     r = whencall(_big_lock_in, [c])
@@ -1147,7 +1184,132 @@ def test_a_large_value_left_unpicklable_rolls_back_when_it_must_move(caplog):
     bocpy.wait(timeout=LIVENESS)
     assert r.unwrap() == "mutated"
     assert add.unwrap() == 2
-    assert "rolled back to its last transferable value" in caplog.text
+    assert_stuck_read(c)
+    assert_stuck_read(c)  # reading does not move, roll back or lose it
+    assert "rolled back" not in caplog.text and "was lost" not in caplog.text
+    bocpy.start(1)
+    more = whencall(_big_append, [c], [8])
+    fix = whencall(_big_unlock, [c])
+    bocpy.wait(timeout=LIVENESS)
+    assert more.unwrap() == 3
+    assert fix.unwrap() == [1, 7, 8]
     value = c.unwrap()
-    assert value == _big_value()
+    assert value["items"] == [1, 7, 8] and value["extra"] == [] and value["pad"] == BIG_PAD
     assert_runtime_works()
+
+
+def test_behaviors_on_other_workers_run_where_the_unpicklable_value_lives():
+    """With several workers, a behavior dispatched to another worker runs in
+    the interpreter that holds the value: every append succeeds and stays."""
+    spread = False
+    for _ in range(5):
+        bocpy.start(4)
+        c = Cown(_big_value())
+        others = [Cown(0) for _ in range(8)]
+        lock = whencall(_big_lock_in, [c])
+        runs = []
+        for i in range(40):
+            runs.append(whencall(_big_where, [c], [i]))
+            for o in others:  # keep the other workers busy, so that work spreads
+                whencall(_busy, [o])
+            time.sleep(0.002)
+        fix = whencall(_big_unlock, [c])
+        bocpy.wait(timeout=LIVENESS)
+        assert lock.unwrap() == "mutated"
+        where = [r.unwrap() for r in runs]
+        assert len({interp for _, interp in where}) == 1  # always the value's home
+        assert fix.unwrap() == [1, *range(40)]
+        assert c.unwrap()["items"] == [1, *range(40)]
+        if len({thread for thread, _ in where}) > 1:
+            spread = True  # a worker ran a body in another worker's interpreter
+            break
+    assert spread, "no behavior ran on another worker in five tries"
+    assert_runtime_works()
+
+
+def test_an_unpicklable_large_value_survives_pool_reuse_across_runs():
+    """The interpreter keeping the value goes back to the pool, and the next
+    run, whatever its size, takes it first: nothing is lost across start/wait
+    cycles, and the other cowns a behavior needs are brought to the value."""
+    bocpy.start(2)
+    c = Cown(_big_value())
+    d = Cown(100)
+    whencall(_big_lock_in, [c])
+    bocpy.wait(timeout=LIVENESS)
+    homes = set()
+    for cycle, workers in enumerate((3, 1, 2), start=1):
+        bocpy.start(workers)
+        adds = [whencall(_big_take_from, [c, d]) for _ in range(3)]
+        bocpy.wait(timeout=LIVENESS)
+        homes.update(a.unwrap() for a in adds)
+        assert_stuck_read(c)
+        assert d.value == 100 + 3 * cycle
+    assert len(homes) == 1
+    bocpy.start(2)
+    fix = whencall(_big_unlock, [c])
+    bocpy.wait(timeout=LIVENESS)
+    assert fix.unwrap() == [1, *range(100, 109)]
+    assert d.unwrap() == 109
+    assert_runtime_works()
+
+
+def test_a_behavior_can_replace_an_unpicklable_large_value_from_any_worker():
+    """While workers still run (quiesce), the main thread cannot read the
+    value, and a behavior can give the cown a new one."""
+    bocpy.start(2)
+    c = Cown(_big_value())
+    whencall(_big_lock_in, [c])
+    bocpy.quiesce(timeout=LIVENESS)
+    assert_stuck_read(c)
+    r = whencall(_big_replace, [c])
+    bocpy.wait(timeout=LIVENESS)
+    assert r.unwrap() == "replaced"
+    assert c.unwrap() == {"pad": b"", "items": ["new"], "extra": []}
+
+
+def test_an_unpicklable_large_value_is_lost_loudly_when_its_interpreter_ends(caplog):
+    """Ending the kept interpreters (what exit and fork() do) is the one time
+    the value truly has to leave: the cown gets an exception naming the type
+    and the cause, and the bocpy logger says which cown lost its value."""
+    bocpy.start(1)
+    c = Cown(_big_value())
+    whencall(_big_lock_in, [c])
+    add = whencall(_big_append, [c], [7])
+    bocpy.wait(timeout=LIVENESS)
+    assert add.unwrap() == 2
+    with caplog.at_level("WARNING", logger="bocpy"):
+        _core._close_pool()
+    lost = [rec for rec in caplog.records if rec.name == "bocpy" and "was lost" in rec.getMessage()]
+    assert len(lost) == 1 and lost[0].levelname == "WARNING"
+    assert f"cown {c._id} (type 'dict')" in lost[0].getMessage()
+    assert c.exception is True
+    with pytest.raises(RuntimeError, match=r"was lost.*cannot pickle '_thread\.lock' object"):
+        c.unwrap()
+    assert_runtime_works()
+
+
+def test_an_unpicklable_large_value_left_at_exit_is_reported(run_script):
+    """A program that ends with such a value: its behaviors' results stand,
+    and the loss at exit is reported through the bocpy logger."""
+    result = run_script(
+        """
+        import threading
+        import bocpy
+        from bocpy import Cown, whencall
+
+        def lock_in(c):
+            c.value["extra"].append(threading.Lock())
+            c.value["items"].append(2)
+            return len(c.value["items"])
+
+        c = Cown({"pad": bytes(100_000), "items": [1], "extra": []})
+        r = whencall(lock_in, [c])
+        bocpy.wait()
+        print("result", r.unwrap())
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "result 2" in result.stdout
+    assert "was lost" in result.stderr and "(type 'dict')" in result.stderr
+    assert "cannot pickle '_thread.lock' object" in result.stderr
+    assert "Traceback" not in result.stderr
