@@ -169,7 +169,11 @@ static PyObject *move_dumps(bocpy_state *st, PyObject *obj) {
     PyObject *bytes = NULL;
     if (pickler != NULL &&
         PyObject_SetAttrString(pickler, "dispatch_table", st->move.dispatch) == 0) {
-        PyObject *done = PyObject_CallMethod(pickler, "dump", "O", obj);
+        /* One argument, passed as such: PyObject_CallMethod(..., "O", obj)
+         * would take a tuple obj as the argument list and pickle obj[0]. */
+        PyObject *name = PyUnicode_FromString("dump");
+        PyObject *done = name ? PyObject_CallMethodOneArg(pickler, name, obj) : NULL;
+        Py_XDECREF(name);
         if (done != NULL) {
             Py_DECREF(done);
             bytes = PyObject_CallMethod(buffer, "getvalue", NULL);
