@@ -146,11 +146,14 @@ typedef struct bocpy_moved {
  * single use: reading it attaches its buffers. */
 struct bocpy_blob {
     size_t size;
-    size_t ncowns;
     bocpy_cown **cowns;
-    size_t nmoves;
     bocpy_moved *moves;
-    bool whole; /* the value is moves[0] itself: no pickle */
+    uint32_t ncowns;
+    uint32_t nmoves;
+    bool whole;   /* the value is moves[0] itself: no pickle */
+    bool compact; /* data is the compact encoding (transfer.c), not a pickle */
+    /* Allocated from offsetof(bocpy_blob, data): a Cown(int) keeps a blob
+     * of about 45 bytes, where the struct's tail padding would count. */
     char data[];
 };
 
@@ -216,20 +219,24 @@ struct bocpy_cown {
      * .value, .exception): it is reported through logging if the cown dies,
      * or the program ends, first.  Holder or destroyer only. */
     bool unretrieved;
+    /* In the list of cowns with an unretrieved exception (unret_prev/next). */
+    bool unret_listed;
+    /* run_behavior: this hold has been settled (a behavior may list one cown
+     * more than once; it must be settled once).  Holder only. */
+    bool settled;
+    /* In the resident list of `home` (res_prev/next). */
+    bool resident;
+    /* (The six flags sit together: each alone between pointers would be
+     * padded to 8 bytes, 16 more bytes of every cown's allocation.) */
     /* Links in the list of cowns with an unretrieved exception (guarded by
      * that list's lock, in cown_value.c). */
     bocpy_cown *unret_prev, *unret_next;
-    bool unret_listed;
     /* Why behaviors can no longer have this value (it failed to rebuild in a
      * worker), or NULL; malloc'd.  The main thread may still read the value
      * and give the cown a new one, which clears this.  Holder only. */
     char *unavailable;
-    /* run_behavior: this hold has been settled (a behavior may list one cown
-     * more than once; it must be settled once).  Holder only. */
-    bool settled;
     /* Resident list of `home` (guarded by home->lock). */
     bocpy_cown *res_prev, *res_next;
-    bool resident;
     /* Token of the thread allowed to touch `.value` right now, or 0.
      * Relaxed everywhere: a thread compares it only with its own token, and
      * it can read its own token only if its own last store put it there (no
@@ -311,13 +318,21 @@ void bocpy_registry_clear_state(bocpy_state *st);
  * behavior can be freed on any thread without a GIL. */
 typedef struct bocpy_payload {
     int64_t code_id;
-    bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL */
+    bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL, */
+    bool defaults_only;   /* or, when this is set, the defaults tuple alone */
     bocpy_cown *result;   /* borrowed: the behavior holds a reference */
     uint32_t nargs;       /* arguments given to @when */
     uint32_t ncowns;      /* cowns across all arguments */
-    bocpy_cown **cowns;   /* borrowed, argument order */
-    int32_t *groups;      /* per argument: -1 for a cown, else group length */
+    bocpy_cown **cowns;   /* borrowed, argument order: right after the payload */
+    /* followed by the cowns (bocpy_cown *[ncowns], borrowed, argument
+     * order) and the groups (int32_t[nargs], per argument -1 for a cown,
+     * else the group length): see bocpy_payload_groups */
 } bocpy_payload;
+
+/* Per @when argument: -1 for a cown, else the length of its group. */
+static inline int32_t *bocpy_payload_groups(bocpy_payload *p) {
+    return (int32_t *)(p->cowns + p->ncowns);
+}
 
 PyObject *bocpy_when_type_create(PyObject *module);
 PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra);

@@ -450,12 +450,16 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
                          "the value of cown %llu (type '%.200s') cannot be copied out of the "
                          "worker interpreter that holds it: a behavior changed it in place "
                          "into a state that cannot be pickled (%s).  Nothing is lost: it stays "
-                         "there with every change made to it, and behaviors that request the "
-                         "cown run there; to read it %s, make it picklable again (or give the "
-                         "cown a new value) in a behavior",
+                         "there with every change made to it.  %s; make it picklable again (or "
+                         "give the cown a new value) in a behavior",
                          (unsigned long long)c->base.id, fp.type ? fp.type : "?",
                          fp.error ? fp.error : "out of memory",
-                         here->is_main ? "on the main thread" : "here");
+                         here->is_main
+                             ? "Behaviors that request the cown run there, but the main thread "
+                               "cannot read it"
+                             : "This behavior could not run there: it also needs a value that "
+                               "another interpreter holds in the same state, or no worker of "
+                               "this run owns that interpreter (start more workers)");
             free(fp.error);
             free(fp.type);
             return BOCPY_VALUE_STUCK;

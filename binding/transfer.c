@@ -22,6 +22,7 @@
  */
 #include "bocpy.h"
 
+#include <stddef.h>
 #include <string.h>
 
 /* A buffer detached by the pickle under way, with the object it came from
@@ -186,7 +187,11 @@ static PyObject *move_dumps(bocpy_state *st, PyObject *obj) {
     PyObject *bytes = NULL;
     if (pickler != NULL &&
         PyObject_SetAttrString(pickler, "dispatch_table", st->move.dispatch) == 0) {
-        PyObject *done = PyObject_CallMethod(pickler, "dump", "O", obj);
+        /* One argument, passed as such: PyObject_CallMethod(..., "O", obj)
+         * would take a tuple obj as the argument list and pickle obj[0]. */
+        PyObject *name = PyUnicode_FromString("dump");
+        PyObject *done = name ? PyObject_CallMethodOneArg(pickler, name, obj) : NULL;
+        Py_XDECREF(name);
         if (done != NULL) {
             Py_DECREF(done);
             bytes = PyObject_CallMethod(buffer, "getvalue", NULL);
@@ -206,7 +211,11 @@ static void context_free(serialise_context *ctx) {
 /* A blob of `size` pickle bytes taking over the context's cowns and moved
  * buffers (the context is left empty), or NULL with MemoryError. */
 static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t size) {
-    bocpy_blob *blob = malloc(sizeof(*blob) + size);
+    if (ctx->count > UINT32_MAX || ctx->nmoves > UINT32_MAX) {
+        PyErr_SetString(PyExc_MemoryError, "a value holds more than 2**32 cowns or buffers");
+        return NULL;
+    }
+    bocpy_blob *blob = malloc(offsetof(bocpy_blob, data) + size);
     bocpy_moved *moves = ctx->nmoves ? malloc(ctx->nmoves * sizeof(*moves)) : NULL;
     if (blob == NULL || (ctx->nmoves > 0 && moves == NULL)) {
         free(blob);
@@ -215,11 +224,12 @@ static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t siz
         return NULL;
     }
     blob->size = size;
-    blob->ncowns = ctx->count;
+    blob->ncowns = (uint32_t)ctx->count;
     blob->cowns = ctx->cowns;
-    blob->nmoves = ctx->nmoves;
+    blob->nmoves = (uint32_t)ctx->nmoves;
     blob->moves = moves;
     blob->whole = false;
+    blob->compact = false;
     for (size_t i = 0; i < ctx->nmoves; i++) {
         moves[i] = (bocpy_moved){ctx->moves[i].type, ctx->moves[i].payload};
         Py_DECREF(ctx->moves[i].source); /* stale now: the blob has its buffer */
@@ -259,6 +269,261 @@ static bocpy_blob *serialise_whole(const bocpy_move_entry *type, PyObject *obj) 
     return blob;
 }
 
+/* ------------------------------------------------------- compact values
+ *
+ * The commonest values to cross -- a behavior's small captures, an int or
+ * str a cown holds, a result -- are plain immutable data.  Pickling them
+ * costs more than the behavior: a Pickler and its memo made and freed, and
+ * on the way in a Python-level call to loads.  Such values are instead
+ * encoded here, in a few bytes read back by C:
+ *
+ *   'N' None   'T' True   'F' False
+ *   'i' int that fits in int64_t, then its 8 bytes
+ *   'f' float, then its 8 bytes
+ *   's' str, then a uint32_t length and its UTF-8 bytes
+ *   'b' bytes, then a uint32_t length and the bytes
+ *   't' tuple, then a uint32_t length and each item
+ *   'c' Cown (exact Cown or PinnedCown), then a uint32_t index into the
+ *       blob's cowns (a strong reference each, as pickled cowns have)
+ *
+ * Only exact types qualify (a subclass may pickle itself differently), and
+ * only immutable containers: a pickle keeps the aliasing of mutable objects
+ * (`[a, a]` shares `a`), which a tree encoding would lose.  Anything else --
+ * a bigger int, a str with lone surrogates, a list, a nesting deeper than
+ * COMPACT_DEPTH -- makes the whole value go to the pickler as before.  The
+ * decoded value equals what unpickling would give. */
+
+#define COMPACT_DEPTH 8
+#define COMPACT_MAX_LEN 0x7fffffff
+
+typedef struct compact_buffer {
+    char *data;
+    size_t len, capacity;
+    char small[256];
+} compact_buffer;
+
+static inline bool compact_reserve(compact_buffer *buf, size_t more) {
+    if (buf->len + more <= buf->capacity) {
+        return true;
+    }
+    size_t capacity = buf->capacity * 2;
+    while (capacity < buf->len + more) {
+        capacity *= 2;
+    }
+    char *grown = buf->data == buf->small ? malloc(capacity) : realloc(buf->data, capacity);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return false;
+    }
+    if (buf->data == buf->small) {
+        memcpy(grown, buf->small, buf->len);
+    }
+    buf->data = grown;
+    buf->capacity = capacity;
+    return true;
+}
+
+static inline bool compact_put(compact_buffer *buf, char tag, const void *bytes, size_t size) {
+    if (!compact_reserve(buf, 1 + size)) {
+        return false;
+    }
+    buf->data[buf->len++] = tag;
+    if (size > 0) {
+        memcpy(buf->data + buf->len, bytes, size);
+        buf->len += size;
+    }
+    return true;
+}
+
+static inline bool compact_put_sized(compact_buffer *buf, char tag, const char *bytes,
+                                     size_t size) {
+    uint32_t n = (uint32_t)size;
+    if (!compact_put(buf, tag, &n, sizeof(n)) || !compact_reserve(buf, size)) {
+        return false;
+    }
+    memcpy(buf->data + buf->len, bytes, size);
+    buf->len += size;
+    return true;
+}
+
+/* 1: encoded; 0: not a compact value (no exception; the buffer may hold
+ * part of it, and the context cowns it collected); -1: exception set. */
+static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, int depth) {
+    PyTypeObject *type = Py_TYPE(obj);
+    if (obj == Py_None) {
+        return compact_put(buf, 'N', NULL, 0) ? 1 : -1;
+    }
+    if (obj == Py_True || obj == Py_False) {
+        return compact_put(buf, obj == Py_True ? 'T' : 'F', NULL, 0) ? 1 : -1;
+    }
+    if (type == &PyLong_Type) {
+        int64_t v64;
+        if (PyUnstable_Long_IsCompact((PyLongObject *)obj)) {
+            v64 = (int64_t)PyUnstable_Long_CompactValue((PyLongObject *)obj); /* one digit */
+        } else {
+            int overflow;
+            long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+            if (overflow != 0) {
+                return 0;
+            }
+            v64 = (int64_t)v;
+        }
+        return compact_put(buf, 'i', &v64, sizeof(v64)) ? 1 : -1;
+    }
+    if (type == &PyFloat_Type) {
+        double v = PyFloat_AS_DOUBLE(obj);
+        return compact_put(buf, 'f', &v, sizeof(v)) ? 1 : -1;
+    }
+    if (type == &PyUnicode_Type) {
+        Py_ssize_t size;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(obj, &size);
+        if (utf8 == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                return -1;
+            }
+            PyErr_Clear(); /* lone surrogates: the pickler knows how */
+            return 0;
+        }
+        if (size > COMPACT_MAX_LEN) {
+            return 0;
+        }
+        return compact_put_sized(buf, 's', utf8, (size_t)size) ? 1 : -1;
+    }
+    if (type == &PyBytes_Type) {
+        Py_ssize_t size = PyBytes_GET_SIZE(obj);
+        if (size > COMPACT_MAX_LEN) {
+            return 0;
+        }
+        return compact_put_sized(buf, 'b', PyBytes_AS_STRING(obj), (size_t)size) ? 1 : -1;
+    }
+    if (type == &PyTuple_Type) {
+        Py_ssize_t n = PyTuple_GET_SIZE(obj);
+        if (depth >= COMPACT_DEPTH || n > COMPACT_MAX_LEN) {
+            return 0;
+        }
+        uint32_t n32 = (uint32_t)n;
+        if (!compact_put(buf, 't', &n32, sizeof(n32))) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int rc = compact_encode(st, buf, PyTuple_GET_ITEM(obj, i), depth + 1);
+            if (rc <= 0) {
+                return rc;
+            }
+        }
+        return 1;
+    }
+    if (type == st->cown_type || type == st->pinned_type) {
+        Py_ssize_t index = bocpy_transfer_add_cown(((CownObject *)obj)->cown);
+        if (index < 0) {
+            return -1; /* memory error: the serialising context is always set here */
+        }
+        uint32_t i32 = (uint32_t)index;
+        return compact_put(buf, 'c', &i32, sizeof(i32)) ? 1 : -1;
+    }
+    return 0;
+}
+
+typedef struct compact_reader {
+    const char *at, *end;
+    const bocpy_blob *blob;
+} compact_reader;
+
+static inline bool compact_take(compact_reader *r, void *out, size_t size) {
+    if ((size_t)(r->end - r->at) < size) {
+        return false;
+    }
+    memcpy(out, r->at, size);
+    r->at += size;
+    return true;
+}
+
+static PyObject *compact_corrupt(void) {
+    PyErr_SetString(PyExc_SystemError, "bocpy: a compact value blob is corrupt");
+    return NULL;
+}
+
+static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
+    char tag;
+    if (!compact_take(r, &tag, 1)) {
+        return compact_corrupt();
+    }
+    switch (tag) {
+    case 'N':
+        Py_RETURN_NONE;
+    case 'T':
+        Py_RETURN_TRUE;
+    case 'F':
+        Py_RETURN_FALSE;
+    case 'i': {
+        int64_t v;
+        return compact_take(r, &v, sizeof(v)) ? PyLong_FromLongLong((long long)v)
+                                              : compact_corrupt();
+    }
+    case 'f': {
+        double v;
+        return compact_take(r, &v, sizeof(v)) ? PyFloat_FromDouble(v) : compact_corrupt();
+    }
+    case 's':
+    case 'b': {
+        uint32_t n;
+        if (!compact_take(r, &n, sizeof(n)) || (size_t)(r->end - r->at) < n) {
+            return compact_corrupt();
+        }
+        const char *bytes = r->at;
+        r->at += n;
+        return tag == 's' ? PyUnicode_DecodeUTF8(bytes, (Py_ssize_t)n, "strict")
+                          : PyBytes_FromStringAndSize(bytes, (Py_ssize_t)n);
+    }
+    case 't': {
+        uint32_t n;
+        if (!compact_take(r, &n, sizeof(n)) || (size_t)(r->end - r->at) < n) {
+            return compact_corrupt(); /* each item takes at least a byte */
+        }
+        PyObject *tuple = PyTuple_New((Py_ssize_t)n);
+        for (uint32_t i = 0; tuple != NULL && i < n; i++) {
+            PyObject *item = compact_decode(st, r);
+            if (item == NULL) {
+                Py_CLEAR(tuple);
+                break;
+            }
+            PyTuple_SET_ITEM(tuple, (Py_ssize_t)i, item);
+        }
+        return tuple;
+    }
+    case 'c': {
+        uint32_t index;
+        if (!compact_take(r, &index, sizeof(index)) || index >= r->blob->ncowns) {
+            return compact_corrupt();
+        }
+        return bocpy_cown_wrap(st, r->blob->cowns[index]);
+    }
+    default:
+        return compact_corrupt();
+    }
+}
+
+/* A compact blob for `obj`, NULL with no exception when `obj` is not a
+ * compact value, or NULL with an exception.  Called with `ctx` installed
+ * as this thread's serialising context; on NULL the context is reset. */
+static bocpy_blob *compact_serialise(bocpy_state *st, serialise_context *ctx, PyObject *obj) {
+    compact_buffer buf;
+    buf.data = buf.small;
+    buf.len = 0;
+    buf.capacity = sizeof(buf.small);
+    int rc = compact_encode(st, &buf, obj, 0);
+    bocpy_blob *blob = rc > 0 ? blob_new(ctx, buf.data, buf.len) : NULL;
+    if (buf.data != buf.small) {
+        free(buf.data);
+    }
+    if (blob == NULL) {
+        context_reset(ctx);
+        return NULL;
+    }
+    blob->compact = true;
+    return blob;
+}
+
 static bocpy_blob *serialise(bocpy_state *st, PyObject *obj, bool move) {
     move = move && bocpy_move_any(st);
     if (move) {
@@ -270,6 +535,14 @@ static bocpy_blob *serialise(bocpy_state *st, PyObject *obj, bool move) {
     serialise_context ctx = {.move = move};
     serialise_context *outer = tls_serialising;
     tls_serialising = &ctx;
+
+    /* No compact value holds a movable object: `move` changes nothing. */
+    bocpy_blob *compact = compact_serialise(st, &ctx, obj);
+    if (compact != NULL || PyErr_Occurred()) {
+        tls_serialising = outer;
+        context_free(&ctx);
+        return compact;
+    }
 
     PyObject *bytes;
     if (PyExceptionInstance_Check(obj)) {
@@ -388,6 +661,15 @@ static PyObject *loads_in_frame(bocpy_state *st) {
 PyObject *bocpy_deserialise(bocpy_state *st, const bocpy_blob *blob) {
     if (blob->whole) {
         return bocpy_move_attach(st, blob->moves[0].type, &blob->moves[0].payload);
+    }
+    if (blob->compact) {
+        compact_reader reader = {blob->data, blob->data + blob->size, blob};
+        PyObject *value = compact_decode(st, &reader);
+        if (value != NULL && reader.at != reader.end) {
+            Py_DECREF(value);
+            return compact_corrupt();
+        }
+        return value;
     }
     PyObject *loads = loads_in_frame(st);
     if (loads == NULL) {

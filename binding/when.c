@@ -257,7 +257,15 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
 
     bocpy_blob *captures = NULL;
     PyObject *snapshot;
-    if (captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
+    /* The commonest captures, `def step(c, n=n)`, travel as the defaults
+     * tuple alone: no snapshot tuple to build, copy and take apart. */
+    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
+    bool defaults_only = nextra == 0 && defaults != NULL &&
+                         PyFunction_GET_KW_DEFAULTS(func) == NULL &&
+                         PyFunction_GET_CLOSURE(func) == NULL;
+    if (defaults_only) {
+        snapshot = Py_NewRef(defaults);
+    } else if (captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
@@ -300,17 +308,18 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     bocpy_payload *p = boc_behavior_payload(b);
     p->code_id = code_id;
     p->captures = captures;
+    p->defaults_only = defaults_only;
     p->result = result;
     p->nargs = (uint32_t)nargs;
     p->ncowns = (uint32_t)ncowns;
     p->cowns = (bocpy_cown **)(p + 1);
-    p->groups = (int32_t *)(p->cowns + ncowns);
+    int32_t *groups = bocpy_payload_groups(p);
     size_t slot = 0;
     for (Py_ssize_t i = 0; i < nargs; i++) {
         PyObject *arg = PyTuple_GET_ITEM(args, i);
         if (PyList_Check(arg)) {
             Py_ssize_t n = PyList_GET_SIZE(arg);
-            p->groups[i] = (int32_t)n;
+            groups[i] = (int32_t)n;
             for (Py_ssize_t j = 0; j < n; j++) {
                 bocpy_cown *c = ((CownObject *)PyList_GET_ITEM(arg, j))->cown;
                 p->cowns[slot] = c;
@@ -318,7 +327,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
             }
         } else {
             bocpy_cown *c = ((CownObject *)arg)->cown;
-            p->groups[i] = -1;
+            groups[i] = -1;
             p->cowns[slot] = c;
             boc_behavior_set_cown(b, slot++, &c->base);
         }

@@ -372,7 +372,13 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     }
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->captures != NULL) {
+    if (p->captures != NULL && p->defaults_only) {
+        snapshot = bocpy_deserialise(st, p->captures);
+        if (snapshot == NULL) {
+            goto failed;
+        }
+        defaults = snapshot;
+    } else if (p->captures != NULL) {
         snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
@@ -385,12 +391,38 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
             extra = NULL;
         }
     }
-    func = bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells);
-    if (func == NULL) {
-        goto failed;
-    }
     Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
-    Py_ssize_t total = (Py_ssize_t)p->nargs + nextra;
+    Py_ssize_t given = (Py_ssize_t)p->nargs + nextra;
+    /* Defaults only (the common capture: `def step(c, n=n)`): rather than
+     * build a function with them, call the registry's own function with
+     * the defaults the call would use passed as positional arguments --
+     * the parameters are bound to the same objects, and the function
+     * object and its defaults tuple are not made for each behavior. */
+    Py_ssize_t filled = 0, first_default = 0;
+    if (defaults != Py_None && kwdefaults == Py_None && cells == Py_None &&
+        PyTuple_CheckExact(defaults)) {
+        func = Py_XNewRef(bocpy_registry_function(st, p->code_id));
+        if (func == NULL) {
+            goto failed;
+        }
+        PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(func);
+        Py_ssize_t argcount = code->co_argcount;
+        first_default = argcount - PyTuple_GET_SIZE(defaults);
+        if (PyCode_GetNumFree(code) == 0 && first_default >= 0 && given >= first_default &&
+            given <= argcount) {
+            filled = argcount - given;
+            first_default = given - first_default; /* index in defaults of the first filled */
+        } else {
+            Py_CLEAR(func); /* anything unusual: the general way below */
+        }
+    }
+    if (func == NULL) {
+        func = bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells);
+        if (func == NULL) {
+            goto failed;
+        }
+    }
+    Py_ssize_t total = given + filled;
     if (total > SMALL) {
         argv = PyMem_Calloc((size_t)total, sizeof(*argv));
         if (argv == NULL) {
@@ -400,13 +432,14 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
         }
     }
     uint32_t slot = 0;
+    const int32_t *groups = bocpy_payload_groups(p);
     for (uint32_t i = 0; i < p->nargs; i++, built++) {
         PyObject *arg;
-        if (p->groups[i] < 0) {
+        if (groups[i] < 0) {
             arg = bocpy_cown_wrap(st, p->cowns[slot++]);
         } else {
-            arg = PyList_New(p->groups[i]);
-            for (int32_t j = 0; arg != NULL && j < p->groups[i]; j++) {
+            arg = PyList_New(groups[i]);
+            for (int32_t j = 0; arg != NULL && j < groups[i]; j++) {
                 PyObject *item = bocpy_cown_wrap(st, p->cowns[slot++]);
                 if (item == NULL) {
                     Py_CLEAR(arg);
@@ -422,6 +455,9 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     }
     for (Py_ssize_t i = 0; i < nextra; i++, built++) {
         argv[built] = Py_NewRef(PyTuple_GET_ITEM(extra, i));
+    }
+    for (Py_ssize_t i = 0; i < filled; i++, built++) {
+        argv[built] = Py_NewRef(PyTuple_GET_ITEM(defaults, first_default + i));
     }
     /* relaxed: hints for cancel() (bocpy_interp.in_body). */
     atomic_store_explicit(&here->running_code, p->code_id, memory_order_relaxed);

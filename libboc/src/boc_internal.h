@@ -168,6 +168,9 @@ struct boc_runtime {
     pthread_cond_t park_cond;
     /* Workers inside the park protocol (between announcing and waking). */
     atomic_uint parked;
+    /* Workers scanning for work before they park (see boc__find_work):
+     * while one is, a dispatch wakes nobody. */
+    atomic_uint searching;
     atomic_bool stopping;
 
     /* Start-up handshake: the starter waits until every worker_start hook

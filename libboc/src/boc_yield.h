@@ -79,6 +79,7 @@ enum {
     X(QUEUE_POP)                                                                                   \
     X(STEAL)                                                                                       \
     X(PARK_ENTER)                                                                                  \
+    X(SEARCH_ENDED)                                                                                \
     X(PARK_ANNOUNCED)                                                                              \
     X(PARK_CHECKED)                                                                                \
     X(PARK_WOKEN)                                                                                  \

@@ -96,6 +96,7 @@ boc_runtime *boc_runtime_new(unsigned worker_count, const boc_runtime_ops *ops, 
     rt->threads_created = 0;
     atomic_init(&rt->next_worker, 0);
     atomic_init(&rt->parked, 0);
+    atomic_init(&rt->searching, 0);
     atomic_init(&rt->stopping, false);
     rt->workers_reported = 0;
     rt->worker_start_failed = false;

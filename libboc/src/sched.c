@@ -14,8 +14,16 @@
  */
 #include "boc_internal.h"
 
-/* Steal scans a worker makes after running dry, before it parks. */
+#include <time.h>
+
+/* Steal scans the searching worker makes after running dry, pausing
+ * between them; then it goes on scanning, yielding the CPU between scans,
+ * until BOC__SEARCH_NS have passed since it began, before it parks.  A
+ * thread that feeds the workers one behavior every few microseconds (a
+ * loop of @when on the main thread) would otherwise find the worker parked
+ * at nearly every dispatch and pay for a futex wake-up each time. */
 #define BOC__STEAL_ROUNDS 32
+#define BOC__SEARCH_NS 50000
 
 _Thread_local boc__thread_state boc__this_thread = {NULL, -1};
 
@@ -110,6 +118,28 @@ static boc_behavior *boc__queue_pop(boc__queue *queue) {
  * taken park_lock (then D's unlock happens before W's lock, and W2 sees the
  * push).  In no interleaving does a behavior stay queued while every worker
  * sleeps.  Spurious wake-ups are harmless: a woken worker just scans again.
+ *
+ * Searching.  A worker that ran dry spins for a while (boc__find_work)
+ * before it parks; while it does, it is counted in `searching`, and a
+ * dispatcher that sees a searcher wakes nobody: the searcher will take the
+ * work.  Waking a parked worker costs the dispatcher a futex call and the
+ * woken thread a trip through the kernel, for work the searcher would have
+ * found a moment later; and on a machine with fewer cores than threads, an
+ * extra awake worker takes CPU from the thread that produces the work.  So
+ * the dispatcher does, after D1:
+ *     (D2') read searching                   seq_cst
+ *     (D2..D3) only if it is zero
+ * and a searcher S stops searching with:
+ *     (S1) searching -= 1                    seq_cst
+ *     (S2) read every queue length           seq_cst
+ *     (S3) if one is non-zero, search again; else park (W1..W3)
+ * If D2' read a count that includes S, D2' precedes S1 in the total order,
+ * hence D1 precedes S2, and S sees the push (or someone already took it).
+ * Only one worker searches at a time (a second one that runs dry parks
+ * straight away): on a machine with few cores, two spinning workers starve
+ * the thread that feeds them.  A searcher that finds work while more is
+ * queued and a worker is parked wakes one, so that a burst pushed while it
+ * searched still spreads over the workers.
  */
 static bool boc__any_queued(boc_runtime *rt) {
     for (unsigned i = 0; i < rt->worker_count; i++) {
@@ -126,9 +156,13 @@ static void boc__wake_one(boc_runtime *rt) {
     if (atomic_load_explicit(&rt->parked, memory_order_seq_cst) == 0) {
         return;
     }
+    /* Step D3.  Taking and releasing park_lock is what orders us with a
+     * parker (it is either waiting already, or has not yet re-checked the
+     * queues); the signal itself may come after the unlock, which spares
+     * the woken worker from blocking at once on the lock we still held. */
     boc_yield_mutex_lock(&rt->park_lock);
-    boc_yield_cond_signal(&rt->park_cond);
     pthread_mutex_unlock(&rt->park_lock);
+    boc_yield_cond_signal(&rt->park_cond);
 }
 
 void boc__wake_all(boc_runtime *rt) {
@@ -198,6 +232,10 @@ void boc__dispatch(boc_behavior *b) {
      * announce parking in between; the seq_cst handshake must make one of
      * us see the other.  Also: `b` may already be running (or freed). */
     BOC__YIELD(DISPATCH_PUSHED);
+    /* seq_cst: step D2' above.  A searcher will see the push. */
+    if (atomic_load_explicit(&rt->searching, memory_order_seq_cst) != 0) {
+        return;
+    }
     boc__wake_one(rt);
 }
 
@@ -226,28 +264,79 @@ static boc_behavior *boc__steal(boc__worker *self) {
     return NULL;
 }
 
+/* Ends this worker's search (S1..S2 in the comment above the parking
+ * code): true when some queue holds work after all. */
+static bool boc__stop_searching(boc_runtime *rt) {
+    /* seq_cst: step S1. */
+    atomic_fetch_sub_explicit(&rt->searching, 1, memory_order_seq_cst);
+    /* Yield point: no longer counted as searching, queues not yet re-read
+     * (S2): a dispatch now must either be seen below or wake a parker. */
+    BOC__YIELD(SEARCH_ENDED);
+    return boc__any_queued(rt); /* step S2 */
+}
+
 /* Finds the next behavior for a worker whose own queue ran dry: own queue
  * (a round-robin dispatch may have refilled it), then stealing for a bounded
- * number of rounds, then parking.  Returns NULL when the runtime stops. */
+ * number of rounds as the one searching worker, then parking.  Returns NULL
+ * when the runtime stops. */
 static boc_behavior *boc__find_work(boc__worker *self) {
     boc_runtime *rt = self->runtime;
     unsigned rounds = 0;
     unsigned backoff = 0;
+    bool searching = false;
+    struct timespec began = {0, 0};
     for (;;) {
         boc_behavior *b = boc__queue_pop(&self->queue);
         if (b == NULL) {
             b = boc__steal(self);
         }
         if (b != NULL) {
+            /* The work came while we searched, so no dispatcher woke anyone
+             * for it: if more is waiting, wake a parked worker to share it
+             * (stop_searching says whether any queue still holds work). */
+            if (searching && boc__stop_searching(rt)) {
+                boc__wake_one(rt);
+            }
             return b;
         }
         /* Relaxed hint: when stopping, skip the steal rounds; boc__park
          * re-checks the flag under the park lock. */
         bool stopping = atomic_load_explicit(&rt->stopping, memory_order_relaxed);
-        if (!stopping && rounds < BOC__STEAL_ROUNDS) {
+        if (!searching && !stopping && rounds == 0) {
+            /* Become the searcher, unless another worker is one.  The count
+             * only chooses who spins: the seq_cst decrement and re-check in
+             * stop_searching carry the wake-up argument, and a dispatcher
+             * reading the count sees this increment or an older value (then
+             * it wakes a parker, as without searching). */
+            unsigned none = 0;
+            searching = atomic_compare_exchange_strong_explicit(
+                &rt->searching, &none, 1, memory_order_seq_cst, memory_order_relaxed);
+        }
+        if (searching && !stopping && rounds < BOC__STEAL_ROUNDS) {
             rounds++;
             boc__spin_backoff(&backoff);
+            if (rounds == BOC__STEAL_ROUNDS) {
+                clock_gettime(CLOCK_MONOTONIC, &began);
+            }
             continue;
+        }
+        if (searching && !stopping) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            int64_t spent =
+                (int64_t)(now.tv_sec - began.tv_sec) * 1000000000 + (now.tv_nsec - began.tv_nsec);
+            if (spent < BOC__SEARCH_NS) {
+                sched_yield(); /* whoever feeds us may be waiting for this core */
+                continue;
+            }
+        }
+        if (searching) {
+            searching = false;
+            if (boc__stop_searching(rt)) {
+                rounds = 0;
+                backoff = 0;
+                continue; /* a dispatch raced with the end of our search */
+            }
         }
         /* Yield point: the scans found nothing; a dispatch landing now must
          * still be seen by the park's re-check (W2) or wake us. */

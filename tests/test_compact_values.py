@@ -1,0 +1,179 @@
+"""Plain immutable values cross in bocpy's compact encoding, not as pickles.
+
+`None`, `bool`, `int` within 64 bits, `float`, `str`, `bytes`, tuples of those
+and `Cown` handles skip the pickler (binding/transfer.c).  What arrives must
+be exactly what unpickling would give: same type, equal value, and for
+everything else (subclasses, bigger ints, lone surrogates, deep nesting,
+mutable containers) the pickler as before.  Each value is checked through
+every route: a cown's value set on the main thread, a capture, a result.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+
+import pytest
+
+import bocpy
+from bocpy import Cown, when
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Text(str):
+    pass
+
+
+class Row(tuple):
+    pass
+
+
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    255,
+    2**30,
+    2**62,
+    2**63 - 1,
+    -(2**63),
+    2**63,  # one past int64: pickled
+    -(2**63) - 1,
+    10**40,
+    0.0,
+    -0.0,
+    1.5,
+    math.inf,
+    -math.inf,
+    "",
+    "plain",
+    "héllo wörld ✓ 𝄞",
+    "lone \udc80 surrogate",  # not UTF-8: pickled
+    b"",
+    b"\x00\xffbytes",
+    (),
+    (1,),
+    (1, "two", 3.0, b"four", None, True, (5, (6, ())), -(2**63)),
+    pytest.param(
+        ((((((((((1,),),),),),),),),),),  # deeper than the compact nesting: pickled
+        id="tuple nested 10 deep",
+    ),
+    Colour.RED,
+    Text("sub"),
+    Row((1, 2)),
+    (1, [2, 3]),  # a mutable item: pickled
+    ([2, 3],),  # a one-item tuple the pickler gets (it once lost its tuple)
+    (Text("sub"),),
+    [1, 2],
+    {"a": 1},
+    frozenset({1, 2}),
+    1 + 2j,
+]
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, of the same type all the way down (and -0.0 is not 0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)  # type: ignore[arg-type]
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(map(same, a, b))  # type: ignore[arg-type]
+    return a == b
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_value_of_a_cown_crosses_unchanged(value):
+    cown = Cown(value)
+
+    @when(cown)
+    def seen(c):
+        return (type(c.value).__name__, c.value)
+
+    bocpy.wait()
+    name, got = seen.unwrap()
+    assert name == type(value).__name__
+    assert same(got, value)
+    assert same(cown.unwrap(), value)
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_capture_and_result_cross_unchanged(value):
+    @when(Cown(None))
+    def echo(c, v=value):
+        return v
+
+    bocpy.wait()
+    assert same(echo.unwrap(), value)
+
+
+def test_float_nan_crosses():
+    @when(Cown(math.nan))
+    def back(c):
+        return c.value
+
+    bocpy.wait()
+    assert math.isnan(back.unwrap())
+
+
+def test_cown_in_a_tuple_is_the_same_cown():
+    inner = Cown(41)
+    outer = Cown((inner, "label"))
+
+    @when(outer)
+    def bump(o):
+        inner_cown, label = o.value
+
+        @when(inner_cown)
+        def add(i):
+            i.value += 1
+
+        return label
+
+    bocpy.wait()
+    assert bump.unwrap() == "label"
+    assert inner.unwrap() == 42
+    assert outer.unwrap()[0] is not None
+
+
+def test_defaults_only_captures_bind_like_defaults():
+    """The defaults-only fast path binds what the defaults would have bound."""
+
+    @when(Cown(0))
+    def some(c, a=10, b=20, *rest):
+        return (a, b, rest)
+
+    @when(Cown(0), Cown(5))
+    def all_given(c, d, a=(2, "x")):
+        return (d.value, a)
+
+    big = list(range(3))
+
+    @when(Cown(0))
+    def mutable(c, a=1, b=big):  # a list default: pickled, same binding
+        b.append(a)
+        return b
+
+    bocpy.wait()
+    assert some.unwrap() == (10, 20, ())
+    assert all_given.unwrap() == (5, (2, "x"))
+    assert mutable.unwrap() == [0, 1, 2, 1]
+    assert big == [0, 1, 2]
+
+
+def test_kwonly_and_closure_captures_still_work():
+    base = 7
+
+    @when(Cown(1))
+    def mixed(c, a=2, *, k=3):
+        return c.value + a + k + base
+
+    bocpy.wait()
+    assert mixed.unwrap() == 13
