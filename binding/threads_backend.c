@@ -212,12 +212,13 @@ static PyObject *behavior_exception(void) {
 }
 
 /* One argument of the body: a Cown, or a list of Cowns for a group. */
-static PyObject *argument(bocpy_state *st, const bocpy_payload *p, uint32_t i, uint32_t *slot) {
-    if (p->groups[i] < 0) {
+static PyObject *argument(bocpy_state *st, bocpy_payload *p, uint32_t i, uint32_t *slot) {
+    const int32_t *groups = bocpy_payload_groups(p);
+    if (groups[i] < 0) {
         return bocpy_cown_wrap(st, p->cowns[(*slot)++]);
     }
-    PyObject *list = PyList_New(p->groups[i]);
-    for (int32_t j = 0; list != NULL && j < p->groups[i]; j++) {
+    PyObject *list = PyList_New(groups[i]);
+    for (int32_t j = 0; list != NULL && j < groups[i]; j++) {
         PyObject *item = bocpy_cown_wrap(st, p->cowns[(*slot)++]);
         if (item == NULL) {
             Py_CLEAR(list);
@@ -230,10 +231,17 @@ static PyObject *argument(bocpy_state *st, const bocpy_payload *p, uint32_t i, u
 
 /* Calls the body with its cowns held by this thread; a new reference to
  * its result, or NULL with the exception set. */
-static PyObject *call_body(bocpy_state *st, const bocpy_payload *p) {
+static PyObject *call_body(bocpy_state *st, bocpy_payload *p) {
     PyObject *snapshot = NULL, *extra = NULL;
     PyObject *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->captures != NULL) {
+    if (p->captures != NULL && p->defaults_only) {
+        /* @when sent the defaults tuple alone (when.c). */
+        snapshot = bocpy_deserialise(st, p->captures);
+        if (snapshot == NULL) {
+            return NULL;
+        }
+        defaults = snapshot;
+    } else if (p->captures != NULL) {
         snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             return NULL;

@@ -147,3 +147,32 @@ def test_bad_backend_is_a_clear_error(run_script: Run, call: str, error: str, wo
     name, _, message = out.partition("|")
     assert name.strip() == error, out
     assert words in message, out
+
+
+def test_threads_backend_passes_captured_defaults_and_closures(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            c = Cown(0)
+
+            @when(c)
+            def defaults_only(c, n=5):  # @when sends the defaults alone
+                c.value += n
+
+            def make(k):
+                @when(c)
+                def closure(c, extra=1):
+                    c.value += k * extra
+                return closure
+
+            make(100)
+            wait()
+            print(c.value)
+            """
+        )
+    )
+    assert out.split() == ["105"]
