@@ -193,6 +193,41 @@ bool bocpy_is_plain_immutable(bocpy_state *st, PyObject *obj);
 
 /* ------------------------------------------------------------------ cowns */
 
+/*
+ * The rarely used parts of a cown, allocated on demand (bocpy_cown.extra):
+ * a main-thread hold, an unread exception's list links, the reason a value
+ * is unavailable.  Most cowns never have one, which keeps bocpy_cown small.
+ * Installed at most once, by whichever thread first needs it (a holder, or
+ * the main thread about to try a hold), with a compare-and-swap: release on
+ * success, acquire on failure, and every read of bocpy_cown.extra is an
+ * acquire load, so the record's zeroed contents are visible to all.  It is
+ * never replaced or freed while the cown lives; its destroyer frees it.
+ * Each field keeps its own rule:
+ */
+typedef struct bocpy_cown_extra {
+    /* Links in the list of cowns with an unretrieved exception, and whether
+     * the cown is in it (guarded by that list's lock, in cown_value.c). */
+    bocpy_cown *unret_prev, *unret_next;
+    bool unret_listed;
+    /* Why behaviors can no longer have this value (it failed to rebuild in a
+     * worker), or NULL; malloc'd.  The main thread may still read the value
+     * and give the cown a new one, which clears this.  Holder only. */
+    char *unavailable;
+    /* A main-thread hold (Cown.acquire; hold_lock, see cown_value.c) and the
+     * value as it was then (that holder only). */
+    boc_request hold_req;
+    PyObject *hold_before;
+} bocpy_cown_extra;
+
+/* What bocpy_cown.inline_kind says the value is (see bocpy_cown.scalar). */
+enum {
+    BOCPY_INLINE_NONE = 0, /* not inline: obj/blob hold the value */
+    BOCPY_INLINE_INT,      /* an exact int, scalar.i */
+    BOCPY_INLINE_FLOAT,    /* an exact float, scalar.f */
+    BOCPY_INLINE_TRUE,
+    BOCPY_INLINE_FALSE,
+};
+
 struct bocpy_cown {
     boc_cown base; /* first: libboc hands us boc_cown pointers */
     /*
@@ -200,9 +235,17 @@ struct bocpy_cown {
      * guarantee, and the MCS hand-off orders one holder's writes before the
      * next holder's reads), by its destroyer (refcount zero: no holder), or
      * by a stopping worker evacuating residents (quiescent: no holder).
+     *   inline_kind != 0: the value is the plain scalar in `scalar` (an
+     *         exact int that fits 64 bits, a float, a bool); then obj and
+     *         blob are NULL, home is NULL, and the cown is not resident
      *   obj   live object owned by interpreter `home`, or NULL
      *   blob  serialised copy, or NULL; when both exist they are equal
      *   neither: the value is None
+     * An inline value needs no object and no copy: any interpreter rebuilds
+     * it without pickling (bocpy_cown_materialize), which makes it the
+     * value outside a hold again; a hold always materialises it first, so
+     * inside a hold inline_kind is 0, and settling puts a plain scalar back
+     * inline (bocpy_cown_settle).
      */
     PyObject *obj;
     _Atomic(bocpy_interp *) home;
@@ -219,33 +262,34 @@ struct bocpy_cown {
      * .value, .exception): it is reported through logging if the cown dies,
      * or the program ends, first.  Holder or destroyer only. */
     bool unretrieved;
-    /* In the list of cowns with an unretrieved exception (unret_prev/next). */
-    bool unret_listed;
     /* run_behavior: this hold has been settled (a behavior may list one cown
      * more than once; it must be settled once).  Holder only. */
     bool settled;
-    /* In the resident list of `home` (res_prev/next). */
+    /* In the resident list of `home` (res_prev/next; home->lock). */
     bool resident;
-    /* (The six flags sit together: each alone between pointers would be
-     * padded to 8 bytes, 16 more bytes of every cown's allocation.) */
-    /* Links in the list of cowns with an unretrieved exception (guarded by
-     * that list's lock, in cown_value.c). */
-    bocpy_cown *unret_prev, *unret_next;
-    /* Why behaviors can no longer have this value (it failed to rebuild in a
-     * worker), or NULL; malloc'd.  The main thread may still read the value
-     * and give the cown a new one, which clears this.  Holder only. */
-    char *unavailable;
-    /* Resident list of `home` (guarded by home->lock). */
-    bocpy_cown *res_prev, *res_next;
+    /* BOCPY_INLINE_*: holder or destroyer only, like the value. */
+    uint8_t inline_kind;
+    /* (The flags sit together: each alone between pointers would be padded
+     * to 8 bytes, more bytes of every cown's allocation.) */
+    /* Resident list of `home` (guarded by home->lock) -- or, while the value
+     * is inline (never resident then), the scalar itself (holder only). */
+    union {
+        struct {
+            bocpy_cown *res_prev, *res_next;
+        };
+        union {
+            int64_t i;
+            double f;
+        } scalar;
+    };
     /* Token of the thread allowed to touch `.value` right now, or 0.
      * Relaxed everywhere: a thread compares it only with its own token, and
      * it can read its own token only if its own last store put it there (no
      * other thread stores that token), i.e. while it holds the cown; the
      * value itself is ordered by libboc's hand-off, not by this field. */
     atomic_uintptr_t holder;
-    /* A main-thread hold (Cown.acquire) and the value as it was then. */
-    boc_request hold_req;
-    PyObject *hold_before;
+    /* The rarely used parts, or NULL (see bocpy_cown_extra). */
+    _Atomic(bocpy_cown_extra *) extra;
 };
 
 typedef struct {

@@ -68,6 +68,107 @@ uintptr_t bocpy_thread_token(void) {
     return (uintptr_t)&tls_token_anchor;
 }
 
+/* ------------------------------------------------------ the side record */
+
+/* The cown's side record, or NULL when it has none yet (any thread). */
+static bocpy_cown_extra *extra_peek(bocpy_cown *c) {
+    /* acquire: pairs with extra_get's release CAS (the record's contents). */
+    return atomic_load_explicit(&c->extra, memory_order_acquire);
+}
+
+/* The cown's side record, made now if it has none; NULL when out of memory
+ * (no exception set).  Safe on any thread that may touch the cown: the
+ * record is installed once by compare-and-swap, a loser frees its own. */
+static bocpy_cown_extra *extra_get(bocpy_cown *c) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL) {
+        return e;
+    }
+    bocpy_cown_extra *mine = calloc(1, sizeof(*mine));
+    if (mine == NULL) {
+        return NULL;
+    }
+    /* release on success: publishes the zeroed record; acquire on failure:
+     * the winner's record, as extra_peek. */
+    if (atomic_compare_exchange_strong_explicit(&c->extra, &e, mine, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        return mine;
+    }
+    free(mine);
+    return e;
+}
+
+/* Why behaviors cannot have the value, or NULL (holder only). */
+static const char *unavailable_of(bocpy_cown *c) {
+    bocpy_cown_extra *e = extra_peek(c);
+    return e != NULL ? e->unavailable : NULL;
+}
+
+/* The value is available again: a new one was stored (holder only). */
+static void unavailable_clear(bocpy_cown *c) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL && e->unavailable != NULL) {
+        free(e->unavailable);
+        e->unavailable = NULL;
+    }
+}
+
+/* Behaviors can no longer have the value, because of `why` (malloc'd; taken
+ * over, freed if there is nowhere to keep it).  Holder only. */
+static void unavailable_set(bocpy_cown *c, char *why) {
+    bocpy_cown_extra *e = why != NULL ? extra_get(c) : NULL;
+    if (e == NULL) {
+        free(why); /* out of memory: behaviors get the rebuild error each time */
+        return;
+    }
+    free(e->unavailable);
+    e->unavailable = why;
+}
+
+/* ------------------------------------------------------- inline values */
+
+/* Whether `obj` can be held inline in a cown (bocpy_cown.scalar): sets the
+ * kind and the scalar when it can.  Exact types only: a subclass may carry
+ * state or behave differently, and goes through pickle like any object. */
+static bool inline_of(PyObject *obj, uint8_t *kind, int64_t *i, double *f) {
+    if (obj == Py_True || obj == Py_False) {
+        *kind = obj == Py_True ? BOCPY_INLINE_TRUE : BOCPY_INLINE_FALSE;
+        return true;
+    }
+    if (PyFloat_CheckExact(obj)) {
+        *kind = BOCPY_INLINE_FLOAT;
+        *f = PyFloat_AS_DOUBLE(obj);
+        return true;
+    }
+    if (PyLong_CheckExact(obj)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return false;
+        }
+        *kind = BOCPY_INLINE_INT;
+        *i = (int64_t)v;
+        return true;
+    }
+    return false;
+}
+
+/* A new object for the cown's inline value, in the calling interpreter;
+ * NULL with an exception (out of memory). */
+static PyObject *inline_build(const bocpy_cown *c) {
+    switch (c->inline_kind) {
+    case BOCPY_INLINE_INT:
+        return PyLong_FromLongLong((long long)c->scalar.i);
+    case BOCPY_INLINE_FLOAT:
+        return PyFloat_FromDouble(c->scalar.f);
+    case BOCPY_INLINE_TRUE:
+        Py_RETURN_TRUE;
+    default:
+        Py_RETURN_FALSE;
+    }
+}
+
 /* ----------------------------------------------------------- residency */
 
 static void resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c) {
@@ -148,34 +249,46 @@ static unretrieved_dead *unret_dead, **unret_dead_tail = &unret_dead;
  * a stale "empty" only delays a report to the next chance (wait(), exit). */
 static atomic_bool unret_dead_pending;
 
+/* The record of a listed cown (which has one: it was made before listing,
+ * and the list's lock orders that before any walk that finds the cown). */
+static bocpy_cown_extra *unret_links(bocpy_cown *c) {
+    /* relaxed: unret_lock orders the install before this read (above). */
+    return atomic_load_explicit(&c->extra, memory_order_relaxed);
+}
+
 static void unretrieved_unlink_locked(bocpy_cown *c) {
-    if (!c->unret_listed) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e == NULL || !e->unret_listed) {
         return;
     }
-    if (c->unret_prev != NULL) {
-        c->unret_prev->unret_next = c->unret_next;
+    if (e->unret_prev != NULL) {
+        unret_links(e->unret_prev)->unret_next = e->unret_next;
     } else {
-        unret_live = c->unret_next;
+        unret_live = e->unret_next;
     }
-    if (c->unret_next != NULL) {
-        c->unret_next->unret_prev = c->unret_prev;
+    if (e->unret_next != NULL) {
+        unret_links(e->unret_next)->unret_prev = e->unret_prev;
     }
-    c->unret_prev = c->unret_next = NULL;
-    c->unret_listed = false;
+    e->unret_prev = e->unret_next = NULL;
+    e->unret_listed = false;
 }
 
 /* The holder stored a behavior's exception: it must be read. */
 static void unretrieved_list(bocpy_cown *c) {
     c->unretrieved = true;
+    bocpy_cown_extra *e = extra_get(c);
+    if (e == NULL) {
+        return; /* out of memory: only the report of a live cown at exit is lost */
+    }
     pthread_mutex_lock(&unret_lock);
-    if (!c->unret_listed) {
-        c->unret_prev = NULL;
-        c->unret_next = unret_live;
+    if (!e->unret_listed) {
+        e->unret_prev = NULL;
+        e->unret_next = unret_live;
         if (unret_live != NULL) {
-            unret_live->unret_prev = c;
+            unret_links(unret_live)->unret_prev = c;
         }
         unret_live = c;
-        c->unret_listed = true;
+        e->unret_listed = true;
     }
     pthread_mutex_unlock(&unret_lock);
 }
@@ -243,7 +356,8 @@ static void destroy_one(bocpy_cown *c) {
             break;
         }
     }
-    if (c->unret_listed) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL && e->unret_listed) {
         pthread_mutex_lock(&unret_lock);
         unretrieved_unlink_locked(c);
         pthread_mutex_unlock(&unret_lock);
@@ -252,9 +366,12 @@ static void destroy_one(bocpy_cown *c) {
         unretrieved_bury(c);
     }
     release_object(home, c->obj);
-    release_object(home, c->hold_before);
     bocpy_blob_free(c->blob);
-    free(c->unavailable);
+    if (e != NULL) {
+        release_object(home, e->hold_before);
+        free(e->unavailable);
+        free(e);
+    }
     PyMem_RawFree(c);
 }
 
@@ -389,14 +506,14 @@ static int rebuild_failed(bocpy_cown *c, bocpy_interp *here) {
                       here->is_main ? ""
                                     : "; the value is now unavailable to behaviors (the main "
                                       "thread can still read it, or give the cown a new value)"));
-    if (!here->is_main && c->unavailable == NULL) {
+    if (!here->is_main && unavailable_of(c) == NULL) {
         PyObject *text = PyUnicode_FromFormat(
             "the value of this cown is permanently unavailable to behaviors: it could not be "
             "rebuilt in %U (%.200s: %S); make its class importable (and its pickling work) in "
             "every interpreter, then give the cown a new value from the main thread",
             where, Py_TYPE(exc)->tp_name, exc);
         const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
-        c->unavailable = strdup(utf8 ? utf8 : "the value of this cown could not be rebuilt");
+        unavailable_set(c, strdup(utf8 ? utf8 : "the value of this cown could not be rebuilt"));
         Py_XDECREF(text);
         PyErr_Clear();
     }
@@ -406,9 +523,22 @@ static int rebuild_failed(bocpy_cown *c, bocpy_interp *here) {
 }
 
 int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
-    if (c->unavailable != NULL && !here->is_main) {
-        PyErr_SetString(PyExc_RuntimeError, c->unavailable);
+    const char *unavailable = here->is_main ? NULL : unavailable_of(c);
+    if (unavailable != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, unavailable);
         return -1;
+    }
+    if (c->inline_kind != BOCPY_INLINE_NONE) {
+        /* Rebuilt here without pickling; the object is the value until the
+         * hold settles (and puts it back inline). */
+        PyObject *value = inline_build(c);
+        if (value == NULL) {
+            return -1;
+        }
+        c->inline_kind = BOCPY_INLINE_NONE; /* before set_home reuses the union */
+        c->obj = value;
+        set_home(c, here);
+        return 0;
     }
     /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
@@ -496,8 +626,8 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
     c->blob = NULL;
     c->blob_stale = false;
     c->is_exception = is_exception;
-    free(c->unavailable);
-    c->unavailable = NULL;
+    c->inline_kind = BOCPY_INLINE_NONE;
+    unavailable_clear(c);
     /* A behavior's exception must be read, or it is reported; not the ones
      * that only say a behavior was dropped because the program is ending
      * on an error (that error is reported already). */
@@ -520,6 +650,29 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
         bocpy_blob_free(c->blob);
         c->blob = NULL;
         c->blob_stale = false;
+        return 0;
+    }
+    uint8_t kind = BOCPY_INLINE_NONE;
+    int64_t ival = 0;
+    double fval = 0.0;
+    if (!c->is_exception && inline_of(now, &kind, &ival, &fval)) {
+        /* A plain scalar (exact int that fits 64 bits, float, bool): kept
+         * inline, with no object and no copy -- it always crosses, and any
+         * interpreter rebuilds it without pickling. */
+        /* relaxed: the caller holds the cown (see set_home). */
+        bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
+        bocpy_blob_free(c->blob);
+        c->blob = NULL;
+        c->blob_stale = false;
+        c->obj = NULL;
+        set_home(c, NULL); /* leaves the resident list: the union is free */
+        c->inline_kind = kind;
+        if (kind == BOCPY_INLINE_INT) {
+            c->scalar.i = ival;
+        } else if (kind == BOCPY_INLINE_FLOAT) {
+            c->scalar.f = fval;
+        }
+        release_object(home, now);
         return 0;
     }
     bool plain = bocpy_is_plain_immutable(st, now);
@@ -758,8 +911,7 @@ void bocpy_cown_abandon_residents(bocpy_interp *rec) {
                      "bocpy: the value of cown %llu (type '%.100s') was lost: the worker "
                      "interpreter holding it ended before it could be pickled",
                      (unsigned long long)c->base.id, Py_TYPE(obj)->tp_name);
-            free(c->unavailable);
-            c->unavailable = strdup(text);
+            unavailable_set(c, strdup(text));
             lost_push(strdup(text));
             bocpy_blob_free(c->blob);
             c->blob = NULL;
@@ -830,11 +982,11 @@ static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
     size_t n = 0, cap = 0;
     bocpy_cown **cowns = NULL;
     pthread_mutex_lock(&unret_lock);
-    for (bocpy_cown *c = unret_live; c != NULL; c = c->unret_next) {
+    for (bocpy_cown *c = unret_live; c != NULL; c = unret_links(c)->unret_next) {
         cap++;
     }
     cowns = cap ? malloc(cap * sizeof(*cowns)) : NULL;
-    for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = c->unret_next) {
+    for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = unret_links(c)->unret_next) {
         if (boc_cown_try_incref(&c->base)) {
             cowns[n++] = c;
         }
@@ -994,7 +1146,19 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (c == NULL) {
         return NULL;
     }
-    if (value != Py_None) {
+    uint8_t kind = BOCPY_INLINE_NONE;
+    int64_t ival = 0;
+    double fval = 0.0;
+    if (value != Py_None && !bocpy_backend_shares_values() &&
+        inline_of(value, &kind, &ival, &fval)) {
+        /* A plain scalar: inline, no object and no copy (see bocpy_cown). */
+        c->inline_kind = kind;
+        if (kind == BOCPY_INLINE_INT) {
+            c->scalar.i = ival;
+        } else if (kind == BOCPY_INLINE_FLOAT) {
+            c->scalar.f = fval;
+        }
+    } else if (value != Py_None) {
         /* (On the threads backend values never cross: no check, no copy.) */
         if (!bocpy_backend_shares_values() &&
             (st->interp->is_main || !bocpy_is_plain_immutable(st, value))) {
@@ -1125,8 +1289,7 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     c->blob_stale = c->blob != NULL;
     c->is_exception = false;
     unretrieved_forget(c);
-    free(c->unavailable);
-    c->unavailable = NULL;
+    unavailable_clear(c);
     set_home(c, c->obj ? here : NULL);
     release_object(home, old);
     return 0;
@@ -1199,7 +1362,7 @@ static atomic_long main_holds;
 long bocpy_main_holds(void) { return atomic_load_explicit(&main_holds, memory_order_relaxed); }
 
 /*
- * Every cown has one hold_req, so two threads of the main interpreter must
+ * Every cown has one hold_req (in its side record), so two threads of the main interpreter must
  * never run boc_cown_try_hold on the same cown at once: the loser's failed
  * attempt still resets the request's fields (next, scheduled), which would
  * cut the winner's MCS successor loose.  hold_lock makes "holder is 0, try
@@ -1216,7 +1379,8 @@ static void hold_drop(bocpy_cown *c) {
     bocpy_ft_lock(&hold_lock);
     /* relaxed: see bocpy_cown.holder; hold_lock orders the hold itself. */
     atomic_store_explicit(&c->holder, 0, memory_order_relaxed);
-    boc_cown_unhold(&c->hold_req);
+    /* The record exists: cown_hold made it before taking the hold. */
+    boc_cown_unhold(&extra_peek(c)->hold_req);
     bocpy_ft_unlock(&hold_lock);
 }
 
@@ -1224,11 +1388,18 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
     if (check_main_quiescent(st, what) < 0) {
         return -1;
     }
+    /* Made before the hold (and kept: it is never freed while the cown
+     * lives), so a hold never fails half-way for want of memory. */
+    bocpy_cown_extra *e = extra_get(c);
+    if (e == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     uintptr_t me = bocpy_thread_token();
     bocpy_ft_lock(&hold_lock);
     /* relaxed: see bocpy_cown.holder; hold_lock orders the hold itself. */
     uintptr_t holder = atomic_load_explicit(&c->holder, memory_order_relaxed);
-    bool held = holder == 0 && boc_cown_try_hold(&c->base, &c->hold_req);
+    bool held = holder == 0 && boc_cown_try_hold(&c->base, &e->hold_req);
     if (held) {
         /* relaxed: as above. */
         atomic_store_explicit(&c->holder, me, memory_order_relaxed);
@@ -1250,13 +1421,16 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
         hold_drop(c);
         return -1;
     }
-    c->hold_before = Py_XNewRef(c->obj);
+    e->hold_before = Py_XNewRef(c->obj);
     atomic_fetch_add_explicit(&main_holds, 1, memory_order_relaxed);
     return 0;
 }
 
 static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
-    if (!held_here(c)) {
+    /* A main-thread hold made the side record (cown_hold); without one,
+     * this thread holds the cown some other way (a pinned behavior). */
+    bocpy_cown_extra *e = extra_peek(c);
+    if (!held_here(c) || e == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this cown is not acquired by this thread; call acquire() first");
         return -1;
@@ -1265,9 +1439,9 @@ static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
     if (bocpy_backend_shares_values()) {
         bocpy_cown_settle_shared(c);
     } else {
-        rc = bocpy_cown_settle(st, c, st->interp, c->hold_before);
+        rc = bocpy_cown_settle(st, c, st->interp, e->hold_before);
     }
-    Py_CLEAR(c->hold_before);
+    Py_CLEAR(e->hold_before);
     atomic_fetch_sub_explicit(&main_holds, 1, memory_order_relaxed);
     /* Always let go, even if the new value was refused: a queued behavior
      * must not wait forever on a failed release. */
@@ -1326,7 +1500,10 @@ static PyObject *Cown_unwrap(CownObject *self, PyObject *unused) {
     PyObject *value = read_result(c, READ_VALUE);
     bool is_exception = c->is_exception;
     bocpy_cown_store(c, st->interp, Py_None, false);
-    Py_CLEAR(c->hold_before);
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL) {
+        Py_CLEAR(e->hold_before);
+    }
     if (!was_held && cown_unhold(st, c) < 0) {
         Py_DECREF(value);
         return NULL;
