@@ -196,7 +196,9 @@ bool bocpy_is_plain_immutable(bocpy_state *st, PyObject *obj);
 /*
  * The rarely used parts of a cown, allocated on demand (bocpy_cown.extra):
  * a main-thread hold, an unread exception's list links, the reason a value
- * is unavailable.  Most cowns never have one, which keeps bocpy_cown small.
+ * is unavailable, and the links of a value that lives in a worker
+ * interpreter (a plain scalar never does: it is inline).  Most cowns never
+ * have one, which keeps bocpy_cown small (88 bytes, a 96-byte malloc chunk).
  * Installed at most once, by whichever thread first needs it (a holder, or
  * the main thread about to try a hold), with a compare-and-swap: release on
  * success, acquire on failure, and every read of bocpy_cown.extra is an
@@ -217,6 +219,11 @@ typedef struct bocpy_cown_extra {
      * value as it was then (that holder only). */
     boc_request hold_req;
     PyObject *hold_before;
+    /* Links in the resident list of the cown's home (guarded by its lock;
+     * bocpy_cown.resident says whether the cown is in it).  The record is
+     * made before the cown's first move into a worker (home_reserve in
+     * cown_value.c), so linking never needs memory. */
+    bocpy_cown *res_prev, *res_next;
 } bocpy_cown_extra;
 
 /* What bocpy_cown.inline_kind says the value is (see bocpy_cown.scalar). */
@@ -236,8 +243,9 @@ struct bocpy_cown {
      * next holder's reads), by its destroyer (refcount zero: no holder), or
      * by a stopping worker evacuating residents (quiescent: no holder).
      *   inline_kind != 0: the value is the plain scalar in `scalar` (an
-     *         exact int that fits 64 bits, a float, a bool); then obj and
-     *         blob are NULL, home is NULL, and the cown is not resident
+     *         exact int that fits 64 bits, a float, a bool), which shares
+     *         its bytes with `blob`; then obj is NULL, there is no blob,
+     *         home is NULL, and the cown is not resident
      *   obj   live object owned by interpreter `home`, or NULL
      *   blob  serialised copy, or NULL; when both exist they are equal
      *   neither: the value is None
@@ -249,7 +257,13 @@ struct bocpy_cown {
      */
     PyObject *obj;
     _Atomic(bocpy_interp *) home;
-    bocpy_blob *blob;
+    union {
+        bocpy_blob *blob; /* while inline_kind == 0 */
+        union {
+            int64_t i;
+            double f;
+        } scalar; /* while inline_kind != 0 */
+    };
     /* Outside a hold the blob, when there is one, is an exact copy of the
      * value: every release checks (pickles) a value that may have changed.
      * Inside a hold, once the holder stored another object, the blob is
@@ -265,23 +279,12 @@ struct bocpy_cown {
     /* run_behavior: this hold has been settled (a behavior may list one cown
      * more than once; it must be settled once).  Holder only. */
     bool settled;
-    /* In the resident list of `home` (res_prev/next; home->lock). */
+    /* In the resident list of `home` (extra->res_prev/next; home->lock). */
     bool resident;
     /* BOCPY_INLINE_*: holder or destroyer only, like the value. */
     uint8_t inline_kind;
     /* (The flags sit together: each alone between pointers would be padded
      * to 8 bytes, more bytes of every cown's allocation.) */
-    /* Resident list of `home` (guarded by home->lock) -- or, while the value
-     * is inline (never resident then), the scalar itself (holder only). */
-    union {
-        struct {
-            bocpy_cown *res_prev, *res_next;
-        };
-        union {
-            int64_t i;
-            double f;
-        } scalar;
-    };
     /* Token of the thread allowed to touch `.value` right now, or 0.
      * Relaxed everywhere: a thread compares it only with its own token, and
      * it can read its own token only if its own last store put it there (no
@@ -291,6 +294,12 @@ struct bocpy_cown {
     /* The rarely used parts, or NULL (see bocpy_cown_extra). */
     _Atomic(bocpy_cown_extra *) extra;
 };
+
+/* The cown's copy, or NULL (none: also while the value is inline).  The
+ * holder's or destroyer's to call, like the value's fields. */
+static inline bocpy_blob *bocpy_cown_blob(const bocpy_cown *c) {
+    return c->inline_kind == BOCPY_INLINE_NONE ? c->blob : NULL;
+}
 
 typedef struct {
     PyObject_HEAD bocpy_cown *cown;
@@ -314,8 +323,15 @@ uintptr_t bocpy_thread_token(void);
  * bocpy_run_behavior), -1 for any other failure. */
 #define BOCPY_VALUE_STUCK (-2)
 int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here);
-/* Replaces the value with `obj` (a new reference is taken) living in `here`. */
-void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception);
+/* Replaces the value with `obj` (a new reference is taken) living in `here`:
+ * 0, or -1 with MemoryError and nothing changed (storing None never fails;
+ * nor does storing in the main interpreter). */
+int bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception);
+/* A behavior's result into its result cown (the holder): `obj` and `blob`,
+ * its copy (or NULL), taken over.  A plain scalar is kept inline; without
+ * memory to keep `obj` here, the copy alone is the value. */
+void bocpy_cown_store_result(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception,
+                             bocpy_blob *blob);
 /* After a holder may have changed the value: keeps the serialised cache
  * honest and checks a newly stored value can cross.  `before` is the object
  * the cown held when the hold began.  On failure the old value is restored

@@ -171,23 +171,45 @@ static PyObject *inline_build(const bocpy_cown *c) {
 
 /* ----------------------------------------------------------- residency */
 
+/* The links of a cown that is (or was) resident: it has a side record,
+ * made before it first moved into a worker (home_reserve). */
+static bocpy_cown_extra *res_links(bocpy_cown *c) {
+    /* relaxed: the home's lock, or the hold that made the record, orders
+     * its install before this read. */
+    return atomic_load_explicit(&c->extra, memory_order_relaxed);
+}
+
 static void resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c) {
     if (!c->resident) {
         return;
     }
-    if (c->res_prev != NULL) {
-        c->res_prev->res_next = c->res_next;
+    bocpy_cown_extra *e = res_links(c);
+    if (e->res_prev != NULL) {
+        res_links(e->res_prev)->res_next = e->res_next;
     } else {
-        rec->residents = c->res_next;
+        rec->residents = e->res_next;
     }
-    if (c->res_next != NULL) {
-        c->res_next->res_prev = c->res_prev;
+    if (e->res_next != NULL) {
+        res_links(e->res_next)->res_prev = e->res_prev;
     }
-    c->res_prev = c->res_next = NULL;
+    e->res_prev = e->res_next = NULL;
     c->resident = false;
 }
 
-/* Moves the cown's home to `rec` (the caller holds the cown). */
+/* Makes sure the cown can move into `rec` (a worker's resident list needs
+ * the side record): 0, or -1 with MemoryError.  Every path that may give a
+ * cown a worker home calls this first, before it changes anything, so
+ * set_home itself never fails. */
+static int home_reserve(bocpy_cown *c, bocpy_interp *rec) {
+    if (rec == NULL || rec->is_main || extra_get(c) != NULL) {
+        return 0;
+    }
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* Moves the cown's home to `rec` (the caller holds the cown, and reserved
+ * the move: home_reserve). */
 static void set_home(bocpy_cown *c, bocpy_interp *rec) {
     /* relaxed: the holder is the only writer, and libboc's hand-off ordered
      * the previous holder's store before this hold. */
@@ -195,17 +217,25 @@ static void set_home(bocpy_cown *c, bocpy_interp *rec) {
     if (old == rec) {
         return;
     }
-    if (old != NULL && !old->is_main) {
+    /* (resident is read without the lock: only a holder, or a thread that
+     * excludes holders, changes it.) */
+    if (old != NULL && !old->is_main && c->resident) {
         pthread_mutex_lock(&old->lock);
         resident_unlink_locked(old, c);
         pthread_mutex_unlock(&old->lock);
     }
     if (rec != NULL && !rec->is_main) {
+        bocpy_cown_extra *e = extra_peek(c);
+        if (e == NULL) {
+            /* Unreachable: every caller reserved the move (home_reserve)
+             * and a record is never removed while the cown lives. */
+            Py_FatalError("bocpy: a cown moved into a worker without its side record");
+        }
         pthread_mutex_lock(&rec->lock);
-        c->res_prev = NULL;
-        c->res_next = rec->residents;
+        e->res_prev = NULL;
+        e->res_next = rec->residents;
         if (rec->residents != NULL) {
-            rec->residents->res_prev = c;
+            res_links(rec->residents)->res_prev = c;
         }
         rec->residents = c;
         c->resident = true;
@@ -362,11 +392,14 @@ static void destroy_one(bocpy_cown *c) {
         unretrieved_unlink_locked(c);
         pthread_mutex_unlock(&unret_lock);
     }
-    if (c->unretrieved && c->blob != NULL && !c->blob_stale) {
+    if (c->unretrieved && c->inline_kind == BOCPY_INLINE_NONE && c->blob != NULL &&
+        !c->blob_stale) {
         unretrieved_bury(c);
     }
     release_object(home, c->obj);
-    bocpy_blob_free(c->blob);
+    if (c->inline_kind == BOCPY_INLINE_NONE) {
+        bocpy_blob_free(c->blob);
+    }
     if (e != NULL) {
         release_object(home, e->hold_before);
         free(e->unavailable);
@@ -415,6 +448,13 @@ static void cown_destroy(boc_cown *base) {
         free(list.items);
     }
 }
+
+/* The size that makes a cown's malloc chunk 96 bytes (glibc: the request
+ * plus an 8-byte header, rounded up to 16): keep new fields rare, in
+ * bocpy_cown_extra. */
+#if SIZE_MAX == UINT64_MAX
+_Static_assert(sizeof(bocpy_cown) <= 88, "bocpy_cown outgrew its 96-byte malloc chunk");
+#endif
 
 bocpy_cown *bocpy_cown_new_flags(uint32_t flags) {
     bocpy_cown *c = PyMem_RawCalloc(1, sizeof(*c));
@@ -535,15 +575,24 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         if (value == NULL) {
             return -1;
         }
-        c->inline_kind = BOCPY_INLINE_NONE; /* before set_home reuses the union */
+        c->inline_kind = BOCPY_INLINE_NONE;
+        c->blob = NULL; /* the scalar's bytes: no copy now */
         c->obj = value;
-        set_home(c, here);
+        /* A home without a place in its resident list (no side record
+         * needed): the object is a plain scalar that settling puts back
+         * inline before the hold ends, so no worker can stop with it --
+         * unless the holder stores another value, which reserves the move
+         * (Cown_set_value) and links the cown then.  release: as set_home. */
+        atomic_store_explicit(&c->home, here, memory_order_release);
         return 0;
     }
     /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == here) {
         return 0;
+    }
+    if (home_reserve(c, here) < 0) {
+        return -1;
     }
     if (c->base.flags & BOC_COWN_PINNED) {
         if (here->is_main) {
@@ -617,16 +666,21 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     return 0;
 }
 
-void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception) {
+int bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception) {
+    if (obj != Py_None && home_reserve(c, here) < 0) {
+        return -1;
+    }
     /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
     c->obj = obj == Py_None ? NULL : Py_NewRef(obj);
-    bocpy_blob_free(c->blob);
+    if (c->inline_kind == BOCPY_INLINE_NONE) {
+        bocpy_blob_free(c->blob);
+    }
+    c->inline_kind = BOCPY_INLINE_NONE;
     c->blob = NULL;
     c->blob_stale = false;
     c->is_exception = is_exception;
-    c->inline_kind = BOCPY_INLINE_NONE;
     unavailable_clear(c);
     /* A behavior's exception must be read, or it is reported; not the ones
      * that only say a behavior was dropped because the program is ending
@@ -639,6 +693,33 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
     }
     set_home(c, c->obj ? here : NULL);
     release_object(home, old);
+    return 0;
+}
+
+void bocpy_cown_store_result(bocpy_cown *c, bocpy_interp *here, PyObject *obj,
+                             bool is_exception, bocpy_blob *blob) {
+    uint8_t kind = BOCPY_INLINE_NONE;
+    int64_t ival = 0;
+    double fval = 0.0;
+    if (!is_exception && obj != Py_None && inline_of(obj, &kind, &ival, &fval)) {
+        /* A plain scalar result: inline, no object, no copy. */
+        bocpy_cown_store(c, here, Py_None, false); /* cannot fail: None */
+        bocpy_blob_free(blob);
+        c->inline_kind = kind;
+        if (kind == BOCPY_INLINE_INT) {
+            c->scalar.i = ival;
+        } else if (kind == BOCPY_INLINE_FLOAT) {
+            c->scalar.f = fval;
+        }
+        return;
+    }
+    if (bocpy_cown_store(c, here, obj, is_exception) < 0) {
+        /* No memory to keep the live object here: the copy alone is the
+         * value (None without one).  Storing None never fails. */
+        PyErr_Clear();
+        bocpy_cown_store(c, here, Py_None, is_exception);
+    }
+    c->blob = blob;
 }
 
 int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before) {
@@ -655,7 +736,7 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
     uint8_t kind = BOCPY_INLINE_NONE;
     int64_t ival = 0;
     double fval = 0.0;
-    if (!c->is_exception && inline_of(now, &kind, &ival, &fval)) {
+    if (inline_of(now, &kind, &ival, &fval)) {
         /* A plain scalar (exact int that fits 64 bits, float, bool): kept
          * inline, with no object and no copy -- it always crosses, and any
          * interpreter rebuilds it without pickling. */
@@ -809,10 +890,11 @@ static void lose_value(bocpy_state *st, bocpy_cown *c, PyObject *obj) {
 }
 
 static void resident_link_locked(bocpy_interp *rec, bocpy_cown *c) {
-    c->res_prev = NULL;
-    c->res_next = rec->residents;
+    bocpy_cown_extra *e = res_links(c); /* it was resident: it has one */
+    e->res_prev = NULL;
+    e->res_next = rec->residents;
     if (rec->residents != NULL) {
-        rec->residents->res_prev = c;
+        res_links(rec->residents)->res_prev = c;
     }
     rec->residents = c;
     c->resident = true;
@@ -832,7 +914,7 @@ static bocpy_cown *resident_take(bocpy_interp *rec) {
          * Holding rec->lock keeps a listed cown's memory valid for the try,
          * as boc_cown_try_incref requires. */
         while (c != NULL && !boc_cown_try_incref(&c->base)) {
-            c = c->res_next;
+            c = res_links(c)->res_next;
         }
         if (c != NULL) {
             resident_unlink_locked(rec, c);
@@ -865,7 +947,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec, bool final) {
                  * behavior since, so it stays here, with this interpreter,
                  * in the pool; a later behavior runs here to reach it. */
                 PyErr_Clear();
-                c->res_next = kept;
+                res_links(c)->res_next = kept;
                 kept = c;
                 continue; /* keeps our reference until it is linked again */
             }
@@ -888,7 +970,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec, bool final) {
      * a last one destroys the cown, whose destroyer takes the lock. */
     while (kept != NULL) {
         bocpy_cown *c = kept;
-        kept = c->res_next;
+        kept = res_links(c)->res_next;
         pthread_mutex_lock(&rec->lock);
         resident_link_locked(rec, c);
         pthread_mutex_unlock(&rec->lock);
@@ -1159,6 +1241,10 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
             c->scalar.f = fval;
         }
     } else if (value != Py_None) {
+        if (home_reserve(c, st->interp) < 0) {
+            boc_cown_decref(&c->base);
+            return NULL;
+        }
         /* (On the threads backend values never cross: no check, no copy.) */
         if (!bocpy_backend_shares_values() &&
             (st->interp->is_main || !bocpy_is_plain_immutable(st, value))) {
@@ -1279,6 +1365,14 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     }
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     bocpy_interp *here = st->interp;
+    /* A hold materialised the value (inline_kind is 0), except a pinned
+     * behavior's: a PinnedCown is never inline. */
+    if (c->inline_kind != BOCPY_INLINE_NONE && bocpy_cown_materialize(c, here) < 0) {
+        return -1;
+    }
+    if (value != Py_None && home_reserve(c, here) < 0) {
+        return -1;
+    }
     /* relaxed: this thread holds the cown (held_here; see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
