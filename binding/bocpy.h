@@ -379,19 +379,26 @@ void bocpy_registry_clear_state(bocpy_state *st);
 typedef struct bocpy_payload {
     int64_t code_id;
     bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL, */
-    bool defaults_only;   /* or, when this is set, the defaults tuple alone */
     bocpy_cown *result;   /* borrowed: the behavior holds a reference */
-    uint32_t nargs;       /* arguments given to @when */
     uint32_t ncowns;      /* cowns across all arguments */
-    bocpy_cown **cowns;   /* borrowed, argument order: right after the payload */
-    /* followed by the cowns (bocpy_cown *[ncowns], borrowed, argument
-     * order) and the groups (int32_t[nargs], per argument -1 for a cown,
-     * else the group length): see bocpy_payload_groups */
+    uint16_t nargs;       /* arguments given to @when (at most UINT16_MAX) */
+    bool defaults_only;   /* captures is the defaults tuple alone */
+    bool grouped;         /* the groups are stored (bocpy_payload_groups) */
+    /* The cowns (borrowed, argument order), then, when `grouped`, the groups
+     * (int32_t[nargs], per argument -1 for a cown, else the group length).
+     * 32 bytes before the cowns: with one cown and libboc's 112-byte header
+     * (two requests), a queued behavior is a 160-byte malloc chunk. */
+    bocpy_cown *cowns[];
 } bocpy_payload;
 
+/* @when arguments that are all single cowns, up to this many, store no
+ * groups: they read bocpy_ungrouped. */
+#define BOCPY_UNGROUPED_MAX 16
+extern const int32_t bocpy_ungrouped[BOCPY_UNGROUPED_MAX];
+
 /* Per @when argument: -1 for a cown, else the length of its group. */
-static inline int32_t *bocpy_payload_groups(bocpy_payload *p) {
-    return (int32_t *)(p->cowns + p->ncowns);
+static inline const int32_t *bocpy_payload_groups(const bocpy_payload *p) {
+    return p->grouped ? (const int32_t *)(p->cowns + p->ncowns) : bocpy_ungrouped;
 }
 
 PyObject *bocpy_when_type_create(PyObject *module);
