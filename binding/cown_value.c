@@ -696,8 +696,8 @@ int bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_e
     return 0;
 }
 
-void bocpy_cown_store_result(bocpy_cown *c, bocpy_interp *here, PyObject *obj,
-                             bool is_exception, bocpy_blob *blob) {
+void bocpy_cown_store_result(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception,
+                             bocpy_blob *blob) {
     uint8_t kind = BOCPY_INLINE_NONE;
     int64_t ival = 0;
     double fval = 0.0;

@@ -520,8 +520,8 @@ store:
     /* If the live result may hold objects whose buffers just moved into a
      * cown (`return c.value`, `return [c.value]`), keep only its copy, which
      * every reader, this worker included, rebuilds. */
-    bocpy_cown_store_result(p->result, here, moved && blob != NULL ? Py_None : result,
-                            is_exception, blob);
+    bocpy_cown_store_result(p->result, here, moved && blob != NULL ? Py_None : result, is_exception,
+                            blob);
     Py_DECREF(result);
     for (Py_ssize_t i = 0; i < built; i++) {
         Py_DECREF(argv[i]);
