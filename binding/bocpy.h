@@ -193,6 +193,48 @@ bool bocpy_is_plain_immutable(bocpy_state *st, PyObject *obj);
 
 /* ------------------------------------------------------------------ cowns */
 
+/*
+ * The rarely used parts of a cown, allocated on demand (bocpy_cown.extra):
+ * a main-thread hold, an unread exception's list links, the reason a value
+ * is unavailable, and the links of a value that lives in a worker
+ * interpreter (a plain scalar never does: it is inline).  Most cowns never
+ * have one, which keeps bocpy_cown small (88 bytes, a 96-byte malloc chunk).
+ * Installed at most once, by whichever thread first needs it (a holder, or
+ * the main thread about to try a hold), with a compare-and-swap: release on
+ * success, acquire on failure, and every read of bocpy_cown.extra is an
+ * acquire load, so the record's zeroed contents are visible to all.  It is
+ * never replaced or freed while the cown lives; its destroyer frees it.
+ * Each field keeps its own rule:
+ */
+typedef struct bocpy_cown_extra {
+    /* Links in the list of cowns with an unretrieved exception, and whether
+     * the cown is in it (guarded by that list's lock, in cown_value.c). */
+    bocpy_cown *unret_prev, *unret_next;
+    bool unret_listed;
+    /* Why behaviors can no longer have this value (it failed to rebuild in a
+     * worker), or NULL; malloc'd.  The main thread may still read the value
+     * and give the cown a new one, which clears this.  Holder only. */
+    char *unavailable;
+    /* A main-thread hold (Cown.acquire; hold_lock, see cown_value.c) and the
+     * value as it was then (that holder only). */
+    boc_request hold_req;
+    PyObject *hold_before;
+    /* Links in the resident list of the cown's home (guarded by its lock;
+     * bocpy_cown.resident says whether the cown is in it).  The record is
+     * made before the cown's first move into a worker (home_reserve in
+     * cown_value.c), so linking never needs memory. */
+    bocpy_cown *res_prev, *res_next;
+} bocpy_cown_extra;
+
+/* What bocpy_cown.inline_kind says the value is (see bocpy_cown.scalar). */
+enum {
+    BOCPY_INLINE_NONE = 0, /* not inline: obj/blob hold the value */
+    BOCPY_INLINE_INT,      /* an exact int, scalar.i */
+    BOCPY_INLINE_FLOAT,    /* an exact float, scalar.f */
+    BOCPY_INLINE_TRUE,
+    BOCPY_INLINE_FALSE,
+};
+
 struct bocpy_cown {
     boc_cown base; /* first: libboc hands us boc_cown pointers */
     /*
@@ -200,13 +242,28 @@ struct bocpy_cown {
      * guarantee, and the MCS hand-off orders one holder's writes before the
      * next holder's reads), by its destroyer (refcount zero: no holder), or
      * by a stopping worker evacuating residents (quiescent: no holder).
+     *   inline_kind != 0: the value is the plain scalar in `scalar` (an
+     *         exact int that fits 64 bits, a float, a bool), which shares
+     *         its bytes with `blob`; then obj is NULL, there is no blob,
+     *         home is NULL, and the cown is not resident
      *   obj   live object owned by interpreter `home`, or NULL
      *   blob  serialised copy, or NULL; when both exist they are equal
      *   neither: the value is None
+     * An inline value needs no object and no copy: any interpreter rebuilds
+     * it without pickling (bocpy_cown_materialize), which makes it the
+     * value outside a hold again; a hold always materialises it first, so
+     * inside a hold inline_kind is 0, and settling puts a plain scalar back
+     * inline (bocpy_cown_settle).
      */
     PyObject *obj;
     _Atomic(bocpy_interp *) home;
-    bocpy_blob *blob;
+    union {
+        bocpy_blob *blob; /* while inline_kind == 0 */
+        union {
+            int64_t i;
+            double f;
+        } scalar; /* while inline_kind != 0 */
+    };
     /* Outside a hold the blob, when there is one, is an exact copy of the
      * value: every release checks (pickles) a value that may have changed.
      * Inside a hold, once the holder stored another object, the blob is
@@ -219,34 +276,30 @@ struct bocpy_cown {
      * .value, .exception): it is reported through logging if the cown dies,
      * or the program ends, first.  Holder or destroyer only. */
     bool unretrieved;
-    /* In the list of cowns with an unretrieved exception (unret_prev/next). */
-    bool unret_listed;
     /* run_behavior: this hold has been settled (a behavior may list one cown
      * more than once; it must be settled once).  Holder only. */
     bool settled;
-    /* In the resident list of `home` (res_prev/next). */
+    /* In the resident list of `home` (extra->res_prev/next; home->lock). */
     bool resident;
-    /* (The six flags sit together: each alone between pointers would be
-     * padded to 8 bytes, 16 more bytes of every cown's allocation.) */
-    /* Links in the list of cowns with an unretrieved exception (guarded by
-     * that list's lock, in cown_value.c). */
-    bocpy_cown *unret_prev, *unret_next;
-    /* Why behaviors can no longer have this value (it failed to rebuild in a
-     * worker), or NULL; malloc'd.  The main thread may still read the value
-     * and give the cown a new one, which clears this.  Holder only. */
-    char *unavailable;
-    /* Resident list of `home` (guarded by home->lock). */
-    bocpy_cown *res_prev, *res_next;
+    /* BOCPY_INLINE_*: holder or destroyer only, like the value. */
+    uint8_t inline_kind;
+    /* (The flags sit together: each alone between pointers would be padded
+     * to 8 bytes, more bytes of every cown's allocation.) */
     /* Token of the thread allowed to touch `.value` right now, or 0.
      * Relaxed everywhere: a thread compares it only with its own token, and
      * it can read its own token only if its own last store put it there (no
      * other thread stores that token), i.e. while it holds the cown; the
      * value itself is ordered by libboc's hand-off, not by this field. */
     atomic_uintptr_t holder;
-    /* A main-thread hold (Cown.acquire) and the value as it was then. */
-    boc_request hold_req;
-    PyObject *hold_before;
+    /* The rarely used parts, or NULL (see bocpy_cown_extra). */
+    _Atomic(bocpy_cown_extra *) extra;
 };
+
+/* The cown's copy, or NULL (none: also while the value is inline).  The
+ * holder's or destroyer's to call, like the value's fields. */
+static inline bocpy_blob *bocpy_cown_blob(const bocpy_cown *c) {
+    return c->inline_kind == BOCPY_INLINE_NONE ? c->blob : NULL;
+}
 
 typedef struct {
     PyObject_HEAD bocpy_cown *cown;
@@ -270,8 +323,15 @@ uintptr_t bocpy_thread_token(void);
  * bocpy_run_behavior), -1 for any other failure. */
 #define BOCPY_VALUE_STUCK (-2)
 int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here);
-/* Replaces the value with `obj` (a new reference is taken) living in `here`. */
-void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception);
+/* Replaces the value with `obj` (a new reference is taken) living in `here`:
+ * 0, or -1 with MemoryError and nothing changed (storing None never fails;
+ * nor does storing in the main interpreter). */
+int bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception);
+/* A behavior's result into its result cown (the holder): `obj` and `blob`,
+ * its copy (or NULL), taken over.  A plain scalar is kept inline; without
+ * memory to keep `obj` here, the copy alone is the value. */
+void bocpy_cown_store_result(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception,
+                             bocpy_blob *blob);
 /* After a holder may have changed the value: keeps the serialised cache
  * honest and checks a newly stored value can cross.  `before` is the object
  * the cown held when the hold began.  On failure the old value is restored
@@ -319,19 +379,26 @@ void bocpy_registry_clear_state(bocpy_state *st);
 typedef struct bocpy_payload {
     int64_t code_id;
     bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL, */
-    bool defaults_only;   /* or, when this is set, the defaults tuple alone */
     bocpy_cown *result;   /* borrowed: the behavior holds a reference */
-    uint32_t nargs;       /* arguments given to @when */
     uint32_t ncowns;      /* cowns across all arguments */
-    bocpy_cown **cowns;   /* borrowed, argument order: right after the payload */
-    /* followed by the cowns (bocpy_cown *[ncowns], borrowed, argument
-     * order) and the groups (int32_t[nargs], per argument -1 for a cown,
-     * else the group length): see bocpy_payload_groups */
+    uint16_t nargs;       /* arguments given to @when (at most UINT16_MAX) */
+    bool defaults_only;   /* captures is the defaults tuple alone */
+    bool grouped;         /* the groups are stored (bocpy_payload_groups) */
+    /* The cowns (borrowed, argument order), then, when `grouped`, the groups
+     * (int32_t[nargs], per argument -1 for a cown, else the group length).
+     * 32 bytes before the cowns: with one cown and libboc's 112-byte header
+     * (two requests), a queued behavior is a 160-byte malloc chunk. */
+    bocpy_cown *cowns[];
 } bocpy_payload;
 
+/* @when arguments that are all single cowns, up to this many, store no
+ * groups: they read bocpy_ungrouped. */
+#define BOCPY_UNGROUPED_MAX 16
+extern const int32_t bocpy_ungrouped[BOCPY_UNGROUPED_MAX];
+
 /* Per @when argument: -1 for a cown, else the length of its group. */
-static inline int32_t *bocpy_payload_groups(bocpy_payload *p) {
-    return (int32_t *)(p->cowns + p->ncowns);
+static inline const int32_t *bocpy_payload_groups(const bocpy_payload *p) {
+    return p->grouped ? (const int32_t *)(p->cowns + p->ncowns) : bocpy_ungrouped;
 }
 
 PyObject *bocpy_when_type_create(PyObject *module);

@@ -68,25 +68,148 @@ uintptr_t bocpy_thread_token(void) {
     return (uintptr_t)&tls_token_anchor;
 }
 
+/* ------------------------------------------------------ the side record */
+
+/* The cown's side record, or NULL when it has none yet (any thread). */
+static bocpy_cown_extra *extra_peek(bocpy_cown *c) {
+    /* acquire: pairs with extra_get's release CAS (the record's contents). */
+    return atomic_load_explicit(&c->extra, memory_order_acquire);
+}
+
+/* The cown's side record, made now if it has none; NULL when out of memory
+ * (no exception set).  Safe on any thread that may touch the cown: the
+ * record is installed once by compare-and-swap, a loser frees its own. */
+static bocpy_cown_extra *extra_get(bocpy_cown *c) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL) {
+        return e;
+    }
+    bocpy_cown_extra *mine = calloc(1, sizeof(*mine));
+    if (mine == NULL) {
+        return NULL;
+    }
+    /* release on success: publishes the zeroed record; acquire on failure:
+     * the winner's record, as extra_peek. */
+    if (atomic_compare_exchange_strong_explicit(&c->extra, &e, mine, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        return mine;
+    }
+    free(mine);
+    return e;
+}
+
+/* Why behaviors cannot have the value, or NULL (holder only). */
+static const char *unavailable_of(bocpy_cown *c) {
+    bocpy_cown_extra *e = extra_peek(c);
+    return e != NULL ? e->unavailable : NULL;
+}
+
+/* The value is available again: a new one was stored (holder only). */
+static void unavailable_clear(bocpy_cown *c) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL && e->unavailable != NULL) {
+        free(e->unavailable);
+        e->unavailable = NULL;
+    }
+}
+
+/* Behaviors can no longer have the value, because of `why` (malloc'd; taken
+ * over, freed if there is nowhere to keep it).  Holder only. */
+static void unavailable_set(bocpy_cown *c, char *why) {
+    bocpy_cown_extra *e = why != NULL ? extra_get(c) : NULL;
+    if (e == NULL) {
+        free(why); /* out of memory: behaviors get the rebuild error each time */
+        return;
+    }
+    free(e->unavailable);
+    e->unavailable = why;
+}
+
+/* ------------------------------------------------------- inline values */
+
+/* Whether `obj` can be held inline in a cown (bocpy_cown.scalar): sets the
+ * kind and the scalar when it can.  Exact types only: a subclass may carry
+ * state or behave differently, and goes through pickle like any object. */
+static bool inline_of(PyObject *obj, uint8_t *kind, int64_t *i, double *f) {
+    if (obj == Py_True || obj == Py_False) {
+        *kind = obj == Py_True ? BOCPY_INLINE_TRUE : BOCPY_INLINE_FALSE;
+        return true;
+    }
+    if (PyFloat_CheckExact(obj)) {
+        *kind = BOCPY_INLINE_FLOAT;
+        *f = PyFloat_AS_DOUBLE(obj);
+        return true;
+    }
+    if (PyLong_CheckExact(obj)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return false;
+        }
+        *kind = BOCPY_INLINE_INT;
+        *i = (int64_t)v;
+        return true;
+    }
+    return false;
+}
+
+/* A new object for the cown's inline value, in the calling interpreter;
+ * NULL with an exception (out of memory). */
+static PyObject *inline_build(const bocpy_cown *c) {
+    switch (c->inline_kind) {
+    case BOCPY_INLINE_INT:
+        return PyLong_FromLongLong((long long)c->scalar.i);
+    case BOCPY_INLINE_FLOAT:
+        return PyFloat_FromDouble(c->scalar.f);
+    case BOCPY_INLINE_TRUE:
+        Py_RETURN_TRUE;
+    default:
+        Py_RETURN_FALSE;
+    }
+}
+
 /* ----------------------------------------------------------- residency */
+
+/* The links of a cown that is (or was) resident: it has a side record,
+ * made before it first moved into a worker (home_reserve). */
+static bocpy_cown_extra *res_links(bocpy_cown *c) {
+    /* relaxed: the home's lock, or the hold that made the record, orders
+     * its install before this read. */
+    return atomic_load_explicit(&c->extra, memory_order_relaxed);
+}
 
 static void resident_unlink_locked(bocpy_interp *rec, bocpy_cown *c) {
     if (!c->resident) {
         return;
     }
-    if (c->res_prev != NULL) {
-        c->res_prev->res_next = c->res_next;
+    bocpy_cown_extra *e = res_links(c);
+    if (e->res_prev != NULL) {
+        res_links(e->res_prev)->res_next = e->res_next;
     } else {
-        rec->residents = c->res_next;
+        rec->residents = e->res_next;
     }
-    if (c->res_next != NULL) {
-        c->res_next->res_prev = c->res_prev;
+    if (e->res_next != NULL) {
+        res_links(e->res_next)->res_prev = e->res_prev;
     }
-    c->res_prev = c->res_next = NULL;
+    e->res_prev = e->res_next = NULL;
     c->resident = false;
 }
 
-/* Moves the cown's home to `rec` (the caller holds the cown). */
+/* Makes sure the cown can move into `rec` (a worker's resident list needs
+ * the side record): 0, or -1 with MemoryError.  Every path that may give a
+ * cown a worker home calls this first, before it changes anything, so
+ * set_home itself never fails. */
+static int home_reserve(bocpy_cown *c, bocpy_interp *rec) {
+    if (rec == NULL || rec->is_main || extra_get(c) != NULL) {
+        return 0;
+    }
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* Moves the cown's home to `rec` (the caller holds the cown, and reserved
+ * the move: home_reserve). */
 static void set_home(bocpy_cown *c, bocpy_interp *rec) {
     /* relaxed: the holder is the only writer, and libboc's hand-off ordered
      * the previous holder's store before this hold. */
@@ -94,17 +217,25 @@ static void set_home(bocpy_cown *c, bocpy_interp *rec) {
     if (old == rec) {
         return;
     }
-    if (old != NULL && !old->is_main) {
+    /* (resident is read without the lock: only a holder, or a thread that
+     * excludes holders, changes it.) */
+    if (old != NULL && !old->is_main && c->resident) {
         pthread_mutex_lock(&old->lock);
         resident_unlink_locked(old, c);
         pthread_mutex_unlock(&old->lock);
     }
     if (rec != NULL && !rec->is_main) {
+        bocpy_cown_extra *e = extra_peek(c);
+        if (e == NULL) {
+            /* Unreachable: every caller reserved the move (home_reserve)
+             * and a record is never removed while the cown lives. */
+            Py_FatalError("bocpy: a cown moved into a worker without its side record");
+        }
         pthread_mutex_lock(&rec->lock);
-        c->res_prev = NULL;
-        c->res_next = rec->residents;
+        e->res_prev = NULL;
+        e->res_next = rec->residents;
         if (rec->residents != NULL) {
-            rec->residents->res_prev = c;
+            res_links(rec->residents)->res_prev = c;
         }
         rec->residents = c;
         c->resident = true;
@@ -148,34 +279,46 @@ static unretrieved_dead *unret_dead, **unret_dead_tail = &unret_dead;
  * a stale "empty" only delays a report to the next chance (wait(), exit). */
 static atomic_bool unret_dead_pending;
 
+/* The record of a listed cown (which has one: it was made before listing,
+ * and the list's lock orders that before any walk that finds the cown). */
+static bocpy_cown_extra *unret_links(bocpy_cown *c) {
+    /* relaxed: unret_lock orders the install before this read (above). */
+    return atomic_load_explicit(&c->extra, memory_order_relaxed);
+}
+
 static void unretrieved_unlink_locked(bocpy_cown *c) {
-    if (!c->unret_listed) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e == NULL || !e->unret_listed) {
         return;
     }
-    if (c->unret_prev != NULL) {
-        c->unret_prev->unret_next = c->unret_next;
+    if (e->unret_prev != NULL) {
+        unret_links(e->unret_prev)->unret_next = e->unret_next;
     } else {
-        unret_live = c->unret_next;
+        unret_live = e->unret_next;
     }
-    if (c->unret_next != NULL) {
-        c->unret_next->unret_prev = c->unret_prev;
+    if (e->unret_next != NULL) {
+        unret_links(e->unret_next)->unret_prev = e->unret_prev;
     }
-    c->unret_prev = c->unret_next = NULL;
-    c->unret_listed = false;
+    e->unret_prev = e->unret_next = NULL;
+    e->unret_listed = false;
 }
 
 /* The holder stored a behavior's exception: it must be read. */
 static void unretrieved_list(bocpy_cown *c) {
     c->unretrieved = true;
+    bocpy_cown_extra *e = extra_get(c);
+    if (e == NULL) {
+        return; /* out of memory: only the report of a live cown at exit is lost */
+    }
     pthread_mutex_lock(&unret_lock);
-    if (!c->unret_listed) {
-        c->unret_prev = NULL;
-        c->unret_next = unret_live;
+    if (!e->unret_listed) {
+        e->unret_prev = NULL;
+        e->unret_next = unret_live;
         if (unret_live != NULL) {
-            unret_live->unret_prev = c;
+            unret_links(unret_live)->unret_prev = c;
         }
         unret_live = c;
-        c->unret_listed = true;
+        e->unret_listed = true;
     }
     pthread_mutex_unlock(&unret_lock);
 }
@@ -243,18 +386,25 @@ static void destroy_one(bocpy_cown *c) {
             break;
         }
     }
-    if (c->unret_listed) {
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL && e->unret_listed) {
         pthread_mutex_lock(&unret_lock);
         unretrieved_unlink_locked(c);
         pthread_mutex_unlock(&unret_lock);
     }
-    if (c->unretrieved && c->blob != NULL && !c->blob_stale) {
+    if (c->unretrieved && c->inline_kind == BOCPY_INLINE_NONE && c->blob != NULL &&
+        !c->blob_stale) {
         unretrieved_bury(c);
     }
     release_object(home, c->obj);
-    release_object(home, c->hold_before);
-    bocpy_blob_free(c->blob);
-    free(c->unavailable);
+    if (c->inline_kind == BOCPY_INLINE_NONE) {
+        bocpy_blob_free(c->blob);
+    }
+    if (e != NULL) {
+        release_object(home, e->hold_before);
+        free(e->unavailable);
+        free(e);
+    }
     PyMem_RawFree(c);
 }
 
@@ -298,6 +448,13 @@ static void cown_destroy(boc_cown *base) {
         free(list.items);
     }
 }
+
+/* The size that makes a cown's malloc chunk 96 bytes (glibc: the request
+ * plus an 8-byte header, rounded up to 16): keep new fields rare, in
+ * bocpy_cown_extra. */
+#if SIZE_MAX == UINT64_MAX
+_Static_assert(sizeof(bocpy_cown) <= 88, "bocpy_cown outgrew its 96-byte malloc chunk");
+#endif
 
 bocpy_cown *bocpy_cown_new_flags(uint32_t flags) {
     bocpy_cown *c = PyMem_RawCalloc(1, sizeof(*c));
@@ -389,14 +546,14 @@ static int rebuild_failed(bocpy_cown *c, bocpy_interp *here) {
                       here->is_main ? ""
                                     : "; the value is now unavailable to behaviors (the main "
                                       "thread can still read it, or give the cown a new value)"));
-    if (!here->is_main && c->unavailable == NULL) {
+    if (!here->is_main && unavailable_of(c) == NULL) {
         PyObject *text = PyUnicode_FromFormat(
             "the value of this cown is permanently unavailable to behaviors: it could not be "
             "rebuilt in %U (%.200s: %S); make its class importable (and its pickling work) in "
             "every interpreter, then give the cown a new value from the main thread",
             where, Py_TYPE(exc)->tp_name, exc);
         const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
-        c->unavailable = strdup(utf8 ? utf8 : "the value of this cown could not be rebuilt");
+        unavailable_set(c, strdup(utf8 ? utf8 : "the value of this cown could not be rebuilt"));
         Py_XDECREF(text);
         PyErr_Clear();
     }
@@ -406,14 +563,36 @@ static int rebuild_failed(bocpy_cown *c, bocpy_interp *here) {
 }
 
 int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
-    if (c->unavailable != NULL && !here->is_main) {
-        PyErr_SetString(PyExc_RuntimeError, c->unavailable);
+    const char *unavailable = here->is_main ? NULL : unavailable_of(c);
+    if (unavailable != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, unavailable);
         return -1;
+    }
+    if (c->inline_kind != BOCPY_INLINE_NONE) {
+        /* Rebuilt here without pickling; the object is the value until the
+         * hold settles (and puts it back inline). */
+        PyObject *value = inline_build(c);
+        if (value == NULL) {
+            return -1;
+        }
+        c->inline_kind = BOCPY_INLINE_NONE;
+        c->blob = NULL; /* the scalar's bytes: no copy now */
+        c->obj = value;
+        /* A home without a place in its resident list (no side record
+         * needed): the object is a plain scalar that settling puts back
+         * inline before the hold ends, so no worker can stop with it --
+         * unless the holder stores another value, which reserves the move
+         * (Cown_set_value) and links the cown then.  release: as set_home. */
+        atomic_store_explicit(&c->home, here, memory_order_release);
+        return 0;
     }
     /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     if (c->obj != NULL && home == here) {
         return 0;
+    }
+    if (home_reserve(c, here) < 0) {
+        return -1;
     }
     if (c->base.flags & BOC_COWN_PINNED) {
         if (here->is_main) {
@@ -487,17 +666,22 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
     return 0;
 }
 
-void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception) {
+int bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception) {
+    if (obj != Py_None && home_reserve(c, here) < 0) {
+        return -1;
+    }
     /* relaxed: the caller holds the cown (see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
     c->obj = obj == Py_None ? NULL : Py_NewRef(obj);
-    bocpy_blob_free(c->blob);
+    if (c->inline_kind == BOCPY_INLINE_NONE) {
+        bocpy_blob_free(c->blob);
+    }
+    c->inline_kind = BOCPY_INLINE_NONE;
     c->blob = NULL;
     c->blob_stale = false;
     c->is_exception = is_exception;
-    free(c->unavailable);
-    c->unavailable = NULL;
+    unavailable_clear(c);
     /* A behavior's exception must be read, or it is reported; not the ones
      * that only say a behavior was dropped because the program is ending
      * on an error (that error is reported already). */
@@ -509,6 +693,33 @@ void bocpy_cown_store(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_
     }
     set_home(c, c->obj ? here : NULL);
     release_object(home, old);
+    return 0;
+}
+
+void bocpy_cown_store_result(bocpy_cown *c, bocpy_interp *here, PyObject *obj, bool is_exception,
+                             bocpy_blob *blob) {
+    uint8_t kind = BOCPY_INLINE_NONE;
+    int64_t ival = 0;
+    double fval = 0.0;
+    if (!is_exception && obj != Py_None && inline_of(obj, &kind, &ival, &fval)) {
+        /* A plain scalar result: inline, no object, no copy. */
+        bocpy_cown_store(c, here, Py_None, false); /* cannot fail: None */
+        bocpy_blob_free(blob);
+        c->inline_kind = kind;
+        if (kind == BOCPY_INLINE_INT) {
+            c->scalar.i = ival;
+        } else if (kind == BOCPY_INLINE_FLOAT) {
+            c->scalar.f = fval;
+        }
+        return;
+    }
+    if (bocpy_cown_store(c, here, obj, is_exception) < 0) {
+        /* No memory to keep the live object here: the copy alone is the
+         * value (None without one).  Storing None never fails. */
+        PyErr_Clear();
+        bocpy_cown_store(c, here, Py_None, is_exception);
+    }
+    c->blob = blob;
 }
 
 int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObject *before) {
@@ -520,6 +731,29 @@ int bocpy_cown_settle(bocpy_state *st, bocpy_cown *c, bocpy_interp *here, PyObje
         bocpy_blob_free(c->blob);
         c->blob = NULL;
         c->blob_stale = false;
+        return 0;
+    }
+    uint8_t kind = BOCPY_INLINE_NONE;
+    int64_t ival = 0;
+    double fval = 0.0;
+    if (inline_of(now, &kind, &ival, &fval)) {
+        /* A plain scalar (exact int that fits 64 bits, float, bool): kept
+         * inline, with no object and no copy -- it always crosses, and any
+         * interpreter rebuilds it without pickling. */
+        /* relaxed: the caller holds the cown (see set_home). */
+        bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
+        bocpy_blob_free(c->blob);
+        c->blob = NULL;
+        c->blob_stale = false;
+        c->obj = NULL;
+        set_home(c, NULL); /* leaves the resident list: the union is free */
+        c->inline_kind = kind;
+        if (kind == BOCPY_INLINE_INT) {
+            c->scalar.i = ival;
+        } else if (kind == BOCPY_INLINE_FLOAT) {
+            c->scalar.f = fval;
+        }
+        release_object(home, now);
         return 0;
     }
     bool plain = bocpy_is_plain_immutable(st, now);
@@ -656,10 +890,11 @@ static void lose_value(bocpy_state *st, bocpy_cown *c, PyObject *obj) {
 }
 
 static void resident_link_locked(bocpy_interp *rec, bocpy_cown *c) {
-    c->res_prev = NULL;
-    c->res_next = rec->residents;
+    bocpy_cown_extra *e = res_links(c); /* it was resident: it has one */
+    e->res_prev = NULL;
+    e->res_next = rec->residents;
     if (rec->residents != NULL) {
-        rec->residents->res_prev = c;
+        res_links(rec->residents)->res_prev = c;
     }
     rec->residents = c;
     c->resident = true;
@@ -679,7 +914,7 @@ static bocpy_cown *resident_take(bocpy_interp *rec) {
          * Holding rec->lock keeps a listed cown's memory valid for the try,
          * as boc_cown_try_incref requires. */
         while (c != NULL && !boc_cown_try_incref(&c->base)) {
-            c = c->res_next;
+            c = res_links(c)->res_next;
         }
         if (c != NULL) {
             resident_unlink_locked(rec, c);
@@ -712,7 +947,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec, bool final) {
                  * behavior since, so it stays here, with this interpreter,
                  * in the pool; a later behavior runs here to reach it. */
                 PyErr_Clear();
-                c->res_next = kept;
+                res_links(c)->res_next = kept;
                 kept = c;
                 continue; /* keeps our reference until it is linked again */
             }
@@ -735,7 +970,7 @@ void bocpy_cown_evacuate_all(bocpy_state *st, bocpy_interp *rec, bool final) {
      * a last one destroys the cown, whose destroyer takes the lock. */
     while (kept != NULL) {
         bocpy_cown *c = kept;
-        kept = c->res_next;
+        kept = res_links(c)->res_next;
         pthread_mutex_lock(&rec->lock);
         resident_link_locked(rec, c);
         pthread_mutex_unlock(&rec->lock);
@@ -758,8 +993,7 @@ void bocpy_cown_abandon_residents(bocpy_interp *rec) {
                      "bocpy: the value of cown %llu (type '%.100s') was lost: the worker "
                      "interpreter holding it ended before it could be pickled",
                      (unsigned long long)c->base.id, Py_TYPE(obj)->tp_name);
-            free(c->unavailable);
-            c->unavailable = strdup(text);
+            unavailable_set(c, strdup(text));
             lost_push(strdup(text));
             bocpy_blob_free(c->blob);
             c->blob = NULL;
@@ -830,11 +1064,11 @@ static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
     size_t n = 0, cap = 0;
     bocpy_cown **cowns = NULL;
     pthread_mutex_lock(&unret_lock);
-    for (bocpy_cown *c = unret_live; c != NULL; c = c->unret_next) {
+    for (bocpy_cown *c = unret_live; c != NULL; c = unret_links(c)->unret_next) {
         cap++;
     }
     cowns = cap ? malloc(cap * sizeof(*cowns)) : NULL;
-    for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = c->unret_next) {
+    for (bocpy_cown *c = unret_live; cowns != NULL && c != NULL; c = unret_links(c)->unret_next) {
         if (boc_cown_try_incref(&c->base)) {
             cowns[n++] = c;
         }
@@ -994,7 +1228,23 @@ static PyObject *Cown_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (c == NULL) {
         return NULL;
     }
-    if (value != Py_None) {
+    uint8_t kind = BOCPY_INLINE_NONE;
+    int64_t ival = 0;
+    double fval = 0.0;
+    if (value != Py_None && !bocpy_backend_shares_values() &&
+        inline_of(value, &kind, &ival, &fval)) {
+        /* A plain scalar: inline, no object and no copy (see bocpy_cown). */
+        c->inline_kind = kind;
+        if (kind == BOCPY_INLINE_INT) {
+            c->scalar.i = ival;
+        } else if (kind == BOCPY_INLINE_FLOAT) {
+            c->scalar.f = fval;
+        }
+    } else if (value != Py_None) {
+        if (home_reserve(c, st->interp) < 0) {
+            boc_cown_decref(&c->base);
+            return NULL;
+        }
         /* (On the threads backend values never cross: no check, no copy.) */
         if (!bocpy_backend_shares_values() &&
             (st->interp->is_main || !bocpy_is_plain_immutable(st, value))) {
@@ -1115,6 +1365,14 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     }
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     bocpy_interp *here = st->interp;
+    /* A hold materialised the value (inline_kind is 0), except a pinned
+     * behavior's: a PinnedCown is never inline. */
+    if (c->inline_kind != BOCPY_INLINE_NONE && bocpy_cown_materialize(c, here) < 0) {
+        return -1;
+    }
+    if (value != Py_None && home_reserve(c, here) < 0) {
+        return -1;
+    }
     /* relaxed: this thread holds the cown (held_here; see set_home). */
     bocpy_interp *home = atomic_load_explicit(&c->home, memory_order_relaxed);
     PyObject *old = c->obj;
@@ -1125,8 +1383,7 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     c->blob_stale = c->blob != NULL;
     c->is_exception = false;
     unretrieved_forget(c);
-    free(c->unavailable);
-    c->unavailable = NULL;
+    unavailable_clear(c);
     set_home(c, c->obj ? here : NULL);
     release_object(home, old);
     return 0;
@@ -1199,7 +1456,7 @@ static atomic_long main_holds;
 long bocpy_main_holds(void) { return atomic_load_explicit(&main_holds, memory_order_relaxed); }
 
 /*
- * Every cown has one hold_req, so two threads of the main interpreter must
+ * Every cown has one hold_req (in its side record), so two threads of the main interpreter must
  * never run boc_cown_try_hold on the same cown at once: the loser's failed
  * attempt still resets the request's fields (next, scheduled), which would
  * cut the winner's MCS successor loose.  hold_lock makes "holder is 0, try
@@ -1216,7 +1473,8 @@ static void hold_drop(bocpy_cown *c) {
     bocpy_ft_lock(&hold_lock);
     /* relaxed: see bocpy_cown.holder; hold_lock orders the hold itself. */
     atomic_store_explicit(&c->holder, 0, memory_order_relaxed);
-    boc_cown_unhold(&c->hold_req);
+    /* The record exists: cown_hold made it before taking the hold. */
+    boc_cown_unhold(&extra_peek(c)->hold_req);
     bocpy_ft_unlock(&hold_lock);
 }
 
@@ -1224,11 +1482,18 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
     if (check_main_quiescent(st, what) < 0) {
         return -1;
     }
+    /* Made before the hold (and kept: it is never freed while the cown
+     * lives), so a hold never fails half-way for want of memory. */
+    bocpy_cown_extra *e = extra_get(c);
+    if (e == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     uintptr_t me = bocpy_thread_token();
     bocpy_ft_lock(&hold_lock);
     /* relaxed: see bocpy_cown.holder; hold_lock orders the hold itself. */
     uintptr_t holder = atomic_load_explicit(&c->holder, memory_order_relaxed);
-    bool held = holder == 0 && boc_cown_try_hold(&c->base, &c->hold_req);
+    bool held = holder == 0 && boc_cown_try_hold(&c->base, &e->hold_req);
     if (held) {
         /* relaxed: as above. */
         atomic_store_explicit(&c->holder, me, memory_order_relaxed);
@@ -1250,13 +1515,16 @@ static int cown_hold(bocpy_state *st, bocpy_cown *c, const char *what) {
         hold_drop(c);
         return -1;
     }
-    c->hold_before = Py_XNewRef(c->obj);
+    e->hold_before = Py_XNewRef(c->obj);
     atomic_fetch_add_explicit(&main_holds, 1, memory_order_relaxed);
     return 0;
 }
 
 static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
-    if (!held_here(c)) {
+    /* A main-thread hold made the side record (cown_hold); without one,
+     * this thread holds the cown some other way (a pinned behavior). */
+    bocpy_cown_extra *e = extra_peek(c);
+    if (!held_here(c) || e == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this cown is not acquired by this thread; call acquire() first");
         return -1;
@@ -1265,9 +1533,9 @@ static int cown_unhold(bocpy_state *st, bocpy_cown *c) {
     if (bocpy_backend_shares_values()) {
         bocpy_cown_settle_shared(c);
     } else {
-        rc = bocpy_cown_settle(st, c, st->interp, c->hold_before);
+        rc = bocpy_cown_settle(st, c, st->interp, e->hold_before);
     }
-    Py_CLEAR(c->hold_before);
+    Py_CLEAR(e->hold_before);
     atomic_fetch_sub_explicit(&main_holds, 1, memory_order_relaxed);
     /* Always let go, even if the new value was refused: a queued behavior
      * must not wait forever on a failed release. */
@@ -1326,7 +1594,10 @@ static PyObject *Cown_unwrap(CownObject *self, PyObject *unused) {
     PyObject *value = read_result(c, READ_VALUE);
     bool is_exception = c->is_exception;
     bocpy_cown_store(c, st->interp, Py_None, false);
-    Py_CLEAR(c->hold_before);
+    bocpy_cown_extra *e = extra_peek(c);
+    if (e != NULL) {
+        Py_CLEAR(e->hold_before);
+    }
     if (!was_held && cown_unhold(st, c) < 0) {
         Py_DECREF(value);
         return NULL;

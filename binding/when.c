@@ -13,6 +13,9 @@
 
 #include <string.h>
 
+const int32_t bocpy_ungrouped[BOCPY_UNGROUPED_MAX] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                      -1, -1, -1, -1, -1, -1, -1, -1};
+
 typedef struct {
     PyObject_HEAD PyObject *args; /* tuple: each a Cown or a list of Cowns */
 } WhenObject;
@@ -226,6 +229,13 @@ static void explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *e
 PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObject *extra) {
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
+    if (nargs > UINT16_MAX) {
+        PyErr_Format(PyExc_TypeError,
+                     "@when takes at most %d arguments, got %zd; pass many cowns as one "
+                     "list (a group)",
+                     UINT16_MAX, nargs);
+        return NULL;
+    }
     if (check_function(func, nargs + nextra) < 0) {
         return NULL;
     }
@@ -296,8 +306,12 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
         return NULL;
     }
 
+    bool grouped = nargs > BOCPY_UNGROUPED_MAX;
+    for (Py_ssize_t i = 0; !grouped && i < nargs; i++) {
+        grouped = PyList_Check(PyTuple_GET_ITEM(args, i));
+    }
     size_t payload_size = sizeof(bocpy_payload) + (size_t)ncowns * sizeof(bocpy_cown *) +
-                          (size_t)nargs * sizeof(int32_t);
+                          (grouped ? (size_t)nargs * sizeof(int32_t) : 0);
     boc_behavior *b = boc_behavior_new((size_t)ncowns + 1, payload_size);
     if (b == NULL) {
         bocpy_blob_free(captures);
@@ -309,17 +323,17 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     p->code_id = code_id;
     p->captures = captures;
     p->defaults_only = defaults_only;
+    p->grouped = grouped;
     p->result = result;
-    p->nargs = (uint32_t)nargs;
+    p->nargs = (uint16_t)nargs;
     p->ncowns = (uint32_t)ncowns;
-    p->cowns = (bocpy_cown **)(p + 1);
-    int32_t *groups = bocpy_payload_groups(p);
+    int32_t *groups = grouped ? (int32_t *)(p->cowns + ncowns) : NULL;
     size_t slot = 0;
     for (Py_ssize_t i = 0; i < nargs; i++) {
         PyObject *arg = PyTuple_GET_ITEM(args, i);
         if (PyList_Check(arg)) {
             Py_ssize_t n = PyList_GET_SIZE(arg);
-            groups[i] = (int32_t)n;
+            groups[i] = (int32_t)n; /* a list: grouped */
             for (Py_ssize_t j = 0; j < n; j++) {
                 bocpy_cown *c = ((CownObject *)PyList_GET_ITEM(arg, j))->cown;
                 p->cowns[slot] = c;
@@ -327,7 +341,9 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
             }
         } else {
             bocpy_cown *c = ((CownObject *)arg)->cown;
-            groups[i] = -1;
+            if (groups != NULL) {
+                groups[i] = -1;
+            }
             p->cowns[slot] = c;
             boc_behavior_set_cown(b, slot++, &c->base);
         }

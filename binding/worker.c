@@ -507,7 +507,7 @@ settle:
         }
         /* A blob with moves left by this settle: objects of this
          * interpreter that the result may share are stale now. */
-        moved = moved || bocpy_blob_moves(c->blob);
+        moved = moved || bocpy_blob_moves(bocpy_cown_blob(c));
     }
     for (uint32_t i = 0; i < held; i++) {
         atomic_store_explicit(&p->cowns[i]->holder, 0, memory_order_relaxed); /* as above */
@@ -517,15 +517,11 @@ store:
     if (!sealed) {
         seal_result(st, &result, &is_exception, &blob);
     }
-    if (moved && blob != NULL) {
-        /* The live result may hold objects whose buffers just moved into a
-         * cown (`return c.value`, `return [c.value]`): keep only its copy,
-         * which every reader, this worker included, rebuilds. */
-        bocpy_cown_store(p->result, here, Py_None, is_exception);
-    } else {
-        bocpy_cown_store(p->result, here, result, is_exception);
-    }
-    p->result->blob = blob;
+    /* If the live result may hold objects whose buffers just moved into a
+     * cown (`return c.value`, `return [c.value]`), keep only its copy, which
+     * every reader, this worker included, rebuilds. */
+    bocpy_cown_store_result(p->result, here, moved && blob != NULL ? Py_None : result, is_exception,
+                            blob);
     Py_DECREF(result);
     for (Py_ssize_t i = 0; i < built; i++) {
         Py_DECREF(argv[i]);

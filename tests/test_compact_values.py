@@ -178,3 +178,83 @@ def test_kwonly_and_closure_captures_still_work():
 
     bocpy.wait()
     assert mixed.unwrap() == 13
+
+
+# Plain scalars (exact int within 64 bits, float, bool) are held inside the
+# cown itself, with no object and no copy (binding/bocpy.h, bocpy_cown).
+
+
+@pytest.mark.parametrize("value", [7, -(2**63), 2**63 - 1, -0.0, 2.5, True, False], ids=repr)
+def test_inline_scalar_through_a_chain_of_behaviors(value):
+    cown = Cown(value)
+    steps = []
+    for _ in range(3):
+
+        @when(cown)
+        def step(c):
+            before = c.value
+            c.value = before  # stored back: inline again when the hold ends
+            return before
+
+        steps.append(step)
+    bocpy.wait()
+    assert all(same(s.unwrap(), value) for s in steps)
+    assert same(cown.unwrap(), value)
+
+
+def test_inline_scalar_replaced_by_an_object_and_back():
+    cown = Cown(1)
+
+    @when(cown)
+    def grow(c):
+        c.value = [c.value, 2]  # leaves the inline form: lives in this worker
+
+    @when(cown)
+    def shrink(c):
+        c.value = sum(c.value)  # an int again
+
+    bocpy.wait()
+    assert same(cown.unwrap(), 3)
+
+
+def test_refused_value_keeps_the_inline_scalar():
+    cown = Cown(41)
+
+    @when(cown)
+    def bad(c):
+        import threading
+
+        c.value = threading.Lock()  # cannot cross: refused at release
+
+    bocpy.wait()
+    with pytest.raises(TypeError):
+        bad.unwrap()
+    assert same(cown.unwrap(), 41)
+
+
+def test_many_single_cown_arguments_and_groups():
+    # Up to 16 single cowns store no group table; more, or any list, do.
+    cowns = [Cown(i) for i in range(20)]
+
+    @when(*cowns[:16])
+    def sixteen(*cs):
+        return [c.value for c in cs]
+
+    @when(*cowns)
+    def twenty(*cs):
+        return [c.value for c in cs]
+
+    @when(cowns[:3], cowns[3], cowns[4:6])
+    def grouped(a, b, c):
+        return [[x.value for x in a], b.value, [x.value for x in c]]
+
+    bocpy.wait()
+    assert sixteen.unwrap() == list(range(16))
+    assert twenty.unwrap() == list(range(20))
+    assert grouped.unwrap() == [[0, 1, 2], 3, [4, 5]]
+
+
+def test_too_many_when_arguments_is_a_type_error():
+    cowns = [Cown(None) for _ in range(65_536)]
+    with pytest.raises(TypeError, match="at most 65535 arguments"):
+        when(*cowns)(lambda *cs: None)

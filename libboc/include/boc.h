@@ -118,7 +118,8 @@ void boc_cown_unhold(boc_request *req);
 /*
  * A new, unscheduled behavior with room for `cown_count` cowns and
  * `payload_size` bytes of host payload (zeroed, max-aligned).  Returns NULL
- * when out of memory.  `cown_count` may be 0.
+ * when out of memory, or when `cown_count` is over UINT32_MAX.  `cown_count`
+ * may be 0.
  */
 boc_behavior *boc_behavior_new(size_t cown_count, size_t payload_size);
 /* Sets slot `index` (< cown_count) and takes a reference on `cown`.  The same

@@ -24,13 +24,21 @@
 /* Above this many requests, sort with qsort instead of insertion sort. */
 #define BOC__INSERTION_SORT_MAX 16
 
+/* Where the payload of a behavior with `slot_count` slots starts: after the
+ * requests, rounded up to max_align_t. */
+static size_t boc__payload_offset(size_t slot_count) {
+    const size_t align = alignof(max_align_t);
+    size_t header = sizeof(boc_behavior) + slot_count * sizeof(boc_request);
+    return (header + align - 1) / align * align;
+}
+
 boc_behavior *boc_behavior_new(size_t cown_count, size_t payload_size) {
     const size_t align = alignof(max_align_t);
-    if (cown_count > (SIZE_MAX - sizeof(boc_behavior) - align) / sizeof(boc_request)) {
+    if (cown_count > UINT32_MAX ||
+        cown_count > (SIZE_MAX - sizeof(boc_behavior) - align) / sizeof(boc_request)) {
         return NULL;
     }
-    size_t header = sizeof(boc_behavior) + cown_count * sizeof(boc_request);
-    size_t payload_offset = (header + align - 1) / align * align;
+    size_t payload_offset = boc__payload_offset(cown_count);
     if (payload_size > SIZE_MAX - payload_offset) {
         return NULL;
     }
@@ -43,11 +51,10 @@ boc_behavior *boc_behavior_new(size_t cown_count, size_t payload_size) {
     b->runtime = NULL;
     b->queue_next = NULL;
     atomic_init(&b->pending, 0);
-    b->slot_count = cown_count;
+    b->slot_count = (uint32_t)cown_count;
     b->request_count = 0;
     b->scheduled = false;
     b->pinned = false;
-    b->payload = (unsigned char *)b + payload_offset;
     for (size_t i = 0; i < cown_count; i++) {
         boc_request *req = &b->requests[i];
         req->cown = NULL;
@@ -72,7 +79,7 @@ void boc_behavior_set_cown(boc_behavior *b, size_t index, boc_cown *cown) {
 
 void *boc_behavior_payload(boc_behavior *b) {
     assert(b != NULL);
-    return b->payload;
+    return (unsigned char *)b + boc__payload_offset(b->slot_count);
 }
 
 bool boc_behavior_is_pinned(const boc_behavior *b) {
@@ -154,7 +161,7 @@ static void boc__requests_prepare(boc_behavior *b) {
         /* Ids are unique, so after removing repeats they strictly increase. */
         assert(requests[i - 1].cown->id < requests[i].cown->id);
     }
-    b->request_count = distinct;
+    b->request_count = (uint32_t)distinct; /* distinct <= slot_count */
     b->pinned = pinned;
 }
 

@@ -52,17 +52,19 @@ struct boc_behavior {
     /* 2PL resolution count: distinct cowns not yet handed to us, plus the
      * scheduler's own +1 hold.  Whoever brings it to zero dispatches. */
     atomic_size_t pending;
-    /* Number of slots given to boc_behavior_new. */
-    size_t slot_count;
+    /* Number of slots given to boc_behavior_new (at most UINT32_MAX: 32
+     * bits keep the header at 40 bytes, see boc__payload_offset). */
+    uint32_t slot_count;
     /* Number of distinct cowns; valid once scheduled (requests[0..n) are then
      * sorted by strictly ascending cown id). */
-    size_t request_count;
+    uint32_t request_count;
     /* Set by boc_schedule (by the scheduling thread, before the behavior is
      * published to any other thread). */
     bool scheduled;
     bool pinned;
-    /* Host payload: max-aligned, zero-initialised, placed after requests. */
-    void *payload;
+    /* Then the requests, and the host payload: max-aligned,
+     * zero-initialised, at boc__payload_offset(slot_count) (computed, not
+     * stored: 8 bytes of every behavior). */
     boc_request requests[];
 };
 
