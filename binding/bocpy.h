@@ -526,7 +526,8 @@ void bocpy_pool_trim(size_t keep);
 
 /* Worker backends (threads_backend.c): the runtime made with the backend
  * selected by _core._set_backend ("interpreters", the default, or
- * "threads"); the _core._set_backend and _core._backend functions. */
+ * "threads"), or NULL with an exception (a bad $BOCPY_CHECK_SHARING, or
+ * out of memory); the _core._set_backend and _core._backend functions. */
 boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count);
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
 PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);

@@ -283,9 +283,8 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
     bocpy_start_error_reset();
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed); /* see its definition */
     boc_runtime *rt = bocpy_backend_runtime_new(st, (unsigned)count);
-    if (rt == NULL) {
+    if (rt == NULL) { /* the exception is set */
         start_failed();
-        PyErr_NoMemory();
         return -1;
     }
     int rc;

@@ -176,3 +176,85 @@ def test_threads_backend_passes_captured_defaults_and_closures(run_script: Run) 
         )
     )
     assert out.split() == ["105"]
+
+
+def test_check_sharing_names_both_cowns_of_a_shared_object(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import os
+            os.environ["BOCPY_CHECK_SHARING"] = "1"
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            shared = [1]
+            a = Cown({"k": shared})
+            b = Cown([("a tuple is walked", shared)])
+            atoms = Cown([1, "x", None, (2, 3), 4.5, b"y"])
+            more = Cown([1, "x", None, (2, 3), 4.5, b"y"])
+
+            class Point:
+                pass
+
+            p, q = Cown(Point()), Cown(Point())  # the class itself is not data
+
+            @when(a, [atoms, b])
+            def mixes(a, group):
+                return "ran"
+
+            @when(atoms, more, p, q, a, a)
+            def fine(*cowns):  # atoms, one class, one cown listed twice
+                return "ran"
+
+            @when(Cown(shared), Cown(shared))
+            def same_value(x, y):
+                return "ran"
+
+            wait()
+            for result in (mixes, same_value):
+                try:
+                    result.unwrap()
+                except RuntimeError as e:
+                    print("E", e)
+            print("fine", fine.unwrap())
+            """
+        )
+    )
+    lines = out.splitlines()
+    assert lines[0].startswith("E BOCPY_CHECK_SHARING: behavior '__main__.mixes' did not run")
+    assert "argument 0 (cown id" in lines[0] and "argument 1, item 1 of its list" in lines[0]
+    assert "same 'list' object" in lines[0]
+    assert "argument 0" in lines[1] and "argument 1" in lines[1], lines[1]
+    assert lines[2] == "fine ran"
+
+
+def test_check_sharing_is_off_by_default_and_a_bad_value_is_refused(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import os
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            shared = []
+            a, b = Cown([shared]), Cown([shared])
+
+            @when(a, b)
+            def unchecked(a, b):
+                return "ran"
+
+            wait()
+            print(unchecked.unwrap())
+            os.environ["BOCPY_CHECK_SHARING"] = "yes"
+            try:
+                bocpy.start(2, backend="threads")
+            except ValueError as e:
+                print("E", e)
+            """
+        )
+    )
+    lines = out.splitlines()
+    assert lines[0] == "ran"
+    assert lines[1].startswith("E BOCPY_CHECK_SHARING is 'yes': set it to '1'"), lines[1]
