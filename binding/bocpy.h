@@ -320,6 +320,14 @@ typedef struct bocpy_payload {
     int64_t code_id;
     bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL, */
     bool defaults_only;   /* or, when this is set, the defaults tuple alone */
+    /* The threads backend's captures: the same snapshot (or defaults tuple)
+     * kept as objects of the main interpreter instead of `captures` (which
+     * is then NULL), so that locks, lambdas and files can be captured.  A
+     * strong reference: dropped by whoever runs the body, attached to the
+     * main interpreter (threads_backend.c, bocpy_run_behavior for pinned
+     * behaviors), else by behavior_done through the main interpreter's
+     * garbage list (any thread, no Python). */
+    PyObject *live_captures;
     bocpy_cown *result;   /* borrowed: the behavior holds a reference */
     uint32_t nargs;       /* arguments given to @when */
     uint32_t ncowns;      /* cowns across all arguments */

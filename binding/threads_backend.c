@@ -480,18 +480,20 @@ static PyObject *argument(bocpy_state *st, bocpy_payload *p, uint32_t i, uint32_
 static PyObject *call_body(bocpy_state *st, bocpy_payload *p) {
     PyObject *snapshot = NULL, *extra = NULL;
     PyObject *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->captures != NULL && p->defaults_only) {
-        /* @when sent the defaults tuple alone (when.c). */
-        snapshot = bocpy_deserialise(st, p->captures);
-        if (snapshot == NULL) {
-            return NULL;
-        }
-        defaults = snapshot;
+    if (p->live_captures != NULL) {
+        snapshot = Py_NewRef(p->live_captures); /* not copied (when.c) */
     } else if (p->captures != NULL) {
+        /* Not made for this backend (when.c keeps its captures live), but a
+         * serialised snapshot is read all the same. */
         snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             return NULL;
         }
+    }
+    if (snapshot != NULL && p->defaults_only) {
+        /* @when sent the defaults tuple alone (when.c). */
+        defaults = snapshot;
+    } else if (snapshot != NULL) {
         extra = PyTuple_GET_ITEM(snapshot, 0);
         defaults = PyTuple_GET_ITEM(snapshot, 1);
         kwdefaults = PyTuple_GET_ITEM(snapshot, 2);
@@ -563,6 +565,7 @@ done:;
     }
     bocpy_cown_store(p->result, here, result, is_exception);
     Py_DECREF(result);
+    Py_CLEAR(p->live_captures); /* attached here: cheaper than behavior_done's way */
     bocpy_noticeboard_behavior_end();
 }
 
@@ -591,6 +594,12 @@ static void threads_behavior_done(void *user, boc_behavior *b) {
     bocpy_payload *p = boc_behavior_payload(b);
     bocpy_blob_free(p->captures);
     p->captures = NULL;
+    if (p->live_captures != NULL) {
+        /* Never run (dropped): any thread, maybe with no thread state, so
+         * the main interpreter frees it later (no Python, no blocking). */
+        bocpy_garbage_push(threads_main_state->interp, p->live_captures);
+        p->live_captures = NULL;
+    }
 }
 
 static const boc_runtime_ops threads_ops = {

@@ -269,7 +269,14 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
-    if (snapshot != NULL) {
+    /* The threads backend runs the body in this interpreter: the snapshot
+     * travels as it is (taken now, like the pickled one: a closure variable
+     * rebound after @when does not change what the behavior sees; the
+     * objects themselves are shared, not copied). */
+    PyObject *live = NULL;
+    if (snapshot != NULL && bocpy_backend_shares_values()) {
+        live = snapshot;
+    } else if (snapshot != NULL) {
         captures = bocpy_serialise(st, snapshot);
         Py_DECREF(snapshot);
         if (captures == NULL) {
@@ -285,6 +292,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     bocpy_cown *result = bocpy_cown_new();
     if (result == NULL) {
         bocpy_blob_free(captures);
+        Py_XDECREF(live);
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
@@ -292,6 +300,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     boc_cown_decref(&result->base); /* the wrapper holds it now */
     if (wrapper == NULL) {
         bocpy_blob_free(captures);
+        Py_XDECREF(live);
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
@@ -301,6 +310,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     boc_behavior *b = boc_behavior_new((size_t)ncowns + 1, payload_size);
     if (b == NULL) {
         bocpy_blob_free(captures);
+        Py_XDECREF(live);
         Py_DECREF(wrapper);
         bocpy_runtime_unpin(pinned);
         return PyErr_NoMemory();
@@ -308,6 +318,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     bocpy_payload *p = boc_behavior_payload(b);
     p->code_id = code_id;
     p->captures = captures;
+    p->live_captures = live; /* the payload owns it now */
     p->defaults_only = defaults_only;
     p->result = result;
     p->nargs = (uint32_t)nargs;

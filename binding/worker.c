@@ -372,17 +372,17 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     }
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->captures != NULL && p->defaults_only) {
-        snapshot = bocpy_deserialise(st, p->captures);
-        if (snapshot == NULL) {
-            goto failed;
-        }
-        defaults = snapshot;
+    if (p->live_captures != NULL) { /* threads backend: the objects themselves */
+        snapshot = Py_NewRef(p->live_captures);
     } else if (p->captures != NULL) {
         snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
         }
+    }
+    if (snapshot != NULL && p->defaults_only) {
+        defaults = snapshot;
+    } else if (snapshot != NULL) {
         extra = PyTuple_GET_ITEM(snapshot, 0);
         defaults = PyTuple_GET_ITEM(snapshot, 1);
         kwdefaults = PyTuple_GET_ITEM(snapshot, 2);
@@ -538,6 +538,9 @@ store:
     }
     Py_XDECREF(func);
     Py_XDECREF(snapshot);
+    /* A pinned behavior of the threads backend: this is the main
+     * interpreter, attached; the payload's reference goes here. */
+    Py_CLEAR(p->live_captures);
     bocpy_noticeboard_behavior_end();
 }
 

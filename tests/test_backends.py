@@ -258,3 +258,51 @@ def test_check_sharing_is_off_by_default_and_a_bad_value_is_refused(run_script: 
     lines = out.splitlines()
     assert lines[0] == "ran"
     assert lines[1].startswith("E BOCPY_CHECK_SHARING is 'yes': set it to '1'"), lines[1]
+
+
+def test_threads_backend_captures_are_the_objects_not_copies(run_script: Run) -> None:
+    """Locks, lambdas and open files can be captured (on the interpreters
+    backend they cannot be pickled); the snapshot is still taken at @when, so
+    a closure variable rebound later does not change what a behavior sees."""
+    out = ok(
+        run_script(
+            """
+            import threading
+            import bocpy
+            from bocpy import Cown, PinnedCown, wait, when, whencall
+
+            bocpy.start(2, backend="threads")
+            lock = threading.Lock()
+
+            def main():
+                c = Cown(0)
+                guard = threading.Lock()  # captured by the closures below
+                for i in range(3):
+                    double = lambda x: 2 * x
+
+                    @when(c)
+                    def step(c, f=double):
+                        with guard:
+                            c.value += f(i)  # i as it was at @when
+
+                pinned = PinnedCown([])
+
+                @when(pinned, c)
+                def on_main(p, c):
+                    with guard:
+                        p.value.append((c.value, threading.current_thread() is threading.main_thread()))
+
+                def add(c, k, box):
+                    box.append(lock)
+                    return k(c.value)
+
+                box = []
+                plus = whencall(add, [c], [lambda v: v + 100, box])
+                wait()
+                print(c.value, pinned.value, plus.unwrap(), box[0] is lock)
+
+            main()
+            """
+        )
+    )
+    assert out.split() == ["6", "[(6,", "True)]", "106", "True"]
