@@ -537,6 +537,10 @@ void bocpy_pool_trim(size_t keep);
  * "threads"), or NULL with an exception (a bad $BOCPY_CHECK_SHARING, or
  * out of memory); the _core._set_backend and _core._backend functions. */
 boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count);
+/* True on a thread of the program itself: the main interpreter, and not a
+ * worker thread of the threads backend (whose bodies run in the main
+ * interpreter too).  What "not from inside a behavior" checks test. */
+bool bocpy_is_program_thread(bocpy_state *st);
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
 PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);
 /* True when the selected backend is "threads": values stay live objects of

@@ -88,7 +88,7 @@ bool bocpy_backend_shares_values(void) {
 
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name) {
     bocpy_state *st = bocpy_state_of_module(module);
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the worker backend can only be chosen from the main interpreter");
         return NULL;
@@ -376,6 +376,14 @@ static int check_sharing_of(bocpy_state *st, bocpy_payload *p) {
 
 /* ------------------------------------------------ the threads backend */
 
+/* Set once by each worker thread of this backend, for its whole life; read
+ * only by the same thread. */
+static _Thread_local bool on_threads_worker;
+
+bool bocpy_is_program_thread(bocpy_state *st) {
+    return st->interp->is_main && !on_threads_worker;
+}
+
 typedef struct threads_worker {
     PyThreadState *tstate; /* this thread in the main interpreter */
     bool attached;
@@ -415,6 +423,7 @@ static void *threads_worker_start(void *user, unsigned index, bool *failed) {
     }
     w->tstate = ts;
     w->state = st;
+    on_threads_worker = true; /* worker_start runs on the worker thread */
     return w;
 }
 
