@@ -18,6 +18,7 @@ import pytest
 
 import bocpy
 from bocpy import Cown, when
+from conftest import THREADS_BACKEND
 
 
 class Colour(enum.IntEnum):
