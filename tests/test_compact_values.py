@@ -166,7 +166,8 @@ def test_defaults_only_captures_bind_like_defaults():
     assert some.unwrap() == (10, 20, ())
     assert all_given.unwrap() == (5, (2, "x"))
     assert mutable.unwrap() == [0, 1, 2, 1]
-    assert big == [0, 1, 2]
+    # The threads backend passes captures as the objects themselves (no copy).
+    assert big == ([0, 1, 2, 1] if THREADS_BACKEND else [0, 1, 2])
 
 
 def test_kwonly_and_closure_captures_still_work():
