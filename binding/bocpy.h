@@ -328,10 +328,10 @@ typedef struct bocpy_payload {
      * behaviors), else by behavior_done through the main interpreter's
      * garbage list (any thread, no Python). */
     PyObject *live_captures;
-    bocpy_cown *result;   /* borrowed: the behavior holds a reference */
-    uint32_t nargs;       /* arguments given to @when */
-    uint32_t ncowns;      /* cowns across all arguments */
-    bocpy_cown **cowns;   /* borrowed, argument order: right after the payload */
+    bocpy_cown *result; /* borrowed: the behavior holds a reference */
+    uint32_t nargs;     /* arguments given to @when */
+    uint32_t ncowns;    /* cowns across all arguments */
+    bocpy_cown **cowns; /* borrowed, argument order: right after the payload */
     /* followed by the cowns (bocpy_cown *[ncowns], borrowed, argument
      * order) and the groups (int32_t[nargs], per argument -1 for a cown,
      * else the group length): see bocpy_payload_groups */

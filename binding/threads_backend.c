@@ -27,9 +27,10 @@
  * reachable from two cowns' values: that is shared memory here (on the
  * interpreters backend each cown gets its own copy).  docs/backends.md.
  *
- * What still goes through pickling on this backend: the captures of a
- * behavior (extra arguments, defaults, closure cells), which @when
- * serialises before it knows the backend (when.c); see docs/backends.md.
+ * Captures (extra arguments, defaults, closure cells) are not pickled here
+ * either: @when keeps its snapshot as objects (payload live_captures).
+ * BOCPY_CHECK_SHARING=1 turns on a check for objects reachable from two
+ * cowns of a behavior (below).  docs/backends.md.
  */
 #include "bocpy.h"
 
@@ -257,11 +258,11 @@ static int sharing_push(PyObject *obj, void *arg) {
 
 /* Neither reported nor walked (see the comment at the top). */
 static bool sharing_ignored(bocpy_state *st, PyObject *obj) {
-    return obj == Py_None || obj == Py_Ellipsis || obj == Py_NotImplemented ||
-           PyLong_Check(obj) || PyFloat_Check(obj) || PyComplex_Check(obj) ||
-           PyUnicode_Check(obj) || PyBytes_Check(obj) || PyType_Check(obj) ||
-           PyModule_Check(obj) || PyFunction_Check(obj) || PyCode_Check(obj) ||
-           PyCFunction_Check(obj) || bocpy_cown_check(st, obj);
+    return obj == Py_None || obj == Py_Ellipsis || obj == Py_NotImplemented || PyLong_Check(obj) ||
+           PyFloat_Check(obj) || PyComplex_Check(obj) || PyUnicode_Check(obj) ||
+           PyBytes_Check(obj) || PyType_Check(obj) || PyModule_Check(obj) ||
+           PyFunction_Check(obj) || PyCode_Check(obj) || PyCFunction_Check(obj) ||
+           bocpy_cown_check(st, obj);
 }
 
 /* Walks the value of cown slot `slot`; returns the shared object (borrowed)
@@ -296,8 +297,7 @@ static PyObject *sharing_walk_value(bocpy_state *st, sharing_walk *w, PyObject *
         e->last = slot;
         w->visited++;
         traverseproc traverse =
-            PyObject_IS_GC(obj) ? (traverseproc)PyType_GetSlot(Py_TYPE(obj), Py_tp_traverse)
-                                : NULL;
+            PyObject_IS_GC(obj) ? (traverseproc)PyType_GetSlot(Py_TYPE(obj), Py_tp_traverse) : NULL;
         if (traverse != NULL) {
             (void)traverse(obj, sharing_push, w);
             if (w->failed) {
@@ -319,8 +319,8 @@ static PyObject *slot_label(bocpy_payload *p, uint32_t slot) {
             return groups[i] < 0
                        ? PyUnicode_FromFormat("argument %u (cown id %llu)", i,
                                               (unsigned long long)c->base.id)
-                       : PyUnicode_FromFormat("argument %u, item %u of its list (cown id %llu)",
-                                              i, slot - first, (unsigned long long)c->base.id);
+                       : PyUnicode_FromFormat("argument %u, item %u of its list (cown id %llu)", i,
+                                              slot - first, (unsigned long long)c->base.id);
         }
         first += n;
     }
@@ -380,9 +380,7 @@ static int check_sharing_of(bocpy_state *st, bocpy_payload *p) {
  * only by the same thread. */
 static _Thread_local bool on_threads_worker;
 
-bool bocpy_is_program_thread(bocpy_state *st) {
-    return st->interp->is_main && !on_threads_worker;
-}
+bool bocpy_is_program_thread(bocpy_state *st) { return st->interp->is_main && !on_threads_worker; }
 
 typedef struct threads_worker {
     PyThreadState *tstate; /* this thread in the main interpreter */

@@ -290,7 +290,8 @@ def test_threads_backend_captures_are_the_objects_not_copies(run_script: Run) ->
                 @when(pinned, c)
                 def on_main(p, c):
                     with guard:
-                        p.value.append((c.value, threading.current_thread() is threading.main_thread()))
+                        on = threading.current_thread() is threading.main_thread()
+                        p.value.append((c.value, on))
 
                 def add(c, k, box):
                     box.append(lock)

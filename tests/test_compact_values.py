@@ -15,10 +15,10 @@ import math
 import struct
 
 import pytest
+from conftest import THREADS_BACKEND
 
 import bocpy
 from bocpy import Cown, when
-from conftest import THREADS_BACKEND
 
 
 class Colour(enum.IntEnum):
