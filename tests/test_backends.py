@@ -307,3 +307,45 @@ def test_threads_backend_captures_are_the_objects_not_copies(run_script: Run) ->
         )
     )
     assert out.split() == ["6", "[(6,", "True)]", "106", "True"]
+
+
+def test_threads_backend_refuses_main_program_calls_inside_a_behavior(run_script: Run) -> None:
+    """A body runs in the main interpreter here, so the check is by thread."""
+    out = ok(
+        run_script(
+            """
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            c, other = Cown(0), Cown(1)
+
+            @when(c)
+            def inside(c):
+                seen = []
+                for name, call in [
+                    ("wait", lambda: bocpy.wait()),
+                    ("start", lambda: bocpy.start()),
+                    ("pump", lambda: bocpy.pump()),
+                    ("acquire", lambda: other.acquire()),
+                    ("read", lambda: other.value),
+                ]:
+                    try:
+                        call()
+                        seen.append(name + ":ok")
+                    except RuntimeError:
+                        seen.append(name + ":RuntimeError")
+                return seen
+
+            wait()
+            print(" ".join(inside.unwrap()))
+            """
+        )
+    )
+    assert out.split() == [
+        "wait:RuntimeError",
+        "start:RuntimeError",
+        "pump:RuntimeError",
+        "acquire:RuntimeError",
+        "read:RuntimeError",
+    ]
