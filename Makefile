@@ -8,6 +8,9 @@
 #                sweep), lint, the Python suite against an ASan+UBSan build
 #                of the extension, the docs (warnings are errors), the wheel
 #                in a clean venv, and the Python suite
+#   make test-python-ft   the Python suite on free-threaded 3.13t (.venv-ft)
+#   make test-python-312  the Python suite on Python 3.12 (.venv-312)
+#                (CI runs both after make test: .ci/run)
 #   make docs    the documentation site, into docs/_build/html
 #   make wheel   an sdist and a manylinux wheel, into dist/
 #   make plots   redraw the benchmark figures from docs/benchmarks/*.json
@@ -28,7 +31,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 SPHINXOPTS ?= -W --keep-going
 
 .PHONY: all venv build demo test test-c test-python test-python-asan soak stress lint check-prototypes format bench \
-	build-ft test-python-ft \
+	build-ft test-python-ft test-python-312 \
 	docs wheel test-wheel plots bench-executor clean
 
 all: build
@@ -117,6 +120,22 @@ build-ft: $(VENV_FT)/.ready
 
 test-python-ft: build-ft
 	$(PY_FT) -m pytest tests $(PYTEST_ARGS)
+
+# The oldest Python that pyproject.toml claims (3.12), where one is
+# installed (python3.12 on PATH, or pyenv's); it is not built from source.
+VENV_312 := .venv-312
+PY_312 := $(VENV_312)/bin/python
+$(VENV_312)/.ready: pyproject.toml
+	@base="$$(command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -n 1)"; \
+	  if [ -z "$$base" ]; then echo "no Python 3.12 here (python3.12 or pyenv 3.12)" >&2; exit 1; fi; \
+	  echo "using $$base" && "$$base" -m venv --clear $(VENV_312)
+	$(PY_312) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis \
+	  'pyglet>=2.1' numpy
+	@touch $@
+
+test-python-312: $(VENV_312)/.ready
+	$(PY_312) -m pip install -q --disable-pip-version-check --no-build-isolation -e .
+	$(PY_312) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
 
 test-python-asan: build $(VENV)/.dev-ready
 	tests/sanitizers/run-python-asan.sh -p no:cacheprovider $(PYTEST_ARGS)

@@ -24,6 +24,9 @@
  * at nearly every dispatch and pay for a futex wake-up each time. */
 #define BOC__STEAL_ROUNDS 32
 #define BOC__SEARCH_NS 50000
+/* In builds with yield points, the timed part of the search is this many
+ * scans instead (see boc__keep_searching). */
+#define BOC__SEARCH_SCANS 64
 
 _Thread_local boc__thread_state boc__this_thread = {NULL, -1};
 
@@ -275,6 +278,34 @@ static bool boc__stop_searching(boc_runtime *rt) {
     return boc__any_queued(rt); /* step S2 */
 }
 
+/* Whether the searching worker scans once more before it parks, having
+ * made its steal rounds: until BOC__SEARCH_NS have passed since `began`,
+ * yielding the CPU before each scan.  Builds with yield points count scans
+ * instead (handing the token on before each): a controlled schedule must
+ * not depend on the clock, or replaying a seed could take another path. */
+static bool boc__keep_searching(const struct timespec *began, unsigned *scans) {
+#ifdef BOC_YIELD_POINTS
+    (void)began;
+    if (*scans >= BOC__SEARCH_SCANS) {
+        return false;
+    }
+    (*scans)++;
+    boc_yield_spin();
+    return true;
+#else
+    (void)scans;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t spent =
+        (int64_t)(now.tv_sec - began->tv_sec) * 1000000000 + (now.tv_nsec - began->tv_nsec);
+    if (spent >= BOC__SEARCH_NS) {
+        return false;
+    }
+    sched_yield(); /* whoever feeds us may be waiting for this core */
+    return true;
+#endif
+}
+
 /* Finds the next behavior for a worker whose own queue ran dry: own queue
  * (a round-robin dispatch may have refilled it), then stealing for a bounded
  * number of rounds as the one searching worker, then parking.  Returns NULL
@@ -284,6 +315,7 @@ static boc_behavior *boc__find_work(boc__worker *self) {
     unsigned rounds = 0;
     unsigned backoff = 0;
     bool searching = false;
+    unsigned scans = 0;
     struct timespec began = {0, 0};
     for (;;) {
         boc_behavior *b = boc__queue_pop(&self->queue);
@@ -320,21 +352,15 @@ static boc_behavior *boc__find_work(boc__worker *self) {
             }
             continue;
         }
-        if (searching && !stopping) {
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            int64_t spent =
-                (int64_t)(now.tv_sec - began.tv_sec) * 1000000000 + (now.tv_nsec - began.tv_nsec);
-            if (spent < BOC__SEARCH_NS) {
-                sched_yield(); /* whoever feeds us may be waiting for this core */
-                continue;
-            }
+        if (searching && !stopping && boc__keep_searching(&began, &scans)) {
+            continue;
         }
         if (searching) {
             searching = false;
             if (boc__stop_searching(rt)) {
                 rounds = 0;
                 backoff = 0;
+                scans = 0;
                 continue; /* a dispatch raced with the end of our search */
             }
         }
