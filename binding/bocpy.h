@@ -378,12 +378,23 @@ void bocpy_registry_clear_state(bocpy_state *st);
  * behavior can be freed on any thread without a GIL. */
 typedef struct bocpy_payload {
     int64_t code_id;
-    bocpy_blob *captures; /* (extra_args, defaults, kwdefaults, closure) or NULL, */
-    bocpy_cown *result;   /* borrowed: the behavior holds a reference */
-    uint32_t ncowns;      /* cowns across all arguments */
-    uint16_t nargs;       /* arguments given to @when (at most UINT16_MAX) */
-    bool defaults_only;   /* captures is the defaults tuple alone */
-    bool grouped;         /* the groups are stored (bocpy_payload_groups) */
+    union {
+        bocpy_blob *captures;    /* (extra_args, defaults, kwdefaults, closure) or NULL, */
+        PyObject *live_captures; /* when `live` (below) */
+    };
+    bocpy_cown *result;     /* borrowed: the behavior holds a reference */
+    uint32_t ncowns;        /* cowns across all arguments */
+    uint16_t nargs;         /* arguments given to @when (at most UINT16_MAX) */
+    bool defaults_only : 1; /* the captures are the defaults tuple alone */
+    bool grouped : 1;       /* the groups are stored (bocpy_payload_groups) */
+    /* The threads backend keeps the captures as objects of the main
+     * interpreter (`live_captures`, sharing `captures`' slot), so that
+     * locks, lambdas and files can be captured.  A strong reference, or NULL
+     * once dropped: by whoever runs the body, attached to the main
+     * interpreter (threads_backend.c, bocpy_run_behavior for pinned
+     * behaviors), else by the backend's behavior_done through the main
+     * interpreter's garbage list (any thread, no Python). */
+    bool live : 1;
     /* The cowns (borrowed, argument order), then, when `grouped`, the groups
      * (int32_t[nargs], per argument -1 for a cown, else the group length).
      * 32 bytes before the cowns: with one cown and libboc's 112-byte header
@@ -593,8 +604,13 @@ void bocpy_pool_trim(size_t keep);
 
 /* Worker backends (threads_backend.c): the runtime made with the backend
  * selected by _core._set_backend ("interpreters", the default, or
- * "threads"); the _core._set_backend and _core._backend functions. */
+ * "threads"), or NULL with an exception (a bad $BOCPY_CHECK_SHARING, or
+ * out of memory); the _core._set_backend and _core._backend functions. */
 boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count);
+/* True on a thread of the program itself: the main interpreter, and not a
+ * worker thread of the threads backend (whose bodies run in the main
+ * interpreter too).  What "not from inside a behavior" checks test. */
+bool bocpy_is_program_thread(bocpy_state *st);
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
 PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);
 /* True when the selected backend is "threads": values stay live objects of

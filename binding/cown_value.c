@@ -1316,7 +1316,7 @@ static PyObject *read_result(bocpy_cown *c, read_what what) {
  * the GIL held, holder == 0 means no body is running against it, even if
  * behaviors are queued. */
 static PyObject *read_unheld(bocpy_state *st, bocpy_cown *c, read_what what) {
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError, NOT_HELD);
         return NULL;
     }
@@ -1429,7 +1429,7 @@ static int Cown_set_exception(CownObject *self, PyObject *value, void *closure) 
 
 /* Checks shared by acquire() and unwrap(): main interpreter, quiescent. */
 static int check_main_quiescent(bocpy_state *st, const char *what) {
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_Format(PyExc_RuntimeError,
                      "Cown.%s() is for the main interpreter; inside a behavior, request "
                      "the cown with @when instead",

@@ -132,7 +132,7 @@ boc_runtime *bocpy_runtime(void) {
 /* May the calling thread schedule on a DRAINING runtime?  Yes when what it
  * schedules belongs to the work being drained (see the top of the file). */
 static bool belongs_to_draining_work(bocpy_state *st) {
-    return !st->interp->is_main || tls_lifecycle_owner || tls_pins > 0 || bocpy_pumping();
+    return !bocpy_is_program_thread(st) || tls_lifecycle_owner || tls_pins > 0 || bocpy_pumping();
 }
 
 boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinned) {
@@ -173,7 +173,7 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             if (mode == BOCPY_PIN_QUIESCE) {
                 return NULL;
             }
-            if (!st->interp->is_main || st->starter == NULL) {
+            if (!bocpy_is_program_thread(st) || st->starter == NULL) {
                 PyErr_SetString(PyExc_RuntimeError,
                                 "the bocpy runtime is not running; import bocpy in the main "
                                 "interpreter and schedule behaviors from there");
@@ -245,7 +245,7 @@ static void bootstrap_clear(void) {
 }
 
 static int check_main(bocpy_state *st, const char *name) {
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_Format(PyExc_RuntimeError,
                      "bocpy.%s() can only be called from the main interpreter, not from "
                      "inside a behavior",
@@ -283,9 +283,8 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
     bocpy_start_error_reset();
     atomic_store_explicit(&bocpy_cancelling, false, memory_order_relaxed); /* see its definition */
     boc_runtime *rt = bocpy_backend_runtime_new(st, (unsigned)count);
-    if (rt == NULL) {
+    if (rt == NULL) { /* the exception is set */
         start_failed();
-        PyErr_NoMemory();
         return -1;
     }
     int rc;

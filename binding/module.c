@@ -156,7 +156,8 @@ static PyObject *core_set_starter(PyObject *module, PyObject *func) {
 
 static PyObject *core_is_main_interpreter(PyObject *module, PyObject *unused) {
     (void)unused;
-    return PyBool_FromLong(bocpy_state_of_module(module)->interp->is_main);
+    /* Not on a threads-backend worker: "the program", not a behavior. */
+    return PyBool_FromLong(bocpy_is_program_thread(bocpy_state_of_module(module)));
 }
 
 static PyObject *core_is_transferable(PyObject *module, PyObject *obj) {
@@ -294,7 +295,7 @@ static PyObject *core_notice_seed(PyObject *module, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "_core.notice_seed(key, value)");
         return NULL;
     }
-    if (!st->interp->is_main || bocpy_pumping()) {
+    if (!bocpy_is_program_thread(st) || bocpy_pumping()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "notice_seed() is for the main thread between runs; inside a behavior "
                         "use notice_write()");
@@ -351,7 +352,7 @@ static PyObject *core_set_tags(PyObject *module, PyObject *const *args, Py_ssize
                                PyObject *kwnames) {
     PARSE_ARGS("set_tags", 1, "tags");
     bocpy_state *st = bocpy_state_of_module(module);
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "set_tags() is for the main interpreter: it clears every message queue, "
                         "so call it before (or between) runs, not from inside a behavior");

@@ -289,7 +289,7 @@ static int parse_bound(PyObject *obj, const char *name, bool milliseconds, long 
 
 PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
                      int raise_on_error) {
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "bocpy.pump() runs pinned behaviors on the main thread: call it from "
                         "the main interpreter, not from inside a behavior");
@@ -326,7 +326,7 @@ PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
 PyObject *bocpy_wake_fd(void) { return PyLong_FromLong(public_wake_fd); }
 
 PyObject *bocpy_set_wake_callback(bocpy_state *st, PyObject *callback) {
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "set_wake_callback() is for the main interpreter's event loop");
         return NULL;
@@ -457,7 +457,7 @@ void bocpy_pinned_runtime_gone(void) {
 }
 
 PyObject *bocpy_set_pump_watchdog(bocpy_state *st, PyObject *warn_obj, PyObject *on_starve) {
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError, "set_pump_watchdog() is for the main interpreter");
         return NULL;
     }
@@ -518,7 +518,7 @@ static PyObject *PinnedCown_new(PyTypeObject *type, PyObject *args, PyObject *kw
     if (st == NULL) {
         return NULL;
     }
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "a PinnedCown can only be created in the main interpreter (its value "
                         "lives there); create it on the main thread and pass the handle to "

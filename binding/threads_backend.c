@@ -27,9 +27,10 @@
  * reachable from two cowns' values: that is shared memory here (on the
  * interpreters backend each cown gets its own copy).  docs/backends.md.
  *
- * What still goes through pickling on this backend: the captures of a
- * behavior (extra arguments, defaults, closure cells), which @when
- * serialises before it knows the backend (when.c); see docs/backends.md.
+ * Captures (extra arguments, defaults, closure cells) are not pickled here
+ * either: @when keeps its snapshot as objects (payload live_captures).
+ * BOCPY_CHECK_SHARING=1 turns on a check for objects reachable from two
+ * cowns of a behavior (below).  docs/backends.md.
  */
 #include "bocpy.h"
 
@@ -43,6 +44,7 @@ typedef struct bocpy_backend {
 } bocpy_backend;
 
 static const boc_runtime_ops threads_ops;
+static int read_check_sharing(void);
 
 static const bocpy_backend backends[] = {
     {"interpreters", &bocpy_runtime_ops},
@@ -68,10 +70,17 @@ static bocpy_state *threads_main_state;
 boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count) {
     const bocpy_backend *b = atomic_load_explicit(&selected, memory_order_relaxed);
     atomic_store_explicit(&active, b, memory_order_relaxed);
+    if (read_check_sharing() < 0) {
+        return NULL;
+    }
     if (b->ops == &threads_ops) {
         threads_main_state = st;
     }
-    return boc_runtime_new(count, b->ops, NULL);
+    boc_runtime *rt = boc_runtime_new(count, b->ops, NULL);
+    if (rt == NULL) {
+        PyErr_NoMemory();
+    }
+    return rt;
 }
 
 bool bocpy_backend_shares_values(void) {
@@ -80,7 +89,7 @@ bool bocpy_backend_shares_values(void) {
 
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name) {
     bocpy_state *st = bocpy_state_of_module(module);
-    if (!st->interp->is_main) {
+    if (!bocpy_is_program_thread(st)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the worker backend can only be chosen from the main interpreter");
         return NULL;
@@ -128,7 +137,250 @@ PyObject *bocpy_backend_name(PyObject *module, PyObject *unused) {
     return PyUnicode_FromString(b->name);
 }
 
+/* ------------------------------------------------ BOCPY_CHECK_SHARING */
+
+/*
+ * A debug mode of the threads backend: before a body runs, walk the values
+ * of the cowns it holds and refuse to run it (a RuntimeError on its result,
+ * naming both cowns) when one object is reachable from two of them -- on
+ * this backend such an object is shared memory, and two behaviors holding
+ * those cowns separately could touch it at once.
+ *
+ * What the walk counts as "an object": everything reached through
+ * tp_traverse (what gc.get_referents reports) from a value, except
+ *   - atoms, shared freely by design: None, bool, int, float, complex, str,
+ *     bytes, Ellipsis, NotImplemented;
+ *   - code, not data: types, modules, functions, code objects, built-in
+ *     functions (every value reaches its class, every function its module's
+ *     globals); the walk does not look inside them;
+ *   - Cowns: holding a reference to the same cown is what cowns are for.
+ * Tuples and frozensets are walked (they can hold mutable objects) but are
+ * not reported themselves.  The walk stops after SHARING_MAX_OBJECTS
+ * objects per behavior (what lies beyond is not checked).  It only compares
+ * the cowns of one behavior: sharing with a cown the behavior does not hold
+ * is found by a behavior that holds both.
+ *
+ * Safety of the walk: every object it reads is reachable from a value this
+ * thread holds; a shared one (what it looks for) may be mutated by another
+ * holder meanwhile, which on a free-threaded build is still memory-safe for
+ * the built-in containers (their storage is freed only after a quiescent
+ * state, QSBR) and on a GIL build cannot happen (the walk keeps the GIL).
+ * tp_traverse runs no Python code, so nothing is freed under the walk.
+ */
+
+#define SHARING_MAX_OBJECTS (1u << 20)
+
+/* Set from $BOCPY_CHECK_SHARING when a runtime is made (by the starter,
+ * before its workers exist: thread creation orders it for them); read by
+ * the workers.  Relaxed: nothing else is published through it. */
+static atomic_bool check_sharing;
+
+static int read_check_sharing(void) {
+    const char *v = getenv("BOCPY_CHECK_SHARING");
+    if (v == NULL || v[0] == '\0' || strcmp(v, "0") == 0) {
+        atomic_store_explicit(&check_sharing, false, memory_order_relaxed);
+        return 0;
+    }
+    if (strcmp(v, "1") == 0) {
+        atomic_store_explicit(&check_sharing, true, memory_order_relaxed);
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "BOCPY_CHECK_SHARING is '%.100s': set it to '1' to check, on the threads "
+                 "backend, that no object is reachable from two cowns of a behavior, or to "
+                 "'0' (or unset it) not to check",
+                 v);
+    return -1;
+}
+
+/* Open-addressing map: object address -> (first walk that reached it,
+ * last walk that reached it); a walk is a cown slot of the behavior. */
+typedef struct sharing_entry {
+    PyObject *obj; /* NULL: empty */
+    uint32_t owner, last;
+} sharing_entry;
+
+typedef struct sharing_walk {
+    sharing_entry *table;
+    size_t cap, used; /* cap a power of two; used <= cap / 2 */
+    PyObject **stack;
+    size_t depth, stack_cap;
+    size_t visited;
+    bool failed; /* out of memory */
+} sharing_walk;
+
+static size_t sharing_hash(PyObject *obj, size_t cap) {
+    return (size_t)(((uintptr_t)obj >> 4) * (uintptr_t)0x9E3779B97F4A7C15ull) & (cap - 1);
+}
+
+static sharing_entry *sharing_find(sharing_walk *w, PyObject *obj) {
+    size_t i = sharing_hash(obj, w->cap);
+    while (w->table[i].obj != NULL && w->table[i].obj != obj) {
+        i = (i + 1) & (w->cap - 1);
+    }
+    return &w->table[i];
+}
+
+static bool sharing_grow(sharing_walk *w) {
+    size_t cap = w->cap ? w->cap * 2 : 256;
+    sharing_entry *old = w->table;
+    size_t old_cap = w->cap;
+    w->table = calloc(cap, sizeof(*w->table));
+    if (w->table == NULL) {
+        w->table = old;
+        return false;
+    }
+    w->cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].obj != NULL) {
+            *sharing_find(w, old[i].obj) = old[i];
+        }
+    }
+    free(old);
+    return true;
+}
+
+static int sharing_push(PyObject *obj, void *arg) {
+    sharing_walk *w = arg;
+    if (w->depth == w->stack_cap) {
+        size_t cap = w->stack_cap ? w->stack_cap * 2 : 256;
+        PyObject **stack = realloc(w->stack, cap * sizeof(*stack));
+        if (stack == NULL) {
+            w->failed = true;
+            return -1; /* stops tp_traverse */
+        }
+        w->stack = stack;
+        w->stack_cap = cap;
+    }
+    w->stack[w->depth++] = obj;
+    return 0;
+}
+
+/* Neither reported nor walked (see the comment at the top). */
+static bool sharing_ignored(bocpy_state *st, PyObject *obj) {
+    return obj == Py_None || obj == Py_Ellipsis || obj == Py_NotImplemented || PyLong_Check(obj) ||
+           PyFloat_Check(obj) || PyComplex_Check(obj) || PyUnicode_Check(obj) ||
+           PyBytes_Check(obj) || PyType_Check(obj) || PyModule_Check(obj) ||
+           PyFunction_Check(obj) || PyCode_Check(obj) || PyCFunction_Check(obj) ||
+           bocpy_cown_check(st, obj);
+}
+
+/* Walks the value of cown slot `slot`; returns the shared object (borrowed)
+ * and sets *other to the slot that reached it first, or NULL (w->failed on
+ * an allocation failure). */
+static PyObject *sharing_walk_value(bocpy_state *st, sharing_walk *w, PyObject *value,
+                                    uint32_t slot, uint32_t *other) {
+    w->depth = 0;
+    if (sharing_push(value, w) < 0) {
+        return NULL;
+    }
+    while (w->depth > 0 && w->visited < SHARING_MAX_OBJECTS) {
+        PyObject *obj = w->stack[--w->depth];
+        if (sharing_ignored(st, obj)) {
+            continue;
+        }
+        if ((w->used + 1) * 2 > w->cap && !sharing_grow(w)) {
+            w->failed = true;
+            return NULL;
+        }
+        sharing_entry *e = sharing_find(w, obj);
+        if (e->obj == NULL) {
+            e->obj = obj;
+            e->owner = slot;
+            w->used++;
+        } else if (e->last == slot) {
+            continue; /* already walked from this value */
+        } else if (!PyTuple_Check(obj) && !PyFrozenSet_Check(obj)) {
+            *other = e->owner;
+            return obj;
+        }
+        e->last = slot;
+        w->visited++;
+        traverseproc traverse =
+            PyObject_IS_GC(obj) ? (traverseproc)PyType_GetSlot(Py_TYPE(obj), Py_tp_traverse) : NULL;
+        if (traverse != NULL) {
+            (void)traverse(obj, sharing_push, w);
+            if (w->failed) {
+                return NULL;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* "argument 1" or "argument 1, item 0 of its list", for cown slot `slot`. */
+static PyObject *slot_label(bocpy_payload *p, uint32_t slot) {
+    const int32_t *groups = bocpy_payload_groups(p);
+    uint32_t first = 0;
+    for (uint32_t i = 0; i < p->nargs; i++) {
+        uint32_t n = groups[i] < 0 ? 1 : (uint32_t)groups[i];
+        if (slot < first + n) {
+            bocpy_cown *c = p->cowns[slot];
+            return groups[i] < 0
+                       ? PyUnicode_FromFormat("argument %u (cown id %llu)", i,
+                                              (unsigned long long)c->base.id)
+                       : PyUnicode_FromFormat("argument %u, item %u of its list (cown id %llu)", i,
+                                              slot - first, (unsigned long long)c->base.id);
+        }
+        first += n;
+    }
+    return PyUnicode_FromFormat("cown slot %u", slot);
+}
+
+/* 0 when no object is reachable from two of the behavior's cowns (or the
+ * check is off); -1 with a RuntimeError naming both, or MemoryError. */
+static int check_sharing_of(bocpy_state *st, bocpy_payload *p) {
+    if (!atomic_load_explicit(&check_sharing, memory_order_relaxed) || p->ncowns < 2) {
+        return 0;
+    }
+    sharing_walk w = {0};
+    PyObject *shared = NULL;
+    uint32_t first = 0, second = 0;
+    for (uint32_t i = 0; shared == NULL && !w.failed && i < p->ncowns; i++) {
+        bool repeat = false; /* a cown listed twice is one value */
+        for (uint32_t j = 0; j < i; j++) {
+            repeat = repeat || p->cowns[j] == p->cowns[i];
+        }
+        PyObject *value = p->cowns[i]->obj; /* materialised: NULL is None */
+        if (!repeat && value != NULL) {
+            shared = sharing_walk_value(st, &w, value, i, &first);
+            second = i;
+        }
+    }
+    int rc = 0;
+    if (w.failed) {
+        PyErr_NoMemory();
+        rc = -1;
+    } else if (shared != NULL) {
+        PyObject *name = bocpy_registry_name(st, p->code_id);
+        PyObject *a = name ? slot_label(p, first) : NULL;
+        PyObject *b = a ? slot_label(p, second) : NULL;
+        if (b != NULL) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "BOCPY_CHECK_SHARING: behavior '%U' did not run: its %U and its %U "
+                         "both reach the same '%.200s' object (at %p); on the threads "
+                         "backend that object is shared memory, and two behaviors holding "
+                         "these cowns separately could use it at once: keep each mutable "
+                         "object inside one cown (copy it, or give it a cown of its own)",
+                         name, a, b, Py_TYPE(shared)->tp_name, (void *)shared);
+        }
+        Py_XDECREF(name);
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        rc = -1;
+    }
+    free(w.table);
+    free(w.stack);
+    return rc;
+}
+
 /* ------------------------------------------------ the threads backend */
+
+/* Set once by each worker thread of this backend, for its whole life; read
+ * only by the same thread. */
+static _Thread_local bool on_threads_worker;
+
+bool bocpy_is_program_thread(bocpy_state *st) { return st->interp->is_main && !on_threads_worker; }
 
 typedef struct threads_worker {
     PyThreadState *tstate; /* this thread in the main interpreter */
@@ -169,6 +421,7 @@ static void *threads_worker_start(void *user, unsigned index, bool *failed) {
     }
     w->tstate = ts;
     w->state = st;
+    on_threads_worker = true; /* worker_start runs on the worker thread */
     return w;
 }
 
@@ -234,18 +487,20 @@ static PyObject *argument(bocpy_state *st, bocpy_payload *p, uint32_t i, uint32_
 static PyObject *call_body(bocpy_state *st, bocpy_payload *p) {
     PyObject *snapshot = NULL, *extra = NULL;
     PyObject *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->captures != NULL && p->defaults_only) {
-        /* @when sent the defaults tuple alone (when.c). */
-        snapshot = bocpy_deserialise(st, p->captures);
-        if (snapshot == NULL) {
-            return NULL;
-        }
-        defaults = snapshot;
+    if (p->live) {
+        snapshot = Py_XNewRef(p->live_captures); /* not copied (when.c) */
     } else if (p->captures != NULL) {
+        /* Not made for this backend (when.c keeps its captures live), but a
+         * serialised snapshot is read all the same. */
         snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             return NULL;
         }
+    }
+    if (snapshot != NULL && p->defaults_only) {
+        /* @when sent the defaults tuple alone (when.c). */
+        defaults = snapshot;
+    } else if (snapshot != NULL) {
         extra = PyTuple_GET_ITEM(snapshot, 0);
         defaults = PyTuple_GET_ITEM(snapshot, 1);
         kwdefaults = PyTuple_GET_ITEM(snapshot, 2);
@@ -298,6 +553,9 @@ static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelle
         /* relaxed: only this thread compares the token with its own. */
         atomic_store_explicit(&c->holder, token, memory_order_relaxed);
     }
+    if (check_sharing_of(st, p) < 0) {
+        goto done;
+    }
     result = call_body(st, p);
 done:;
     bool is_exception = result == NULL;
@@ -314,6 +572,9 @@ done:;
     }
     bocpy_cown_store(p->result, here, result, is_exception);
     Py_DECREF(result);
+    if (p->live) {
+        Py_CLEAR(p->live_captures); /* attached here: cheaper than behavior_done's way */
+    }
     bocpy_noticeboard_behavior_end();
 }
 
@@ -340,8 +601,15 @@ static void threads_worker_stop(void *user, unsigned index, void *arg) {
 static void threads_behavior_done(void *user, boc_behavior *b) {
     (void)user;
     bocpy_payload *p = boc_behavior_payload(b);
-    bocpy_blob_free(p->captures);
-    p->captures = NULL;
+    if (!p->live) {
+        bocpy_blob_free(p->captures);
+        p->captures = NULL;
+    } else if (p->live_captures != NULL) {
+        /* Never run (dropped): any thread, maybe with no thread state, so
+         * the main interpreter frees it later (no Python, no blocking). */
+        bocpy_garbage_push(threads_main_state->interp, p->live_captures);
+        p->live_captures = NULL;
+    }
 }
 
 static const boc_runtime_ops threads_ops = {

@@ -13,6 +13,10 @@
 
 #include <string.h>
 
+/* See bocpy_payload: with one cown, a queued behavior stays a 160-byte
+ * malloc chunk only while the payload's fixed part is 32 bytes. */
+_Static_assert(sizeof(bocpy_payload) <= 32, "bocpy_payload outgrew 32 bytes");
+
 const int32_t bocpy_ungrouped[BOCPY_UNGROUPED_MAX] = {-1, -1, -1, -1, -1, -1, -1, -1,
                                                       -1, -1, -1, -1, -1, -1, -1, -1};
 
@@ -279,7 +283,14 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
-    if (snapshot != NULL) {
+    /* The threads backend runs the body in this interpreter: the snapshot
+     * travels as it is (taken now, like the pickled one: a closure variable
+     * rebound after @when does not change what the behavior sees; the
+     * objects themselves are shared, not copied). */
+    PyObject *live = NULL;
+    if (snapshot != NULL && bocpy_backend_shares_values()) {
+        live = snapshot;
+    } else if (snapshot != NULL) {
         captures = bocpy_serialise(st, snapshot);
         Py_DECREF(snapshot);
         if (captures == NULL) {
@@ -295,6 +306,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     bocpy_cown *result = bocpy_cown_new();
     if (result == NULL) {
         bocpy_blob_free(captures);
+        Py_XDECREF(live);
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
@@ -302,6 +314,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     boc_cown_decref(&result->base); /* the wrapper holds it now */
     if (wrapper == NULL) {
         bocpy_blob_free(captures);
+        Py_XDECREF(live);
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
@@ -315,13 +328,19 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     boc_behavior *b = boc_behavior_new((size_t)ncowns + 1, payload_size);
     if (b == NULL) {
         bocpy_blob_free(captures);
+        Py_XDECREF(live);
         Py_DECREF(wrapper);
         bocpy_runtime_unpin(pinned);
         return PyErr_NoMemory();
     }
     bocpy_payload *p = boc_behavior_payload(b);
     p->code_id = code_id;
-    p->captures = captures;
+    p->live = live != NULL;
+    if (p->live) {
+        p->live_captures = live; /* the payload owns it now (captures is NULL) */
+    } else {
+        p->captures = captures;
+    }
     p->defaults_only = defaults_only;
     p->grouped = grouped;
     p->result = result;

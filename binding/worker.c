@@ -372,17 +372,17 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
     }
 
     PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->captures != NULL && p->defaults_only) {
-        snapshot = bocpy_deserialise(st, p->captures);
-        if (snapshot == NULL) {
-            goto failed;
-        }
-        defaults = snapshot;
+    if (p->live) { /* threads backend: the objects themselves */
+        snapshot = Py_XNewRef(p->live_captures);
     } else if (p->captures != NULL) {
         snapshot = bocpy_deserialise(st, p->captures);
         if (snapshot == NULL) {
             goto failed;
         }
+    }
+    if (snapshot != NULL && p->defaults_only) {
+        defaults = snapshot;
+    } else if (snapshot != NULL) {
         extra = PyTuple_GET_ITEM(snapshot, 0);
         defaults = PyTuple_GET_ITEM(snapshot, 1);
         kwdefaults = PyTuple_GET_ITEM(snapshot, 2);
@@ -534,6 +534,11 @@ store:
     }
     Py_XDECREF(func);
     Py_XDECREF(snapshot);
+    /* A pinned behavior of the threads backend: this is the main
+     * interpreter, attached; the payload's reference goes here. */
+    if (p->live) {
+        Py_CLEAR(p->live_captures);
+    }
     bocpy_noticeboard_behavior_end();
 }
 
@@ -776,8 +781,12 @@ static void worker_stop(void *user, unsigned index, void *arg) {
 static void behavior_done(void *user, boc_behavior *b) {
     (void)user;
     bocpy_payload *p = boc_behavior_payload(b);
-    bocpy_blob_free(p->captures);
-    p->captures = NULL;
+    /* Live captures exist only under the threads backend, whose own
+     * behavior_done (threads_backend.c) drops them. */
+    if (!p->live) {
+        bocpy_blob_free(p->captures);
+        p->captures = NULL;
+    }
 }
 
 const boc_runtime_ops bocpy_runtime_ops = {

@@ -32,6 +32,16 @@ import bocpy
 #: The package sources, put first on the subprocesses' ``PYTHONPATH``.
 SRC = Path(__file__).resolve().parents[1] / "src"
 
+#: Whether this run's implicit starts use the threads backend ($BOCPY_BACKEND,
+#: else the build's default): values are never copied there.
+THREADS_BACKEND = bocpy._core._backend() == "threads"
+
+#: Why a test about copying a cown's value does not apply on that backend.
+NO_COPY_ON_THREADS = (
+    "the threads backend never copies (pickles) a cown's value, so nothing refuses an "
+    "unpicklable one (docs/backends.md)"
+)
+
 #: Seconds a subprocess may run before the test gives up on it.
 SUBPROCESS_TIMEOUT = 60
 

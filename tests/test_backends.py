@@ -176,3 +176,176 @@ def test_threads_backend_passes_captured_defaults_and_closures(run_script: Run) 
         )
     )
     assert out.split() == ["105"]
+
+
+def test_check_sharing_names_both_cowns_of_a_shared_object(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import os
+            os.environ["BOCPY_CHECK_SHARING"] = "1"
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            shared = [1]
+            a = Cown({"k": shared})
+            b = Cown([("a tuple is walked", shared)])
+            atoms = Cown([1, "x", None, (2, 3), 4.5, b"y"])
+            more = Cown([1, "x", None, (2, 3), 4.5, b"y"])
+
+            class Point:
+                pass
+
+            p, q = Cown(Point()), Cown(Point())  # the class itself is not data
+
+            @when(a, [atoms, b])
+            def mixes(a, group):
+                return "ran"
+
+            @when(atoms, more, p, q, a, a)
+            def fine(*cowns):  # atoms, one class, one cown listed twice
+                return "ran"
+
+            @when(Cown(shared), Cown(shared))
+            def same_value(x, y):
+                return "ran"
+
+            wait()
+            for result in (mixes, same_value):
+                try:
+                    result.unwrap()
+                except RuntimeError as e:
+                    print("E", e)
+            print("fine", fine.unwrap())
+            """
+        )
+    )
+    lines = out.splitlines()
+    assert lines[0].startswith("E BOCPY_CHECK_SHARING: behavior '__main__.mixes' did not run")
+    assert "argument 0 (cown id" in lines[0] and "argument 1, item 1 of its list" in lines[0]
+    assert "same 'list' object" in lines[0]
+    assert "argument 0" in lines[1] and "argument 1" in lines[1], lines[1]
+    assert lines[2] == "fine ran"
+
+
+def test_check_sharing_is_off_by_default_and_a_bad_value_is_refused(run_script: Run) -> None:
+    out = ok(
+        run_script(
+            """
+            import os
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            shared = []
+            a, b = Cown([shared]), Cown([shared])
+
+            @when(a, b)
+            def unchecked(a, b):
+                return "ran"
+
+            wait()
+            print(unchecked.unwrap())
+            os.environ["BOCPY_CHECK_SHARING"] = "yes"
+            try:
+                bocpy.start(2, backend="threads")
+            except ValueError as e:
+                print("E", e)
+            """
+        )
+    )
+    lines = out.splitlines()
+    assert lines[0] == "ran"
+    assert lines[1].startswith("E BOCPY_CHECK_SHARING is 'yes': set it to '1'"), lines[1]
+
+
+def test_threads_backend_captures_are_the_objects_not_copies(run_script: Run) -> None:
+    """Locks, lambdas and open files can be captured (on the interpreters
+    backend they cannot be pickled); the snapshot is still taken at @when, so
+    a closure variable rebound later does not change what a behavior sees."""
+    out = ok(
+        run_script(
+            """
+            import threading
+            import bocpy
+            from bocpy import Cown, PinnedCown, wait, when, whencall
+
+            bocpy.start(2, backend="threads")
+            lock = threading.Lock()
+
+            def main():
+                c = Cown(0)
+                guard = threading.Lock()  # captured by the closures below
+                for i in range(3):
+                    double = lambda x: 2 * x
+
+                    @when(c)
+                    def step(c, f=double):
+                        with guard:
+                            c.value += f(i)  # i as it was at @when
+
+                pinned = PinnedCown([])
+
+                @when(pinned, c)
+                def on_main(p, c):
+                    with guard:
+                        on = threading.current_thread() is threading.main_thread()
+                        p.value.append((c.value, on))
+
+                def add(c, k, box):
+                    box.append(lock)
+                    return k(c.value)
+
+                box = []
+                plus = whencall(add, [c], [lambda v: v + 100, box])
+                wait()
+                print(c.value, pinned.value, plus.unwrap(), box[0] is lock)
+
+            main()
+            """
+        )
+    )
+    assert out.split() == ["6", "[(6,", "True)]", "106", "True"]
+
+
+def test_threads_backend_refuses_main_program_calls_inside_a_behavior(run_script: Run) -> None:
+    """A body runs in the main interpreter here, so the check is by thread."""
+    out = ok(
+        run_script(
+            """
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            c, other = Cown(0), Cown(1)
+
+            @when(c)
+            def inside(c):
+                seen = []
+                for name, call in [
+                    ("wait", lambda: bocpy.wait()),
+                    ("start", lambda: bocpy.start()),
+                    ("pump", lambda: bocpy.pump()),
+                    ("acquire", lambda: other.acquire()),
+                    ("read", lambda: other.value),
+                ]:
+                    try:
+                        call()
+                        seen.append(name + ":ok")
+                    except RuntimeError:
+                        seen.append(name + ":RuntimeError")
+                return seen
+
+            wait()
+            print(" ".join(inside.unwrap()))
+            """
+        )
+    )
+    assert out.split() == [
+        "wait:RuntimeError",
+        "start:RuntimeError",
+        "pump:RuntimeError",
+        "acquire:RuntimeError",
+        "read:RuntimeError",
+    ]

@@ -31,7 +31,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import subprocess_env
+from conftest import NO_COPY_ON_THREADS, THREADS_BACKEND, subprocess_env
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from test_faults import (
@@ -570,7 +570,12 @@ def test_bad_calls_inside_a_behavior_raise_there_and_the_behavior_finishes(bad):
             ["_generator_function", "generator"],
         ),
         (lambda: when(Cown(1))(_async_function), TypeError, ["_async_function", "async"]),
-        (lambda: Cown(RefusesPickling("bad input")), TypeError, ["RefusesPickling"]),
+        pytest.param(
+            lambda: Cown(RefusesPickling("bad input")),
+            TypeError,
+            ["RefusesPickling"],
+            marks=pytest.mark.skipif(THREADS_BACKEND, reason=NO_COPY_ON_THREADS),
+        ),
         (lambda: bocpy.start(0), ValueError, ["0"]),
         (lambda: bocpy.start("two"), TypeError, ["str"]),
         (lambda: wait(timeout=-1), ValueError, ["-1"]),

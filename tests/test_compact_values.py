@@ -15,6 +15,7 @@ import math
 import struct
 
 import pytest
+from conftest import THREADS_BACKEND
 
 import bocpy
 from bocpy import Cown, when
