@@ -529,6 +529,10 @@ typedef struct bocpy_outcome {
     PyObject *propagate;   /* new reference to a BaseException that must propagate */
 } bocpy_outcome;
 
+/* Adds the behavior's traceback to `exc` as a note ("Behavior traceback
+ * ..."), which unwrap() and the result's repr show, and returns `exc` (its
+ * reference passes through; a failure to add the note is ignored). */
+PyObject *bocpy_note_behavior_traceback(PyObject *exc);
 /* Runs one behavior on the calling thread (which holds `here`'s GIL).  With
  * `cancelled`, the body is skipped and the result cown records why.  `out`
  * may be NULL (workers capture everything).  With `elsewhere` non-NULL, a

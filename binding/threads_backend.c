@@ -439,29 +439,7 @@ static PyObject *behavior_exception(void) {
     /* The traceback stays on the exception (nothing crosses here); the
      * note gives unwrap() and the result's repr the same text as on the
      * interpreters backend. */
-    PyObject *exc = PyErr_GetRaisedException();
-    PyObject *tb = PyException_GetTraceback(exc);
-    if (tb == NULL) {
-        return exc;
-    }
-    PyObject *traceback = PyImport_ImportModule("traceback");
-    PyObject *lines = traceback ? PyObject_CallMethod(traceback, "format_tb", "O", tb) : NULL;
-    PyObject *empty = lines ? PyUnicode_FromString("") : NULL;
-    PyObject *text = empty ? PyUnicode_Join(empty, lines) : NULL;
-    PyObject *note =
-        text ? PyUnicode_FromFormat("Behavior traceback (most recent call last):\n%U", text) : NULL;
-    PyObject *rv = note ? PyObject_CallMethod(exc, "add_note", "O", note) : NULL;
-    if (rv == NULL) {
-        PyErr_Clear();
-    }
-    Py_XDECREF(rv);
-    Py_XDECREF(note);
-    Py_XDECREF(text);
-    Py_XDECREF(empty);
-    Py_XDECREF(lines);
-    Py_XDECREF(traceback);
-    Py_DECREF(tb);
-    return exc;
+    return bocpy_note_behavior_traceback(PyErr_GetRaisedException());
 }
 
 /* One argument of the body: a Cown, or a list of Cowns for a group. */

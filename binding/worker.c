@@ -245,12 +245,16 @@ static void explain_name_error(PyObject *exc) {
 static PyObject *capture_exception(void) {
     PyObject *exc = PyErr_GetRaisedException();
     explain_name_error(exc);
+    /* The traceback object cannot cross interpreters; its text can, as a
+     * note that unwrap() and the result's repr show. */
+    return bocpy_note_behavior_traceback(exc);
+}
+
+PyObject *bocpy_note_behavior_traceback(PyObject *exc) {
     PyObject *tb = PyException_GetTraceback(exc);
     if (tb == NULL) {
         return exc;
     }
-    /* The traceback object cannot cross interpreters; its text can, as a
-     * note that unwrap() and the result's repr show. */
     PyObject *traceback = PyImport_ImportModule("traceback");
     PyObject *lines = traceback ? PyObject_CallMethod(traceback, "format_tb", "O", tb) : NULL;
     PyObject *empty = lines ? PyUnicode_FromString("") : NULL;
