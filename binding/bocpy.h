@@ -567,8 +567,11 @@ void bocpy_quiescent_hook(void *user);
 int bocpy_pinned_init_fds(void);
 void bocpy_pinned_wait_for_wake(int64_t timeout_ms);
 bool bocpy_pumping(void);
+/* Runs pinned behaviors on the calling (main) thread.  busy_is_error: a
+ * public pump() on a free-threaded build raises when another thread is
+ * pumping; wait()/quiesce() pass false and find nothing to do. */
 int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors,
-                   bool raise_on_error, bocpy_pump_result *out);
+                   bool raise_on_error, bool busy_is_error, bocpy_pump_result *out);
 void bocpy_pinned_runtime_gone(void);
 PyObject *bocpy_pinned_type_create(PyObject *module, PyObject *base);
 /* The module functions of pump.c: pump(), the wake fd and callback, the

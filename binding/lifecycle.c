@@ -547,7 +547,7 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
         }
         /* Pinned behaviors run here, on the main thread, while we wait. */
         bocpy_pump_result pumped;
-        if (bocpy_pump_run(st, 0, 0, false, &pumped) < 0) {
+        if (bocpy_pump_run(st, 0, 0, false, false, &pumped) < 0) {
             goto failed; /* a pinned body raised KeyboardInterrupt or SystemExit */
         }
         if (stop) {

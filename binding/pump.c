@@ -192,7 +192,7 @@ bool bocpy_pumping(void) { return tls_pumping; }
  * body raised a BaseException that must propagate, or when raise_on_error
  * is set and a body raised. */
 int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors,
-                   bool raise_on_error, bocpy_pump_result *out) {
+                   bool raise_on_error, bool busy_is_error, bocpy_pump_result *out) {
     memset(out, 0, sizeof(*out));
     /* Clear before draining (see the top of the file).  Always: a cheap
      * non-blocking read, and any cleverer "only if armed" flag races with a
@@ -205,9 +205,11 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
         return 0;
     }
     /* One pumper at a time: the lane has a single consumer.  On free-threaded
-     * builds a second concurrent pumper is an error (a silent data race
-     * otherwise); with a GIL it can only happen while a pinned body has
-     * released the GIL, and the second caller simply finds nothing to do. */
+     * builds a second concurrent pump() is an error (the single-pumper rule);
+     * with a GIL it can only happen while a pinned body has released the
+     * GIL, and the second caller simply finds nothing to do.  wait() and
+     * quiesce() pump too (busy_is_error false): finding another thread
+     * pumping, they go on waiting, as on a GIL build. */
     int expected = 0;
     /* acquire pairs with the release that ends the previous pump: its pops
      * (and the bodies it ran) happen before ours. */
@@ -215,6 +217,9 @@ int bocpy_pump_run(bocpy_state *st, uint64_t deadline_ns, uint64_t max_behaviors
                                                  memory_order_relaxed)) {
         bocpy_runtime_unpin(pinned);
 #ifdef Py_GIL_DISABLED
+        if (!busy_is_error) {
+            return 0;
+        }
         PyErr_SetString(PyExc_RuntimeError,
                         "another thread is already running bocpy.pump(); only one thread at a "
                         "time may pump");
@@ -311,7 +316,7 @@ PyObject *bocpy_pump(bocpy_state *st, PyObject *deadline_obj, PyObject *max_obj,
      * within an int64. */
     uint64_t deadline_ns = (uint64_t)deadline_ms * 1000000u;
     uint64_t max_count = (uint64_t)max_behaviors;
-    int rc = bocpy_pump_run(st, deadline_ns, max_count, raise_on_error != 0, &result);
+    int rc = bocpy_pump_run(st, deadline_ns, max_count, raise_on_error != 0, true, &result);
     bocpy_garbage_drain(st->interp);
     if (rc < 0) {
         return NULL;

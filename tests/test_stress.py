@@ -131,7 +131,14 @@ def lifecycle(kind):
 def noticer():
     n = 0
     while time.monotonic() < deadline:
-        notice_write(f"key{n % 8}", n)
+        try:
+            notice_write(f"key{n % 8}", n)
+        except RuntimeError as e:
+            # Between a wait() that ended a run and the next start there is
+            # no board to write to: documented, and said so (API.md).
+            if "needs a running bocpy runtime" not in str(e):
+                raise
+            continue
         n += 1
     count("notice", n)
 
