@@ -125,8 +125,8 @@ test-python-ft: build-ft
 # installed (python3.12 on PATH, or pyenv's); it is not built from source.
 VENV_312 := .venv-312
 PY_312 := $(VENV_312)/bin/python
-$(VENV_312)/.ready: pyproject.toml
-	@base="$$(command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -n 1)"; \
+$(VENV_312)/.ready: pyproject.toml scripts/find-python312.sh
+	@base="$$(bash scripts/find-python312.sh)"; \
 	  if [ -z "$$base" ]; then echo "no Python 3.12 here (python3.12 or pyenv 3.12)" >&2; exit 1; fi; \
 	  echo "using $$base" && "$$base" -m venv --clear $(VENV_312)
 	$(PY_312) -m pip install -q --disable-pip-version-check setuptools wheel pytest hypothesis \
