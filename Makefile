@@ -105,14 +105,14 @@ test-python: build $(VENV)/.dev-ready
 # source tree.  No ruff/mypy/clang-format here: lint runs once, in $(VENV).
 # Wheels only: the newest hypothesis has no cp313t wheel (it builds a Rust
 # extension, which needs the network), so pip takes the newest pure-Python
-# one; numpy has no cp313t wheel in our index either (a source build takes
-# over ten minutes on CI's cores), so the tests that need it skip.
+# one; numpy's newest cp313t wheel (2.4.x) is taken the same way, so the
+# NumPy tests and benchmarks run on the threads backend too.
 $(VENV_FT)/.ready: scripts/ensure-python.sh pyproject.toml
 	@base="$$(bash scripts/ensure-python.sh --free-threaded --quiet)" && \
 	  echo "using $$base" && \
 	  "$$base" -m venv --clear $(VENV_FT)
 	$(PY_FT) -m pip install -q --disable-pip-version-check --only-binary :all: setuptools wheel \
-	  pytest hypothesis 'pyglet>=2.1'
+	  pytest hypothesis 'pyglet>=2.1' numpy
 	@touch $@
 
 build-ft: $(VENV_FT)/.ready

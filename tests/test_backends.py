@@ -8,8 +8,12 @@ these tests run on both builds.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -349,3 +353,33 @@ def test_threads_backend_refuses_main_program_calls_inside_a_behavior(run_script
         "acquire:RuntimeError",
         "read:RuntimeError",
     ]
+
+
+def test_default_backend_follows_the_build_and_the_environment(tmp_path: Path) -> None:
+    """Threads on a free-threaded build, interpreters on a GIL build;
+    $BOCPY_BACKEND overrides both (docs/backends.md)."""
+    script = tmp_path / "which.py"
+    script.write_text(
+        "import bocpy\n"
+        "from bocpy import Cown, wait, when\n"
+        "c = Cown(1)\n"
+        "@when(c)\n"
+        "def bump(c):\n"
+        "    c.value += 1\n"
+        "wait()\n"
+        "print(bocpy._core._backend(), c.value)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "BOCPY_BACKEND"}
+    default = "threads" if sysconfig.get_config_var("Py_GIL_DISABLED") else "interpreters"
+    for chosen, expected in (
+        (None, default),
+        ("threads", "threads"),
+        ("interpreters", "interpreters"),
+    ):
+        if chosen is not None:
+            env["BOCPY_BACKEND"] = chosen
+        proc = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [expected, "2"], (chosen, proc.stdout)

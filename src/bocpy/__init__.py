@@ -27,6 +27,7 @@ import collections.abc
 import logging
 import os
 import sys
+import sysconfig
 import threading
 import traceback
 import types
@@ -290,8 +291,14 @@ _start_lock = threading.Lock()
 
 
 def _default_backend() -> str:
-    """``$BOCPY_BACKEND`` when set, else ``"interpreters"``."""
-    return os.environ.get("BOCPY_BACKEND") or "interpreters"
+    """``$BOCPY_BACKEND`` when set; else ``"threads"`` on a free-threaded
+    build (``Py_GIL_DISABLED``), where its bodies run in parallel without
+    copying, and ``"interpreters"`` on a GIL build, where only
+    sub-interpreters run in parallel.  docs/backends.md."""
+    chosen = os.environ.get("BOCPY_BACKEND")
+    if chosen:
+        return chosen
+    return "threads" if sysconfig.get_config_var("Py_GIL_DISABLED") else "interpreters"
 
 
 # Cowns made before the first start follow the default backend's rules.
@@ -312,7 +319,8 @@ def start(worker_count: int | None = None, *, backend: str | None = None) -> Non
         ``"threads"`` (workers are threads of the main interpreter and
         behaviors get their cowns' objects themselves; parallel on a
         free-threaded build).  ``None`` means ``$BOCPY_BACKEND`` if set, else
-        ``"interpreters"``.  See docs/backends.md.
+        ``"threads"`` on a free-threaded build and ``"interpreters"`` on a
+        GIL build.  See docs/backends.md.
     :raises TypeError: if ``worker_count`` is not an int (or ``None``), or
         ``backend`` is not a str (or ``None``).
     :raises ValueError: if ``worker_count`` is below 1 or too large, or
