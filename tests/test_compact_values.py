@@ -1,10 +1,11 @@
 """Plain immutable values cross in bocpy's compact encoding, not as pickles.
 
 `None`, `bool`, `int` within 64 bits, `float`, `str`, `bytes`, tuples of those
-and `Cown` handles skip the pickler (binding/transfer.c).  What arrives must
-be exactly what unpickling would give: same type, equal value, and for
-everything else (subclasses, bigger ints, lone surrogates, deep nesting,
-mutable containers) the pickler as before.  Each value is checked through
+and `Cown` handles skip the pickler (binding/transfer.c), and so does a list of
+those when it is the whole value (nothing inside it can alias it).  What
+arrives must be exactly what unpickling would give: same type, equal value,
+and for everything else (subclasses, bigger ints, lone surrogates, deep
+nesting, mutable containers inside a value) the pickler as before.  Each value is checked through
 every route: a cown's value set on the main thread, a capture, a result.
 """
 
