@@ -80,7 +80,12 @@ static _Atomic(boc_runtime *) current_runtime;
 /* The thread that owns STARTING or DRAINING/JOINING; its pins nest. */
 static _Thread_local bool tls_lifecycle_owner;
 static _Thread_local unsigned tls_pins;
+/* Per worker of the running runtime, indexed by worker: its interpreter's
+ * record (interpreters backend) or its body record (threads backend); the
+ * other array's entries stay NULL.  Written by the workers while STARTING,
+ * read under a pin (RUNNING/DRAINING), freed after the stop. */
 static bocpy_interp **worker_records;
+static bocpy_body_record **thread_records;
 static unsigned worker_records_len;
 
 #define WAIT_SLICE_NS (50 * 1000 * 1000)
@@ -235,12 +240,20 @@ void bocpy_worker_started(unsigned index, bocpy_interp *record) {
     }
 }
 
+void bocpy_thread_worker_started(unsigned index, bocpy_body_record *record) {
+    if (index < worker_records_len) {
+        thread_records[index] = record;
+    }
+}
+
 /* Forgets what the last start made (bootstrap.c's bootstrap and late binds,
  * and the records of its workers). */
 static void bootstrap_clear(void) {
     bocpy_bootstrap_clear();
     free(worker_records);
     worker_records = NULL;
+    free(thread_records);
+    thread_records = NULL;
     worker_records_len = 0;
 }
 
@@ -273,7 +286,8 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
         return -1;
     }
     worker_records = calloc((size_t)count, sizeof(*worker_records));
-    if (worker_records == NULL) {
+    thread_records = calloc((size_t)count, sizeof(*thread_records));
+    if (worker_records == NULL || thread_records == NULL) {
         start_failed();
         PyErr_NoMemory();
         return -1;
@@ -639,6 +653,24 @@ static void interrupt_body(void *arg) {
     }
 }
 
+/* Interrupts the threads-backend body of `rec`, if one runs (see
+ * bocpy_body_record for the states).  The caller is a main-interpreter
+ * thread with its thread state attached. */
+static void interrupt_thread_body(bocpy_body_record *rec) {
+    int expected = BOCPY_BODY_IN_BODY;
+    /* acq_rel: pairs with the worker's CASes on the same word. */
+    if (!atomic_compare_exchange_strong_explicit(&rec->state, &expected, BOCPY_BODY_INTERRUPTING,
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        return; /* not in a body, or already interrupted */
+    }
+    /* Raised in the body at its next bytecode; a body blocked in C (a
+     * sleep, a lock) sees it when that call returns.  The worker cannot
+     * leave the body's state meanwhile: it waits for INTERRUPTED. */
+    PyThreadState_SetAsyncExc(rec->thread_ident, PyExc_KeyboardInterrupt);
+    /* release: the pending exception is set before the worker sees this. */
+    atomic_store_explicit(&rec->state, BOCPY_BODY_INTERRUPTED, memory_order_release);
+}
+
 PyObject *bocpy_cancel(bocpy_state *st) {
     /* From now on workers skip bodies: each queued behavior completes at
      * once with a "did not run" exception on its result cown, which frees
@@ -652,6 +684,9 @@ PyObject *bocpy_cancel(bocpy_state *st) {
         /* relaxed: a hint (bocpy_interp.in_body); interrupt_body checks again. */
         if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
             bocpy_interp_call_in(rec, interrupt_body, rec);
+        }
+        if (thread_records[i] != NULL) {
+            interrupt_thread_body(thread_records[i]);
         }
     }
     bocpy_runtime_unpin(pinned);
@@ -668,12 +703,18 @@ PyObject *bocpy_running_behaviors(bocpy_state *st) {
     boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
         bocpy_interp *rec = worker_records[i];
-        /* relaxed: a name for a report (bocpy_interp.in_body); a body that
-         * just ended is harmless. */
-        if (rec == NULL || !atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+        bocpy_body_record *trec = thread_records[i];
+        int64_t id;
+        /* relaxed: a name for a report (bocpy_interp.in_body,
+         * bocpy_body_record); a body that just ended is harmless. */
+        if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+            id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
+        } else if (trec != NULL &&
+                   atomic_load_explicit(&trec->state, memory_order_relaxed) != BOCPY_BODY_IDLE) {
+            id = atomic_load_explicit(&trec->running_code, memory_order_relaxed);
+        } else {
             continue;
         }
-        int64_t id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
         PyObject *name = bocpy_registry_name(st, id);
         PyObject *entry = name ? PyUnicode_FromFormat("worker %u: %U", i, name) : NULL;
         Py_XDECREF(name);

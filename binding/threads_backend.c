@@ -385,7 +385,8 @@ bool bocpy_is_program_thread(bocpy_state *st) { return st->interp->is_main && !o
 typedef struct threads_worker {
     PyThreadState *tstate; /* this thread in the main interpreter */
     bool attached;
-    bocpy_state *state; /* the main interpreter's */
+    bocpy_state *state;     /* the main interpreter's */
+    bocpy_body_record body; /* for cancel() and the exit report (lifecycle.c) */
 } threads_worker;
 
 static void attach(threads_worker *w) {
@@ -408,7 +409,6 @@ static void detach(threads_worker *w) {
 
 static void *threads_worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
-    (void)index;
     threads_worker *w = calloc(1, sizeof(*w));
     bocpy_state *st = threads_main_state;
     /* PyThreadState_New needs no attached thread state; the main
@@ -421,6 +421,12 @@ static void *threads_worker_start(void *user, unsigned index, bool *failed) {
     }
     w->tstate = ts;
     w->state = st;
+    /* The id PyThreadState_New gave `ts` (this thread's): what
+     * PyThreadState_SetAsyncExc looks for. */
+    w->body.thread_ident = PyThread_get_thread_ident();
+    atomic_init(&w->body.state, BOCPY_BODY_IDLE);
+    atomic_init(&w->body.running_code, 0);
+    bocpy_thread_worker_started(index, &w->body);
     on_threads_worker = true; /* worker_start runs on the worker thread */
     return w;
 }
@@ -460,9 +466,40 @@ static PyObject *argument(bocpy_state *st, bocpy_payload *p, uint32_t i, uint32_
     return list;
 }
 
+/* Runs func(*args) as the body recorded in `rec`, so that cancel() may
+ * interrupt it (bocpy_body_record has the states and their orders). */
+static PyObject *call_recorded(bocpy_body_record *rec, int64_t code_id, PyObject *func,
+                               PyObject *args) {
+    /* relaxed: published by the release of IN_BODY below. */
+    atomic_store_explicit(&rec->running_code, code_id, memory_order_relaxed);
+    /* release: cancel() that sees IN_BODY sees running_code. */
+    atomic_store_explicit(&rec->state, BOCPY_BODY_IN_BODY, memory_order_release);
+    PyObject *result = PyObject_Call(func, args, NULL);
+    int expected = BOCPY_BODY_IN_BODY;
+    /* acq_rel: pairs with cancel()'s CAS; whoever wins decides whether an
+     * interrupt belongs to this body. */
+    if (atomic_compare_exchange_strong_explicit(&rec->state, &expected, BOCPY_BODY_IDLE,
+                                                memory_order_acq_rel, memory_order_acquire)) {
+        return result;
+    }
+    /* cancel() won: wait, detached (its PyThreadState_SetAsyncExc may stop
+     * the world), until the exception is pending; acquire pairs with its
+     * release store of INTERRUPTED. */
+    Py_BEGIN_ALLOW_THREADS
+        while (atomic_load_explicit(&rec->state, memory_order_acquire) != BOCPY_BODY_INTERRUPTED) {
+            sched_yield();
+        }
+    Py_END_ALLOW_THREADS
+    /* The body ended before the exception fired: clear it, so that it does
+     * not land in whatever Python code this thread runs next. */
+    PyThreadState_SetAsyncExc(rec->thread_ident, NULL);
+    atomic_store_explicit(&rec->state, BOCPY_BODY_IDLE, memory_order_relaxed);
+    return result;
+}
+
 /* Calls the body with its cowns held by this thread; a new reference to
  * its result, or NULL with the exception set. */
-static PyObject *call_body(bocpy_state *st, bocpy_payload *p) {
+static PyObject *call_body(bocpy_state *st, bocpy_payload *p, bocpy_body_record *rec) {
     PyObject *snapshot = NULL, *extra = NULL;
     PyObject *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
     if (p->live) {
@@ -499,14 +536,15 @@ static PyObject *call_body(bocpy_state *st, bocpy_payload *p) {
     for (Py_ssize_t i = 0; args != NULL && i < nextra; i++) {
         PyTuple_SET_ITEM(args, p->nargs + i, Py_NewRef(PyTuple_GET_ITEM(extra, i)));
     }
-    PyObject *result = args ? PyObject_Call(func, args, NULL) : NULL;
+    PyObject *result = args ? call_recorded(rec, p->code_id, func, args) : NULL;
     Py_XDECREF(args);
     Py_XDECREF(func);
     Py_XDECREF(snapshot);
     return result;
 }
 
-static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelled) {
+static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelled,
+                                 bocpy_body_record *rec) {
     bocpy_payload *p = boc_behavior_payload(b);
     bocpy_interp *here = st->interp;
     uintptr_t token = bocpy_thread_token();
@@ -534,7 +572,7 @@ static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelle
     if (check_sharing_of(st, p) < 0) {
         goto done;
     }
-    result = call_body(st, p);
+    result = call_body(st, p, rec);
 done:;
     bool is_exception = result == NULL;
     if (is_exception) {
@@ -561,7 +599,7 @@ static void threads_worker_run(void *user, boc_behavior *b, void *arg) {
     threads_worker *w = arg;
     attach(w);
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
-    threads_run_behavior(w->state, b, cancelled);
+    threads_run_behavior(w->state, b, cancelled, &w->body);
 }
 
 static void threads_worker_stop(void *user, unsigned index, void *arg) {
