@@ -645,6 +645,14 @@ boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count);
  * worker thread of the threads backend (whose bodies run in the main
  * interpreter too).  What "not from inside a behavior" checks test. */
 bool bocpy_is_program_thread(bocpy_state *st);
+/* True on a main-interpreter thread that a body of the threads backend
+ * started (or that such a thread started): not the program's, though not a
+ * worker either (threads_backend.c). */
+bool bocpy_started_by_behavior(bocpy_state *st);
+/* The audit hook's part for "_thread.start_new_thread" and
+ * "_thread.start_joinable_thread" (their arguments): records a thread that
+ * a body starts.  0, or -1 with an exception (the start then fails). */
+int bocpy_threads_audit_thread_start(PyObject *args);
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
 PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);
 /* True when the selected backend is "threads": values stay live objects of

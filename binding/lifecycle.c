@@ -135,9 +135,11 @@ boc_runtime *bocpy_runtime(void) {
 }
 
 /* May the calling thread schedule on a DRAINING runtime?  Yes when what it
- * schedules belongs to the work being drained (see the top of the file). */
-static bool belongs_to_draining_work(bocpy_state *st) {
-    return !bocpy_is_program_thread(st) || tls_lifecycle_owner || tls_pins > 0 || bocpy_pumping();
+ * schedules belongs to the work being drained (see the top of the file).
+ * `program` is bocpy_is_program_thread(), found before taking lc_lock (it
+ * may run Python the first time, see threads_backend.c). */
+static bool belongs_to_draining_work(bool program) {
+    return !program || tls_lifecycle_owner || tls_pins > 0 || bocpy_pumping();
 }
 
 boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinned) {
@@ -154,12 +156,13 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
         }
         return rt;
     }
+    bool program = bocpy_is_program_thread(st);
     for (;;) {
         lc_lock_acquire();
         lifecycle_state state = lc_state;
         uint64_t seen = lc_generation;
         bool allowed =
-            state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st));
+            state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(program));
         if (allowed) {
             lc_pins++;
             tls_pins++;
@@ -178,7 +181,16 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             if (mode == BOCPY_PIN_QUIESCE) {
                 return NULL;
             }
-            if (!bocpy_is_program_thread(st) || st->starter == NULL) {
+            if (bocpy_started_by_behavior(st)) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "bocpy is shutting down or has shut down: the runtime that ran "
+                                "the behavior which started this thread has stopped, so this "
+                                "thread cannot schedule any more; a thread that a behavior "
+                                "started must schedule before that behavior returns (or join "
+                                "the thread inside the behavior)");
+                return NULL;
+            }
+            if (!program || st->starter == NULL) {
                 PyErr_SetString(PyExc_RuntimeError,
                                 "the bocpy runtime is not running; import bocpy in the main "
                                 "interpreter and schedule behaviors from there");
@@ -191,7 +203,7 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             Py_DECREF(rv);
             continue;
         }
-        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(program))) {
             /* Waiting would wait for ourselves (or for the behavior we are
              * part of): the runtime is in its last steps. */
             PyErr_SetString(PyExc_RuntimeError,
@@ -340,11 +352,12 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
     }
     /* True: a runtime with `count` workers runs.  False: none runs and
      * `header` is None -- build the bootstrap and call again. */
+    bool program = true; /* check_main passed */
     for (;;) {
         lc_lock_acquire();
         lifecycle_state state = lc_state;
         uint64_t seen = lc_generation;
-        if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st))) {
+        if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(program))) {
             /* relaxed: written under lc_lock, which we hold. */
             boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
             unsigned running = boc_runtime_worker_count(rt);
@@ -373,7 +386,7 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
             Py_RETURN_TRUE;
         }
         pthread_mutex_unlock(&lc_lock);
-        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(program))) {
             PyErr_SetString(PyExc_RuntimeError,
                             "bocpy.start() cannot be called while this thread is stopping the "
                             "runtime (from inside wait())");
@@ -738,12 +751,18 @@ PyObject *bocpy_running_behaviors(bocpy_state *st) {
  * by forking the next one, endlessly.  So a fork while any worker exists
  * fails here, in the parent, once, saying what to do instead.  (With no
  * workers, bocpy/__init__.py's before-fork hook ends the idle worker
- * interpreters kept for the next run, and the child is usable.)  Called for
- * every audited event in every interpreter: it only compares a string
- * unless the event is a fork. */
+ * interpreters kept for the next run, and the child is usable.)  The same
+ * hook sees thread starts, for the threads backend (below).  Called for
+ * every audited event in every interpreter: it only compares strings
+ * unless the event is a fork or a thread start. */
 static int fork_guard(const char *event, PyObject *args, void *user) {
-    (void)args;
     (void)user;
+    if (strncmp(event, "_thread.start_", 14) == 0 &&
+        (strcmp(event + 14, "new_thread") == 0 || strcmp(event + 14, "joinable_thread") == 0)) {
+        /* Not about forks: the threads backend tells the threads that bodies
+         * start from the program's (threads_backend.c). */
+        return bocpy_threads_audit_thread_start(args);
+    }
     if (strcmp(event, "os.fork") != 0 && strcmp(event, "os.forkpty") != 0) {
         return 0;
     }

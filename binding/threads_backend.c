@@ -45,6 +45,7 @@ typedef struct bocpy_backend {
 
 static const boc_runtime_ops threads_ops;
 static int read_check_sharing(void);
+static int body_threads_init(void);
 
 static const bocpy_backend backends[] = {
     {"interpreters", &bocpy_runtime_ops},
@@ -74,6 +75,9 @@ boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count) {
         return NULL;
     }
     if (b->ops == &threads_ops) {
+        if (body_threads_init() < 0) {
+            return NULL;
+        }
         threads_main_state = st;
     }
     boc_runtime *rt = boc_runtime_new(count, b->ops, NULL);
@@ -380,7 +384,134 @@ static int check_sharing_of(bocpy_state *st, bocpy_payload *p) {
  * only by the same thread. */
 static _Thread_local bool on_threads_worker;
 
-bool bocpy_is_program_thread(bocpy_state *st) { return st->interp->is_main && !on_threads_worker; }
+/* ---------------------------------------- threads that bodies start */
+
+/*
+ * On the interpreters backend a thread that a body starts lives in the
+ * worker's interpreter, so it is "inside a behavior", not the program: it
+ * may schedule on a runtime that is draining (its behavior's work), and is
+ * refused once that runtime is stopping.  On this backend such a thread is
+ * a thread of the main interpreter like the program's own, so it is told
+ * apart by its origin: the audit hook (lifecycle.c) sees every
+ * threading.Thread start, and one started by a worker of this backend (or
+ * by such a thread) is recorded in `body_threads`.  Threads started with
+ * the low-level _thread.start_new_thread are not recorded (the hook sees
+ * only their function): they count as the program's.
+ */
+
+/* A weakref.WeakSet of those threading.Thread objects (the main
+ * interpreter's; its operations are thread-safe on both builds).  Made by
+ * the first starter of a threads runtime, before its workers exist, and
+ * kept for the process; acquire/release: whoever sees it sees it made. */
+static _Atomic(PyObject *) body_threads;
+/* How many threads were ever recorded.  A thread is recorded before it
+ * starts (the audit event comes first), and the start orders that for it:
+ * a thread that reads 0 here was not recorded.  Relaxed for that reason. */
+static atomic_ulong body_threads_recorded;
+
+enum { ORIGIN_UNKNOWN, ORIGIN_PROGRAM, ORIGIN_BODY };
+/* The calling thread's origin, found once (it never changes). */
+static _Thread_local unsigned char tls_origin;
+
+/* ORIGIN_PROGRAM or ORIGIN_BODY for the calling main-interpreter thread
+ * (attached), or -1 with an exception. */
+static int thread_origin(void) {
+    if (on_threads_worker) {
+        return ORIGIN_BODY;
+    }
+    if (tls_origin != ORIGIN_UNKNOWN) {
+        return tls_origin;
+    }
+    PyObject *set = atomic_load_explicit(&body_threads, memory_order_acquire);
+    if (set == NULL || atomic_load_explicit(&body_threads_recorded, memory_order_relaxed) == 0) {
+        tls_origin = ORIGIN_PROGRAM;
+        return ORIGIN_PROGRAM;
+    }
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *current =
+        threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
+    int found = current ? PySequence_Contains(set, current) : -1;
+    Py_XDECREF(current);
+    Py_XDECREF(threading);
+    if (found < 0) {
+        return -1;
+    }
+    tls_origin = found ? ORIGIN_BODY : ORIGIN_PROGRAM;
+    return tls_origin;
+}
+
+bool bocpy_is_program_thread(bocpy_state *st) {
+    if (!st->interp->is_main || on_threads_worker) {
+        return false;
+    }
+    if (tls_origin != ORIGIN_UNKNOWN) {
+        return tls_origin == ORIGIN_PROGRAM; /* the common case */
+    }
+    PyObject *pending = PyErr_GetRaisedException();
+    int origin = thread_origin();
+    if (origin < 0) {
+        /* Not cached: the next call tries again. */
+        PyErr_WriteUnraisable(NULL);
+        fprintf(stderr, "bocpy: could not tell whether this thread was started by a behavior "
+                        "(above); it is treated as a thread of the program\n");
+        origin = ORIGIN_PROGRAM;
+    }
+    PyErr_SetRaisedException(pending);
+    return origin == ORIGIN_PROGRAM;
+}
+
+bool bocpy_started_by_behavior(bocpy_state *st) {
+    return st->interp->is_main && !on_threads_worker && !bocpy_is_program_thread(st);
+}
+
+int bocpy_threads_audit_thread_start(PyObject *args) {
+    PyObject *set = atomic_load_explicit(&body_threads, memory_order_acquire);
+    if (set == NULL || PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        return 0; /* no threads runtime ever ran, or another interpreter */
+    }
+    int origin = thread_origin();
+    if (origin != ORIGIN_BODY) {
+        return origin < 0 ? -1 : 0;
+    }
+    PyObject *func = PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0)
+                                                                       : NULL;
+    if (func == NULL || !PyMethod_Check(func)) {
+        return 0; /* _thread.start_new_thread(fn): not recorded (see above) */
+    }
+    PyObject *thread = PyMethod_GET_SELF(func);
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *type = threading ? PyObject_GetAttrString(threading, "Thread") : NULL;
+    int is_thread = type ? PyObject_IsInstance(thread, type) : -1;
+    Py_XDECREF(type);
+    Py_XDECREF(threading);
+    if (is_thread <= 0) {
+        return is_thread;
+    }
+    PyObject *rv = PyObject_CallMethod(set, "add", "O", thread);
+    if (rv == NULL) {
+        return -1; /* the start fails: better than a thread taken for the program's */
+    }
+    Py_DECREF(rv);
+    atomic_fetch_add_explicit(&body_threads_recorded, 1, memory_order_relaxed);
+    return 0;
+}
+
+/* Makes body_threads (the starter of a threads runtime: main interpreter,
+ * attached).  0, or -1 with an exception. */
+static int body_threads_init(void) {
+    if (atomic_load_explicit(&body_threads, memory_order_acquire) != NULL) {
+        return 0;
+    }
+    PyObject *weakref = PyImport_ImportModule("weakref");
+    PyObject *set = weakref ? PyObject_CallMethod(weakref, "WeakSet", NULL) : NULL;
+    Py_XDECREF(weakref);
+    if (set == NULL) {
+        return -1;
+    }
+    /* release: see the declaration.  Kept for the process. */
+    atomic_store_explicit(&body_threads, set, memory_order_release);
+    return 0;
+}
 
 typedef struct threads_worker {
     PyThreadState *tstate; /* this thread in the main interpreter */
