@@ -428,8 +428,7 @@ static int thread_origin(void) {
         return ORIGIN_PROGRAM;
     }
     PyObject *threading = PyImport_ImportModule("threading");
-    PyObject *current =
-        threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
+    PyObject *current = threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
     int found = current ? PySequence_Contains(set, current) : -1;
     Py_XDECREF(current);
     Py_XDECREF(threading);
@@ -473,8 +472,8 @@ int bocpy_threads_audit_thread_start(PyObject *args) {
     if (origin != ORIGIN_BODY) {
         return origin < 0 ? -1 : 0;
     }
-    PyObject *func = PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0)
-                                                                       : NULL;
+    PyObject *func =
+        PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : NULL;
     if (func == NULL || !PyMethod_Check(func)) {
         return 0; /* _thread.start_new_thread(fn): not recorded (see above) */
     }

@@ -12,11 +12,10 @@ import concurrent.futures as cf
 import threading
 
 import pytest
+from conftest import THREADS_BACKEND
 
 import bocpy
 from bocpy import TIMEOUT, BocExecutor, receive, send
-
-from conftest import THREADS_BACKEND
 
 GATE = "test_executor.gate"
 PROBE = "test_executor.probe"
@@ -90,7 +89,9 @@ def test_an_exception_reaches_the_future_with_the_worker_traceback(executor):
     assert any("in fail" in note for note in info.value.__notes__)
 
 
-@pytest.mark.skipif(THREADS_BACKEND, reason="only the interpreters backend pickles arguments (see the test below)")
+@pytest.mark.skipif(
+    THREADS_BACKEND, reason="only the interpreters backend pickles arguments (see the test below)"
+)
 def test_a_value_that_cannot_cross_fails_the_future_not_the_caller(executor):
     unpicklable_argument = executor.submit(square, threading.Lock())
     with pytest.raises(TypeError, match="cannot"):
