@@ -476,6 +476,33 @@ void bocpy_worker_started(unsigned index, bocpy_interp *record);
 /* Set by cancel(): workers skip bodies until the runtime stops. */
 extern atomic_bool bocpy_cancelling;
 
+/*
+ * A threads-backend worker's record of the body it runs (threads_backend.c),
+ * so that cancel() can interrupt it and exit can name it.  The worker's own
+ * thread state lives in the main interpreter, so the main thread interrupts
+ * the body directly (PyThreadState_SetAsyncExc), with no call_in.
+ *
+ * `state` moves IDLE -> IN_BODY (worker, before the call) -> IDLE (worker,
+ * after it), or IN_BODY -> INTERRUPTING (cancel, by CAS) -> INTERRUPTED
+ * (cancel, once the exception is pending) -> IDLE (worker).  The CAS makes
+ * the interrupt exclusive with the body's end: cancel only raises into a
+ * thread whose CAS it won while the body ran, and a worker whose end-of-body
+ * CAS fails waits (detached) for INTERRUPTED and then clears the exception
+ * if the body ended before it fired, so it never lands outside a body.
+ * acq_rel on the CASes, acquire/release on INTERRUPTED: cancel's pending
+ * exception is set before the worker reads INTERRUPTED.  `running_code`:
+ * relaxed, a name for the report (written before IN_BODY is released).
+ */
+enum { BOCPY_BODY_IDLE, BOCPY_BODY_IN_BODY, BOCPY_BODY_INTERRUPTING, BOCPY_BODY_INTERRUPTED };
+typedef struct bocpy_body_record {
+    unsigned long thread_ident; /* the worker thread's; set before it runs */
+    atomic_int state;
+    _Atomic int64_t running_code;
+} bocpy_body_record;
+/* Worker `index` of the starting threads-backend runtime keeps `record`
+ * until it stops (worker thread; read after the start, while pinned). */
+void bocpy_thread_worker_started(unsigned index, bocpy_body_record *record);
+
 /* --------------------------------------------------------------- bootstrap */
 
 /* The module bootstrap.c and worker.c call into: the Python side of the
@@ -618,6 +645,14 @@ boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count);
  * worker thread of the threads backend (whose bodies run in the main
  * interpreter too).  What "not from inside a behavior" checks test. */
 bool bocpy_is_program_thread(bocpy_state *st);
+/* True on a main-interpreter thread that a body of the threads backend
+ * started (or that such a thread started): not the program's, though not a
+ * worker either (threads_backend.c). */
+bool bocpy_started_by_behavior(bocpy_state *st);
+/* The audit hook's part for "_thread.start_new_thread" and
+ * "_thread.start_joinable_thread" (their arguments): records a thread that
+ * a body starts.  0, or -1 with an exception (the start then fails). */
+int bocpy_threads_audit_thread_start(PyObject *args);
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
 PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);
 /* True when the selected backend is "threads": values stay live objects of

@@ -284,12 +284,18 @@ static void release_object(bocpy_interp *home, PyObject *obj) {
 
 /* Cowns holding an exception that no one has read yet (so that the program's
  * end can report them), and the exceptions of such cowns that died (their
- * copies, reported by the main interpreter when it next can).  One lock
- * guards both lists and every cown's unret_* links. */
+ * copies, or on the threads backend the exception objects themselves,
+ * reported by the main interpreter when it next can).  One lock guards both
+ * lists and every cown's unret_* links. */
 typedef struct unretrieved_dead {
     struct unretrieved_dead *next;
     uint64_t id;
-    bocpy_blob *blob;
+    bocpy_blob *blob; /* the copy, or NULL: then `obj` */
+    /* A strong reference to a main-interpreter exception (a live value,
+     * never serialised: the threads backend).  Taken over from the cown by
+     * its destroyer, which may have no thread state: only the reporter,
+     * a main-interpreter thread, touches its refcount. */
+    PyObject *obj;
 } unretrieved_dead;
 
 static pthread_mutex_t unret_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -354,17 +360,25 @@ static void unretrieved_forget(bocpy_cown *c) {
     pthread_mutex_unlock(&unret_lock);
 }
 
-/* The destroyer of a cown whose exception nobody read: keep its copy for
- * the main interpreter to report.  Takes over `c->blob`. */
-static void unretrieved_bury(bocpy_cown *c) {
+/* The destroyer of a cown whose exception nobody read: keep its copy (or,
+ * with `live`, the main interpreter's exception object itself) for the main
+ * interpreter to report.  Takes over `c->blob`, or with `live` `c->obj`. */
+static void unretrieved_bury(bocpy_cown *c, bool live) {
     unretrieved_dead *dead = malloc(sizeof(*dead));
     if (dead == NULL) {
         return; /* the report is lost, the program is not */
     }
     dead->next = NULL;
     dead->id = c->base.id;
-    dead->blob = c->blob;
-    c->blob = NULL;
+    dead->blob = NULL;
+    dead->obj = NULL;
+    if (live) {
+        dead->obj = c->obj;
+        c->obj = NULL;
+    } else {
+        dead->blob = c->blob;
+        c->blob = NULL;
+    }
     pthread_mutex_lock(&unret_lock);
     *unret_dead_tail = dead;
     unret_dead_tail = &dead->next;
@@ -414,7 +428,11 @@ static void destroy_one(bocpy_cown *c) {
     }
     if (c->unretrieved && c->inline_kind == BOCPY_INLINE_NONE && c->blob != NULL &&
         !c->blob_stale) {
-        unretrieved_bury(c);
+        unretrieved_bury(c, false);
+    } else if (c->unretrieved && c->obj != NULL && home != NULL && home->is_main) {
+        /* No copy (the threads backend stores results as they are): the
+         * object itself is reported, by a main-interpreter thread. */
+        unretrieved_bury(c, true);
     }
     release_object(home, c->obj);
     if (c->inline_kind == BOCPY_INLINE_NONE) {
@@ -1121,9 +1139,10 @@ static Py_ssize_t report_live(bocpy_state *st, PyObject *error_method) {
 }
 
 Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live) {
-    /* Guarded by the main GIL: a handler that drops a cown must not report
-     * from inside this report. */
-    static bool reporting;
+    /* A handler that drops a cown must not report from inside this report.
+     * Per thread: on a free-threaded build two program threads may report
+     * at once, each popping its own entries under unret_lock. */
+    static _Thread_local bool reporting;
     assert(st->interp->is_main);
     if (reporting) {
         return 0;
@@ -1155,9 +1174,9 @@ Py_ssize_t bocpy_report_unretrieved(bocpy_state *st, bool live) {
         if (dead == NULL) {
             break;
         }
-        PyObject *exc = bocpy_deserialise(st, dead->blob);
+        PyObject *exc = dead->obj != NULL ? dead->obj : bocpy_deserialise(st, dead->blob);
         log_unretrieved(error_method, dead->id, exc);
-        Py_XDECREF(exc);
+        Py_XDECREF(exc); /* dead->obj's reference too */
         bocpy_blob_free(dead->blob);
         free(dead);
         reported++;
@@ -1298,7 +1317,9 @@ static void Cown_dealloc(CownObject *self) {
     if (atomic_load_explicit(&unret_dead_pending, memory_order_relaxed) && !bocpy_is_finalizing()) {
         PyObject *pending = PyErr_GetRaisedException();
         bocpy_state *st = bocpy_state_of_type(tp);
-        if (st != NULL && st->interp != NULL && st->interp->is_main &&
+        /* A program thread: not a threads-backend worker in a body (bodies
+         * do not log for the program; the main thread reports soon). */
+        if (st != NULL && st->interp != NULL && bocpy_is_program_thread(st) &&
             bocpy_report_unretrieved(st, false) < 0) {
             PyErr_WriteUnraisable(NULL);
         }

@@ -80,7 +80,12 @@ static _Atomic(boc_runtime *) current_runtime;
 /* The thread that owns STARTING or DRAINING/JOINING; its pins nest. */
 static _Thread_local bool tls_lifecycle_owner;
 static _Thread_local unsigned tls_pins;
+/* Per worker of the running runtime, indexed by worker: its interpreter's
+ * record (interpreters backend) or its body record (threads backend); the
+ * other array's entries stay NULL.  Written by the workers while STARTING,
+ * read under a pin (RUNNING/DRAINING), freed after the stop. */
 static bocpy_interp **worker_records;
+static bocpy_body_record **thread_records;
 static unsigned worker_records_len;
 
 #define WAIT_SLICE_NS (50 * 1000 * 1000)
@@ -130,9 +135,11 @@ boc_runtime *bocpy_runtime(void) {
 }
 
 /* May the calling thread schedule on a DRAINING runtime?  Yes when what it
- * schedules belongs to the work being drained (see the top of the file). */
-static bool belongs_to_draining_work(bocpy_state *st) {
-    return !bocpy_is_program_thread(st) || tls_lifecycle_owner || tls_pins > 0 || bocpy_pumping();
+ * schedules belongs to the work being drained (see the top of the file).
+ * `program` is bocpy_is_program_thread(), found before taking lc_lock (it
+ * may run Python the first time, see threads_backend.c). */
+static bool belongs_to_draining_work(bool program) {
+    return !program || tls_lifecycle_owner || tls_pins > 0 || bocpy_pumping();
 }
 
 boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinned) {
@@ -149,12 +156,13 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
         }
         return rt;
     }
+    bool program = bocpy_is_program_thread(st);
     for (;;) {
         lc_lock_acquire();
         lifecycle_state state = lc_state;
         uint64_t seen = lc_generation;
         bool allowed =
-            state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st));
+            state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(program));
         if (allowed) {
             lc_pins++;
             tls_pins++;
@@ -173,7 +181,16 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             if (mode == BOCPY_PIN_QUIESCE) {
                 return NULL;
             }
-            if (!bocpy_is_program_thread(st) || st->starter == NULL) {
+            if (bocpy_started_by_behavior(st)) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "bocpy is shutting down or has shut down: the runtime that ran "
+                                "the behavior which started this thread has stopped, so this "
+                                "thread cannot schedule any more; a thread that a behavior "
+                                "started must schedule before that behavior returns (or join "
+                                "the thread inside the behavior)");
+                return NULL;
+            }
+            if (!program || st->starter == NULL) {
                 PyErr_SetString(PyExc_RuntimeError,
                                 "the bocpy runtime is not running; import bocpy in the main "
                                 "interpreter and schedule behaviors from there");
@@ -186,7 +203,7 @@ boc_runtime *bocpy_runtime_pin(bocpy_state *st, bocpy_pin_mode mode, bool *pinne
             Py_DECREF(rv);
             continue;
         }
-        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(program))) {
             /* Waiting would wait for ourselves (or for the behavior we are
              * part of): the runtime is in its last steps. */
             PyErr_SetString(PyExc_RuntimeError,
@@ -235,12 +252,20 @@ void bocpy_worker_started(unsigned index, bocpy_interp *record) {
     }
 }
 
+void bocpy_thread_worker_started(unsigned index, bocpy_body_record *record) {
+    if (index < worker_records_len) {
+        thread_records[index] = record;
+    }
+}
+
 /* Forgets what the last start made (bootstrap.c's bootstrap and late binds,
  * and the records of its workers). */
 static void bootstrap_clear(void) {
     bocpy_bootstrap_clear();
     free(worker_records);
     worker_records = NULL;
+    free(thread_records);
+    thread_records = NULL;
     worker_records_len = 0;
 }
 
@@ -273,7 +298,8 @@ static int start_owned(bocpy_state *st, long long count, PyObject *header, PyObj
         return -1;
     }
     worker_records = calloc((size_t)count, sizeof(*worker_records));
-    if (worker_records == NULL) {
+    thread_records = calloc((size_t)count, sizeof(*thread_records));
+    if (worker_records == NULL || thread_records == NULL) {
         start_failed();
         PyErr_NoMemory();
         return -1;
@@ -326,11 +352,12 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
     }
     /* True: a runtime with `count` workers runs.  False: none runs and
      * `header` is None -- build the bootstrap and call again. */
+    bool program = true; /* check_main passed */
     for (;;) {
         lc_lock_acquire();
         lifecycle_state state = lc_state;
         uint64_t seen = lc_generation;
-        if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(st))) {
+        if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(program))) {
             /* relaxed: written under lc_lock, which we hold. */
             boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
             unsigned running = boc_runtime_worker_count(rt);
@@ -359,7 +386,7 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
             Py_RETURN_TRUE;
         }
         pthread_mutex_unlock(&lc_lock);
-        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(st))) {
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(program))) {
             PyErr_SetString(PyExc_RuntimeError,
                             "bocpy.start() cannot be called while this thread is stopping the "
                             "runtime (from inside wait())");
@@ -639,6 +666,24 @@ static void interrupt_body(void *arg) {
     }
 }
 
+/* Interrupts the threads-backend body of `rec`, if one runs (see
+ * bocpy_body_record for the states).  The caller is a main-interpreter
+ * thread with its thread state attached. */
+static void interrupt_thread_body(bocpy_body_record *rec) {
+    int expected = BOCPY_BODY_IN_BODY;
+    /* acq_rel: pairs with the worker's CASes on the same word. */
+    if (!atomic_compare_exchange_strong_explicit(&rec->state, &expected, BOCPY_BODY_INTERRUPTING,
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        return; /* not in a body, or already interrupted */
+    }
+    /* Raised in the body at its next bytecode; a body blocked in C (a
+     * sleep, a lock) sees it when that call returns.  The worker cannot
+     * leave the body's state meanwhile: it waits for INTERRUPTED. */
+    PyThreadState_SetAsyncExc(rec->thread_ident, PyExc_KeyboardInterrupt);
+    /* release: the pending exception is set before the worker sees this. */
+    atomic_store_explicit(&rec->state, BOCPY_BODY_INTERRUPTED, memory_order_release);
+}
+
 PyObject *bocpy_cancel(bocpy_state *st) {
     /* From now on workers skip bodies: each queued behavior completes at
      * once with a "did not run" exception on its result cown, which frees
@@ -652,6 +697,9 @@ PyObject *bocpy_cancel(bocpy_state *st) {
         /* relaxed: a hint (bocpy_interp.in_body); interrupt_body checks again. */
         if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
             bocpy_interp_call_in(rec, interrupt_body, rec);
+        }
+        if (thread_records[i] != NULL) {
+            interrupt_thread_body(thread_records[i]);
         }
     }
     bocpy_runtime_unpin(pinned);
@@ -668,12 +716,18 @@ PyObject *bocpy_running_behaviors(bocpy_state *st) {
     boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);
     for (unsigned i = 0; rt != NULL && i < worker_records_len; i++) {
         bocpy_interp *rec = worker_records[i];
-        /* relaxed: a name for a report (bocpy_interp.in_body); a body that
-         * just ended is harmless. */
-        if (rec == NULL || !atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+        bocpy_body_record *trec = thread_records[i];
+        int64_t id;
+        /* relaxed: a name for a report (bocpy_interp.in_body,
+         * bocpy_body_record); a body that just ended is harmless. */
+        if (rec != NULL && atomic_load_explicit(&rec->in_body, memory_order_relaxed)) {
+            id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
+        } else if (trec != NULL &&
+                   atomic_load_explicit(&trec->state, memory_order_relaxed) != BOCPY_BODY_IDLE) {
+            id = atomic_load_explicit(&trec->running_code, memory_order_relaxed);
+        } else {
             continue;
         }
-        int64_t id = atomic_load_explicit(&rec->running_code, memory_order_relaxed);
         PyObject *name = bocpy_registry_name(st, id);
         PyObject *entry = name ? PyUnicode_FromFormat("worker %u: %U", i, name) : NULL;
         Py_XDECREF(name);
@@ -697,12 +751,18 @@ PyObject *bocpy_running_behaviors(bocpy_state *st) {
  * by forking the next one, endlessly.  So a fork while any worker exists
  * fails here, in the parent, once, saying what to do instead.  (With no
  * workers, bocpy/__init__.py's before-fork hook ends the idle worker
- * interpreters kept for the next run, and the child is usable.)  Called for
- * every audited event in every interpreter: it only compares a string
- * unless the event is a fork. */
+ * interpreters kept for the next run, and the child is usable.)  The same
+ * hook sees thread starts, for the threads backend (below).  Called for
+ * every audited event in every interpreter: it only compares strings
+ * unless the event is a fork or a thread start. */
 static int fork_guard(const char *event, PyObject *args, void *user) {
-    (void)args;
     (void)user;
+    if (strncmp(event, "_thread.start_", 14) == 0 &&
+        (strcmp(event + 14, "new_thread") == 0 || strcmp(event + 14, "joinable_thread") == 0)) {
+        /* Not about forks: the threads backend tells the threads that bodies
+         * start from the program's (threads_backend.c). */
+        return bocpy_threads_audit_thread_start(args);
+    }
     if (strcmp(event, "os.fork") != 0 && strcmp(event, "os.forkpty") != 0) {
         return 0;
     }

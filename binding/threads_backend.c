@@ -45,6 +45,7 @@ typedef struct bocpy_backend {
 
 static const boc_runtime_ops threads_ops;
 static int read_check_sharing(void);
+static int body_threads_init(void);
 
 static const bocpy_backend backends[] = {
     {"interpreters", &bocpy_runtime_ops},
@@ -74,6 +75,9 @@ boc_runtime *bocpy_backend_runtime_new(bocpy_state *st, unsigned count) {
         return NULL;
     }
     if (b->ops == &threads_ops) {
+        if (body_threads_init() < 0) {
+            return NULL;
+        }
         threads_main_state = st;
     }
     boc_runtime *rt = boc_runtime_new(count, b->ops, NULL);
@@ -380,12 +384,139 @@ static int check_sharing_of(bocpy_state *st, bocpy_payload *p) {
  * only by the same thread. */
 static _Thread_local bool on_threads_worker;
 
-bool bocpy_is_program_thread(bocpy_state *st) { return st->interp->is_main && !on_threads_worker; }
+/* ---------------------------------------- threads that bodies start */
+
+/*
+ * On the interpreters backend a thread that a body starts lives in the
+ * worker's interpreter, so it is "inside a behavior", not the program: it
+ * may schedule on a runtime that is draining (its behavior's work), and is
+ * refused once that runtime is stopping.  On this backend such a thread is
+ * a thread of the main interpreter like the program's own, so it is told
+ * apart by its origin: the audit hook (lifecycle.c) sees every
+ * threading.Thread start, and one started by a worker of this backend (or
+ * by such a thread) is recorded in `body_threads`.  Threads started with
+ * the low-level _thread.start_new_thread are not recorded (the hook sees
+ * only their function): they count as the program's.
+ */
+
+/* A weakref.WeakSet of those threading.Thread objects (the main
+ * interpreter's; its operations are thread-safe on both builds).  Made by
+ * the first starter of a threads runtime, before its workers exist, and
+ * kept for the process; acquire/release: whoever sees it sees it made. */
+static _Atomic(PyObject *) body_threads;
+/* How many threads were ever recorded.  A thread is recorded before it
+ * starts (the audit event comes first), and the start orders that for it:
+ * a thread that reads 0 here was not recorded.  Relaxed for that reason. */
+static atomic_ulong body_threads_recorded;
+
+enum { ORIGIN_UNKNOWN, ORIGIN_PROGRAM, ORIGIN_BODY };
+/* The calling thread's origin, found once (it never changes). */
+static _Thread_local unsigned char tls_origin;
+
+/* ORIGIN_PROGRAM or ORIGIN_BODY for the calling main-interpreter thread
+ * (attached), or -1 with an exception. */
+static int thread_origin(void) {
+    if (on_threads_worker) {
+        return ORIGIN_BODY;
+    }
+    if (tls_origin != ORIGIN_UNKNOWN) {
+        return tls_origin;
+    }
+    PyObject *set = atomic_load_explicit(&body_threads, memory_order_acquire);
+    if (set == NULL || atomic_load_explicit(&body_threads_recorded, memory_order_relaxed) == 0) {
+        tls_origin = ORIGIN_PROGRAM;
+        return ORIGIN_PROGRAM;
+    }
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *current = threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
+    int found = current ? PySequence_Contains(set, current) : -1;
+    Py_XDECREF(current);
+    Py_XDECREF(threading);
+    if (found < 0) {
+        return -1;
+    }
+    tls_origin = found ? ORIGIN_BODY : ORIGIN_PROGRAM;
+    return tls_origin;
+}
+
+bool bocpy_is_program_thread(bocpy_state *st) {
+    if (!st->interp->is_main || on_threads_worker) {
+        return false;
+    }
+    if (tls_origin != ORIGIN_UNKNOWN) {
+        return tls_origin == ORIGIN_PROGRAM; /* the common case */
+    }
+    PyObject *pending = PyErr_GetRaisedException();
+    int origin = thread_origin();
+    if (origin < 0) {
+        /* Not cached: the next call tries again. */
+        PyErr_WriteUnraisable(NULL);
+        fprintf(stderr, "bocpy: could not tell whether this thread was started by a behavior "
+                        "(above); it is treated as a thread of the program\n");
+        origin = ORIGIN_PROGRAM;
+    }
+    PyErr_SetRaisedException(pending);
+    return origin == ORIGIN_PROGRAM;
+}
+
+bool bocpy_started_by_behavior(bocpy_state *st) {
+    return st->interp->is_main && !on_threads_worker && !bocpy_is_program_thread(st);
+}
+
+int bocpy_threads_audit_thread_start(PyObject *args) {
+    PyObject *set = atomic_load_explicit(&body_threads, memory_order_acquire);
+    if (set == NULL || PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        return 0; /* no threads runtime ever ran, or another interpreter */
+    }
+    int origin = thread_origin();
+    if (origin != ORIGIN_BODY) {
+        return origin < 0 ? -1 : 0;
+    }
+    PyObject *func =
+        PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : NULL;
+    if (func == NULL || !PyMethod_Check(func)) {
+        return 0; /* _thread.start_new_thread(fn): not recorded (see above) */
+    }
+    PyObject *thread = PyMethod_GET_SELF(func);
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *type = threading ? PyObject_GetAttrString(threading, "Thread") : NULL;
+    int is_thread = type ? PyObject_IsInstance(thread, type) : -1;
+    Py_XDECREF(type);
+    Py_XDECREF(threading);
+    if (is_thread <= 0) {
+        return is_thread;
+    }
+    PyObject *rv = PyObject_CallMethod(set, "add", "O", thread);
+    if (rv == NULL) {
+        return -1; /* the start fails: better than a thread taken for the program's */
+    }
+    Py_DECREF(rv);
+    atomic_fetch_add_explicit(&body_threads_recorded, 1, memory_order_relaxed);
+    return 0;
+}
+
+/* Makes body_threads (the starter of a threads runtime: main interpreter,
+ * attached).  0, or -1 with an exception. */
+static int body_threads_init(void) {
+    if (atomic_load_explicit(&body_threads, memory_order_acquire) != NULL) {
+        return 0;
+    }
+    PyObject *weakref = PyImport_ImportModule("weakref");
+    PyObject *set = weakref ? PyObject_CallMethod(weakref, "WeakSet", NULL) : NULL;
+    Py_XDECREF(weakref);
+    if (set == NULL) {
+        return -1;
+    }
+    /* release: see the declaration.  Kept for the process. */
+    atomic_store_explicit(&body_threads, set, memory_order_release);
+    return 0;
+}
 
 typedef struct threads_worker {
     PyThreadState *tstate; /* this thread in the main interpreter */
     bool attached;
-    bocpy_state *state; /* the main interpreter's */
+    bocpy_state *state;     /* the main interpreter's */
+    bocpy_body_record body; /* for cancel() and the exit report (lifecycle.c) */
 } threads_worker;
 
 static void attach(threads_worker *w) {
@@ -408,7 +539,6 @@ static void detach(threads_worker *w) {
 
 static void *threads_worker_start(void *user, unsigned index, bool *failed) {
     (void)user;
-    (void)index;
     threads_worker *w = calloc(1, sizeof(*w));
     bocpy_state *st = threads_main_state;
     /* PyThreadState_New needs no attached thread state; the main
@@ -421,6 +551,12 @@ static void *threads_worker_start(void *user, unsigned index, bool *failed) {
     }
     w->tstate = ts;
     w->state = st;
+    /* The id PyThreadState_New gave `ts` (this thread's): what
+     * PyThreadState_SetAsyncExc looks for. */
+    w->body.thread_ident = PyThread_get_thread_ident();
+    atomic_init(&w->body.state, BOCPY_BODY_IDLE);
+    atomic_init(&w->body.running_code, 0);
+    bocpy_thread_worker_started(index, &w->body);
     on_threads_worker = true; /* worker_start runs on the worker thread */
     return w;
 }
@@ -460,9 +596,40 @@ static PyObject *argument(bocpy_state *st, bocpy_payload *p, uint32_t i, uint32_
     return list;
 }
 
+/* Runs func(*args) as the body recorded in `rec`, so that cancel() may
+ * interrupt it (bocpy_body_record has the states and their orders). */
+static PyObject *call_recorded(bocpy_body_record *rec, int64_t code_id, PyObject *func,
+                               PyObject *args) {
+    /* relaxed: published by the release of IN_BODY below. */
+    atomic_store_explicit(&rec->running_code, code_id, memory_order_relaxed);
+    /* release: cancel() that sees IN_BODY sees running_code. */
+    atomic_store_explicit(&rec->state, BOCPY_BODY_IN_BODY, memory_order_release);
+    PyObject *result = PyObject_Call(func, args, NULL);
+    int expected = BOCPY_BODY_IN_BODY;
+    /* acq_rel: pairs with cancel()'s CAS; whoever wins decides whether an
+     * interrupt belongs to this body. */
+    if (atomic_compare_exchange_strong_explicit(&rec->state, &expected, BOCPY_BODY_IDLE,
+                                                memory_order_acq_rel, memory_order_acquire)) {
+        return result;
+    }
+    /* cancel() won: wait, detached (its PyThreadState_SetAsyncExc may stop
+     * the world), until the exception is pending; acquire pairs with its
+     * release store of INTERRUPTED. */
+    Py_BEGIN_ALLOW_THREADS
+        while (atomic_load_explicit(&rec->state, memory_order_acquire) != BOCPY_BODY_INTERRUPTED) {
+            sched_yield();
+        }
+    Py_END_ALLOW_THREADS
+    /* The body ended before the exception fired: clear it, so that it does
+     * not land in whatever Python code this thread runs next. */
+    PyThreadState_SetAsyncExc(rec->thread_ident, NULL);
+    atomic_store_explicit(&rec->state, BOCPY_BODY_IDLE, memory_order_relaxed);
+    return result;
+}
+
 /* Calls the body with its cowns held by this thread; a new reference to
  * its result, or NULL with the exception set. */
-static PyObject *call_body(bocpy_state *st, bocpy_payload *p) {
+static PyObject *call_body(bocpy_state *st, bocpy_payload *p, bocpy_body_record *rec) {
     PyObject *snapshot = NULL, *extra = NULL;
     PyObject *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
     if (p->live) {
@@ -499,14 +666,15 @@ static PyObject *call_body(bocpy_state *st, bocpy_payload *p) {
     for (Py_ssize_t i = 0; args != NULL && i < nextra; i++) {
         PyTuple_SET_ITEM(args, p->nargs + i, Py_NewRef(PyTuple_GET_ITEM(extra, i)));
     }
-    PyObject *result = args ? PyObject_Call(func, args, NULL) : NULL;
+    PyObject *result = args ? call_recorded(rec, p->code_id, func, args) : NULL;
     Py_XDECREF(args);
     Py_XDECREF(func);
     Py_XDECREF(snapshot);
     return result;
 }
 
-static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelled) {
+static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelled,
+                                 bocpy_body_record *rec) {
     bocpy_payload *p = boc_behavior_payload(b);
     bocpy_interp *here = st->interp;
     uintptr_t token = bocpy_thread_token();
@@ -534,7 +702,7 @@ static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelle
     if (check_sharing_of(st, p) < 0) {
         goto done;
     }
-    result = call_body(st, p);
+    result = call_body(st, p, rec);
 done:;
     bool is_exception = result == NULL;
     if (is_exception) {
@@ -561,7 +729,7 @@ static void threads_worker_run(void *user, boc_behavior *b, void *arg) {
     threads_worker *w = arg;
     attach(w);
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
-    threads_run_behavior(w->state, b, cancelled);
+    threads_run_behavior(w->state, b, cancelled, &w->body);
 }
 
 static void threads_worker_stop(void *user, unsigned index, void *arg) {

@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import threading
 
 import pytest
+from conftest import THREADS_BACKEND
 
 import bocpy
 from bocpy import TIMEOUT, BocExecutor, receive, send
@@ -88,6 +89,9 @@ def test_an_exception_reaches_the_future_with_the_worker_traceback(executor):
     assert any("in fail" in note for note in info.value.__notes__)
 
 
+@pytest.mark.skipif(
+    THREADS_BACKEND, reason="only the interpreters backend pickles arguments (see the test below)"
+)
 def test_a_value_that_cannot_cross_fails_the_future_not_the_caller(executor):
     unpicklable_argument = executor.submit(square, threading.Lock())
     with pytest.raises(TypeError, match="cannot"):
@@ -95,6 +99,22 @@ def test_a_value_that_cannot_cross_fails_the_future_not_the_caller(executor):
     unpicklable_result = executor.submit(make_lock)
     with pytest.raises(TypeError, match="cannot be sent back"):
         unpicklable_result.result(timeout=30)
+    # The executor still works afterwards.
+    assert executor.submit(square, 4).result(timeout=30) == 16
+
+
+@pytest.mark.skipif(not THREADS_BACKEND, reason="the interpreters backend pickles arguments")
+def test_arguments_pass_as_they_are_on_threads_results_still_cross(executor):
+    """The threads backend copies no argument: one that could not cross to a
+    sub-interpreter reaches the task as the very same object.  The outcome
+    still comes home as a message, which both backends pickle, so a result
+    that cannot be pickled fails its future, not the caller."""
+    lock = threading.Lock()
+    assert executor.submit(lambda held: str(held is lock), lock).result(timeout=30) == "True"
+    with pytest.raises(TypeError, match="unsupported operand"):
+        executor.submit(square, lock).result(timeout=30)
+    with pytest.raises(TypeError, match="cannot be sent back"):
+        executor.submit(make_lock).result(timeout=30)
     # The executor still works afterwards.
     assert executor.submit(square, 4).result(timeout=30) == 16
 
