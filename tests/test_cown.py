@@ -12,11 +12,10 @@ import time
 import typing
 
 import pytest
+from conftest import THREADS_BACKEND
 
 import bocpy
 from bocpy import Cown, when, whencall
-
-from conftest import THREADS_BACKEND
 
 
 def wait_for_file(path: str, limit: float = 30.0) -> bool:

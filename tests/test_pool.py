@@ -409,7 +409,12 @@ def test_wait_still_waits_for_threads_and_atexit_of_behaviors(run_script):
         # No interpreter ends at wait() on the threads backend: the behavior's
         # thread and atexit callback are the program's own, so Python joins
         # the thread, then runs the callback, when the program exits.
-        assert sorted(out) == ["second run", "thread says hello", "wait returned", "worker atexit ran"]
+        assert sorted(out) == [
+            "second run",
+            "thread says hello",
+            "wait returned",
+            "worker atexit ran",
+        ]
         assert out.index("wait returned") < out.index("second run")
         assert out.index("thread says hello") < out.index("worker atexit ran")
         return
