@@ -18,7 +18,12 @@ Rows, each the median of ``--repeat`` runs:
    against one holding a 10-element list (no copy: the size should not
    matter);
 6. threads backend only, when NumPy is importable: matrix products on
-   per-cown arrays against ``ThreadPoolExecutor`` with one lock per array.
+   per-cown arrays against ``ThreadPoolExecutor`` with one lock per array,
+   both with 2 workers.  BLAS runs single-threaded here (the script sets
+   ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` to 1
+   unless already set) so the parallelism measured is the workers': with
+   BLAS's own thread pool on top, two products at once oversubscribe the
+   cores and both sides vary by 10x from run to run.
 
 Run from the repository root::
 
@@ -28,6 +33,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import sysconfig
@@ -39,6 +45,10 @@ from typing import Any
 
 import bocpy
 from bocpy import Cown, wait, when
+
+# Before NumPy is imported (row 6): see the module docstring.
+for _blas in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_blas, "1")
 
 BACKENDS = ("interpreters", "threads")
 
@@ -140,6 +150,7 @@ def numpy_rows(repeat: int, quick: bool) -> list[tuple[str, str]]:
     return [
         ("numpy: bocpy threads backend, 2 workers (ms)", f"{b * 1e3:.1f}"),
         ("numpy: ThreadPoolExecutor(2) + locks (ms)", f"{p * 1e3:.1f}"),
+        ("numpy: bocpy / ThreadPoolExecutor time (x)", f"{b / p:.2f}"),
     ]
 
 
