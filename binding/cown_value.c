@@ -214,12 +214,14 @@ static void set_home(bocpy_cown *c, bocpy_interp *rec) {
     /* relaxed: the holder is the only writer, and libboc's hand-off ordered
      * the previous holder's store before this hold. */
     bocpy_interp *old = atomic_load_explicit(&c->home, memory_order_relaxed);
-    if (old == rec) {
+    /* (resident is read without the lock: only a holder, or a thread that
+     * excludes holders, changes it.)  The same worker home but not listed:
+     * the value was a plain scalar given a home without a place
+     * (set_home_unlisted); the object it is now needs the place. */
+    if (old == rec && (rec == NULL || rec->is_main || c->resident)) {
         return;
     }
-    /* (resident is read without the lock: only a holder, or a thread that
-     * excludes holders, changes it.) */
-    if (old != NULL && !old->is_main && c->resident) {
+    if (old != NULL && old != rec && !old->is_main && c->resident) {
         pthread_mutex_lock(&old->lock);
         resident_unlink_locked(old, c);
         pthread_mutex_unlock(&old->lock);
@@ -246,6 +248,24 @@ static void set_home(bocpy_cown *c, bocpy_interp *rec) {
     } else {
         atomic_store_explicit(&c->home, rec, memory_order_release);
     }
+}
+
+/* Gives the cown's value, a plain scalar object (inline_of) of `rec`, its
+ * home there without a place in the resident list, so without needing the
+ * side record (the caller holds the cown).  Such an object never outlives
+ * the hold: settling puts a plain scalar back inline before the hold ends
+ * (bocpy_cown_settle), so no worker can stop with it.  A later store of
+ * another object in the same hold links the cown (set_home). */
+static void set_home_unlisted(bocpy_cown *c, bocpy_interp *rec) {
+    /* relaxed: as in set_home. */
+    bocpy_interp *old = atomic_load_explicit(&c->home, memory_order_relaxed);
+    if (old != NULL && !old->is_main && c->resident) {
+        pthread_mutex_lock(&old->lock);
+        resident_unlink_locked(old, c);
+        pthread_mutex_unlock(&old->lock);
+    }
+    /* release: as set_home. */
+    atomic_store_explicit(&c->home, rec, memory_order_release);
 }
 
 /* Frees an object of `home` from any thread. */
@@ -581,9 +601,10 @@ int bocpy_cown_materialize(bocpy_cown *c, bocpy_interp *here) {
         /* A home without a place in its resident list (no side record
          * needed): the object is a plain scalar that settling puts back
          * inline before the hold ends, so no worker can stop with it --
-         * unless the holder stores another value, which reserves the move
-         * (Cown_set_value) and links the cown then.  release: as set_home. */
-        atomic_store_explicit(&c->home, here, memory_order_release);
+         * unless the holder stores another (not plain scalar) value, which
+         * reserves the move (Cown_set_value) and links the cown then.  An
+         * inline cown is never resident (see bocpy_cown.inline_kind). */
+        set_home_unlisted(c, here);
         return 0;
     }
     /* relaxed: the caller holds the cown (see set_home). */
@@ -1370,7 +1391,14 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     if (c->inline_kind != BOCPY_INLINE_NONE && bocpy_cown_materialize(c, here) < 0) {
         return -1;
     }
-    if (value != Py_None && home_reserve(c, here) < 0) {
+    /* A plain scalar (`c.value += 1`) needs no place in the resident list,
+     * so no side record: settling puts it back inline before the hold ends
+     * (set_home_unlisted).  Anything else reserves the move first. */
+    uint8_t kind = BOCPY_INLINE_NONE;
+    int64_t ival = 0;
+    double fval = 0.0;
+    bool scalar = value != Py_None && inline_of(value, &kind, &ival, &fval);
+    if (value != Py_None && !scalar && home_reserve(c, here) < 0) {
         return -1;
     }
     /* relaxed: this thread holds the cown (held_here; see set_home). */
@@ -1384,7 +1412,11 @@ static int Cown_set_value(CownObject *self, PyObject *value, void *closure) {
     c->is_exception = false;
     unretrieved_forget(c);
     unavailable_clear(c);
-    set_home(c, c->obj ? here : NULL);
+    if (scalar) {
+        set_home_unlisted(c, here);
+    } else {
+        set_home(c, c->obj ? here : NULL);
+    }
     release_object(home, old);
     return 0;
 }

@@ -283,13 +283,20 @@ static bocpy_blob *serialise_whole(const bocpy_move_entry *type, PyObject *obj) 
  *   's' str, then a uint32_t length and its UTF-8 bytes
  *   'b' bytes, then a uint32_t length and the bytes
  *   't' tuple, then a uint32_t length and each item
+ *   'l' list, only as the whole value (depth 0), then a uint32_t length and
+ *       each item
  *   'c' Cown (exact Cown or PinnedCown), then a uint32_t index into the
  *       blob's cowns (a strong reference each, as pickled cowns have)
  *
  * Only exact types qualify (a subclass may pickle itself differently), and
- * only immutable containers: a pickle keeps the aliasing of mutable objects
- * (`[a, a]` shares `a`), which a tree encoding would lose.  Anything else --
- * a bigger int, a str with lone surrogates, a list, a nesting deeper than
+ * only immutable containers inside: a pickle keeps the aliasing of mutable
+ * objects (`[a, a]` shares `a`), which a tree encoding would lose.  A list
+ * as the whole value has nothing to alias it (one inside itself is not at
+ * depth 0, so it goes to the pickler), which is why it may be compact: a
+ * list of cowns, say, a script's global sent to every worker (bootstrap.c)
+ * -- the pickler's memo and per-cown reduce tuples cost it hundreds of
+ * bytes per item in both interpreters.  Anything else -- a bigger int, a
+ * str with lone surrogates, a list inside a value, a nesting deeper than
  * COMPACT_DEPTH -- makes the whole value go to the pickler as before.  The
  * decoded value equals what unpickling would give. */
 
@@ -413,6 +420,25 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         }
         return 1;
     }
+    if (type == &PyList_Type && depth == 0) {
+        int rc = 1;
+        /* Free-threaded builds: no other thread changes the list while it
+         * is read (encoding its items runs no Python code).  A plain block
+         * with a GIL, which nothing here releases. */
+        Py_BEGIN_CRITICAL_SECTION(obj);
+        Py_ssize_t n = PyList_GET_SIZE(obj);
+        uint32_t n32 = (uint32_t)n;
+        if (n > COMPACT_MAX_LEN) {
+            rc = 0;
+        } else if (!compact_put(buf, 'l', &n32, sizeof(n32))) {
+            rc = -1;
+        }
+        for (Py_ssize_t i = 0; rc > 0 && i < n; i++) {
+            rc = compact_encode(st, buf, PyList_GET_ITEM(obj, i), depth + 1);
+        }
+        Py_END_CRITICAL_SECTION();
+        return rc;
+    }
     if (type == st->cown_type || type == st->pinned_type) {
         Py_ssize_t index = bocpy_transfer_add_cown(((CownObject *)obj)->cown);
         if (index < 0) {
@@ -490,6 +516,22 @@ static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
             PyTuple_SET_ITEM(tuple, (Py_ssize_t)i, item);
         }
         return tuple;
+    }
+    case 'l': {
+        uint32_t n;
+        if (!compact_take(r, &n, sizeof(n)) || (size_t)(r->end - r->at) < n) {
+            return compact_corrupt(); /* each item takes at least a byte */
+        }
+        PyObject *list = PyList_New((Py_ssize_t)n);
+        for (uint32_t i = 0; list != NULL && i < n; i++) {
+            PyObject *item = compact_decode(st, r);
+            if (item == NULL) {
+                Py_CLEAR(list);
+                break;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+        }
+        return list;
     }
     case 'c': {
         uint32_t index;

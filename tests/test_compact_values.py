@@ -1,10 +1,11 @@
 """Plain immutable values cross in bocpy's compact encoding, not as pickles.
 
 `None`, `bool`, `int` within 64 bits, `float`, `str`, `bytes`, tuples of those
-and `Cown` handles skip the pickler (binding/transfer.c).  What arrives must
-be exactly what unpickling would give: same type, equal value, and for
-everything else (subclasses, bigger ints, lone surrogates, deep nesting,
-mutable containers) the pickler as before.  Each value is checked through
+and `Cown` handles skip the pickler (binding/transfer.c), and so does a list of
+those when it is the whole value (nothing inside it can alias it).  What
+arrives must be exactly what unpickling would give: same type, equal value,
+and for everything else (subclasses, bigger ints, lone surrogates, deep
+nesting, mutable containers inside a value) the pickler as before.  Each value is checked through
 every route: a cown's value set on the main thread, a capture, a result.
 """
 
@@ -30,6 +31,10 @@ class Text(str):
 
 
 class Row(tuple):
+    pass
+
+
+class Items(list):
     pass
 
 
@@ -73,6 +78,11 @@ VALUES = [
     ([2, 3],),  # a one-item tuple the pickler gets (it once lost its tuple)
     (Text("sub"),),
     [1, 2],
+    [],
+    [None, True, -(2**63), 2.5, "s", b"b", (1, (2,)), 2**64],  # a big int: pickled
+    [1, "two", (3.0, None)],  # a list as the whole value: compact
+    [[1], [2]],  # a list inside: pickled
+    Items([1, 2]),
     {"a": 1},
     frozenset({1, 2}),
     1 + 2j,
@@ -113,6 +123,42 @@ def test_capture_and_result_cross_unchanged(value):
 
     bocpy.wait()
     assert same(echo.unwrap(), value)
+
+
+def test_a_list_shared_inside_a_value_stays_shared():
+    # Only a list that is the whole value is encoded compactly; one inside a
+    # value keeps the pickler, so aliasing is kept as before.
+    inner = [1]
+    looped: list[object] = [2]
+    looped.append(looped)
+    cown = Cown([inner, inner])
+    loop = Cown(looped)
+
+    @when(cown, loop)
+    def check(c, looping):
+        v = looping.value
+        return c.value[0] is c.value[1], v[1] is v, v[0]
+
+    bocpy.wait()
+    assert check.unwrap() == (True, True, 2)
+    value = cown.unwrap()
+    assert value == [[1], [1]] and value[0] is value[1]
+
+
+def test_a_list_of_cowns_crosses_as_the_same_cowns():
+    cowns = [Cown(i) for i in range(1000)]
+
+    @when(Cown(cowns))
+    def bump_all(c):
+        for each in c.value:
+
+            @when(each)
+            def bump(x):
+                x.value += 1
+
+    bocpy.wait()
+    bump_all.unwrap()
+    assert [c.unwrap() for c in cowns] == list(range(1, 1001))
 
 
 def test_float_nan_crosses():

@@ -263,6 +263,44 @@ def test_fork_after_wait_gives_a_working_child(run_script):
     assert sorted(proc.stdout.splitlines()) == ["child 3", "parent 3 0"]
 
 
+def test_fork_keeps_a_large_value_that_replaced_an_inline_scalar(run_script):
+    # An int cown given a list in a behavior, then grown in place past the
+    # size checked at every release: the list lives only in the worker, which
+    # must hand it back when the pool closes before fork().  (It was not in
+    # the worker's resident list, and the child and parent crashed reading.)
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
+    proc = run_script(
+        """
+        import os
+        import bocpy
+        from bocpy import Cown, when
+
+        c = Cown(5)
+
+        @when(c)
+        def become_a_list(c):
+            c.value = list(range(100_000))
+
+        @when(c)
+        def grow(c):
+            c.value.append(-1)
+
+        bocpy.wait()
+        pid = os.fork()
+        if pid == 0:
+            with c:
+                print("child", len(c.value), c.value[-1], flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        with c:
+            print("parent", len(c.value), c.value[-1], os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ["child 100001 -1", "parent 100001 -1 0"]
+
+
 def test_wait_lets_go_of_what_behaviors_left_in_worker_globals(run_script):
     proc = run_script(
         """

@@ -584,3 +584,33 @@ def test_statements_below_the_start_never_run_in_workers(run_script):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["m", "for", "main"]
+
+
+def test_a_global_list_of_cowns_made_after_start_reaches_workers(run_script):
+    # Sent as a late bind (compact encoding: a list as the whole value); the
+    # worker's copy holds the same cowns, and globals() finds it too.
+    proc = run_script(
+        """
+        from bocpy import Cown, start, wait, when
+
+        start(1)
+        COWNS = [Cown(i) for i in range(10_000)]
+        ODD = [Cown(1), "one", 1.5, None]
+
+        @when(Cown(0))
+        def bump_all(c):
+            for each in COWNS:
+
+                @when(each)
+                def bump(x):
+                    x.value += 1
+
+            return len(globals()["COWNS"]), type(ODD).__name__, ODD[1:]
+
+        wait()
+        print(bump_all.unwrap())
+        print(sum(c.unwrap() for c in COWNS))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert lines(proc.stdout) == ["(10000, 'list', ['one', 1.5, None])", str(sum(range(1, 10_001)))]
