@@ -653,6 +653,11 @@ bool bocpy_started_by_behavior(bocpy_state *st);
  * "_thread.start_joinable_thread" (their arguments): records a thread that
  * a body starts.  0, or -1 with an exception (the start then fails). */
 int bocpy_threads_audit_thread_start(PyObject *args);
+/* wait() on the threads backend, after the runtime stopped (main thread,
+ * attached): joins the non-daemon threads that bodies started, as ending a
+ * worker interpreter does on the other backend.  0, or -1 with an
+ * exception (Ctrl-C during a join). */
+int bocpy_threads_join_body_threads(void);
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
 PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);
 /* True when the selected backend is "threads": values stay live objects of

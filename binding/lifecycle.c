@@ -625,6 +625,12 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
         /* Stop even when the stats could not be made: JOINING is final. */
         stop_runtime(rt);
         bocpy_garbage_drain(st->interp);
+        if (stats != NULL && bocpy_threads_join_body_threads() < 0) {
+            Py_CLEAR(stats);
+            if (board != NULL) {
+                Py_CLEAR(*board);
+            }
+        }
     } else {
         bocpy_runtime_unpin(pinned);
     }

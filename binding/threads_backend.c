@@ -10,7 +10,8 @@
  *
  *   interpreters  (worker.c) every worker thread runs in a sub-interpreter
  *                 of its own; values cross by pickling, code by the
- *                 registry and the script image.  The default.
+ *                 registry and the script image.  The default on
+ *                 GIL builds; "threads" on free-threaded ones.
  *   threads       (below) every worker thread is a plain thread of the
  *                 main interpreter: a behavior's body is the main
  *                 interpreter's code, called with its cowns' live objects.
@@ -515,6 +516,7 @@ static int body_threads_init(void) {
 typedef struct threads_worker {
     PyThreadState *tstate; /* this thread in the main interpreter */
     bool attached;
+    bool named;             /* threading knows this thread as a non-daemon (below) */
     bocpy_state *state;     /* the main interpreter's */
     bocpy_body_record body; /* for cancel() and the exit report (lifecycle.c) */
 } threads_worker;
@@ -724,10 +726,71 @@ done:;
     bocpy_noticeboard_behavior_end();
 }
 
+/* threading.Thread(...) takes its daemon flag from the thread that makes
+ * it, and threading.current_thread() on a thread threading did not start is
+ * a _DummyThread, which is a daemon: so a thread a body started would be a
+ * daemon, neither joined by wait() (bocpy_threads_join_body_threads) nor by
+ * the interpreter at exit, and its work silently lost.  On the other backend
+ * a worker interpreter's thread is not a daemon.  So the worker's dummy is
+ * made a non-daemon, once, before its first body: a dummy is never joined
+ * itself (threading joins only the threads it started), so this changes
+ * nothing but the flag its threads inherit.  `_daemonic` is the attribute
+ * behind Thread.daemon on 3.12-3.14 (the property refuses a started
+ * thread).  A failure is reported and the worker goes on. */
+static void name_worker_thread(threads_worker *w) {
+    w->named = true;
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *me = threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
+    if (me == NULL || PyObject_SetAttrString(me, "_daemonic", Py_False) < 0) {
+        PyErr_WriteUnraisable(NULL);
+        fprintf(stderr, "bocpy: could not make a threads-backend worker a non-daemon thread "
+                        "(above); threads its behaviors start will be daemons\n");
+    }
+    Py_XDECREF(me);
+    Py_XDECREF(threading);
+}
+
+int bocpy_threads_join_body_threads(void) {
+    PyObject *set = atomic_load_explicit(&body_threads, memory_order_acquire);
+    if (set == NULL) {
+        return 0;
+    }
+    /* Rounds until one finds nothing to join: a joined thread may have
+     * started others (recorded before they start, so the next round sees
+     * them). */
+    for (bool joined = true; joined;) {
+        joined = false;
+        PyObject *threads = PySequence_List(set);
+        if (threads == NULL) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(threads); i++) {
+            PyObject *t = PyList_GET_ITEM(threads, i);
+            PyObject *daemon = PyObject_GetAttrString(t, "daemon");
+            PyObject *alive = daemon ? PyObject_CallMethod(t, "is_alive", NULL) : NULL;
+            int wanted = alive ? (Py_IsTrue(alive) && !PyObject_IsTrue(daemon)) : -1;
+            PyObject *rv = wanted == 1 ? PyObject_CallMethod(t, "join", NULL) : NULL;
+            Py_XDECREF(daemon);
+            Py_XDECREF(alive);
+            if (wanted < 0 || (wanted == 1 && rv == NULL)) {
+                Py_DECREF(threads);
+                return -1; /* Ctrl-C during the join, or a broken thread object */
+            }
+            Py_XDECREF(rv);
+            joined = joined || wanted == 1;
+        }
+        Py_DECREF(threads);
+    }
+    return 0;
+}
+
 static void threads_worker_run(void *user, boc_behavior *b, void *arg) {
     (void)user;
     threads_worker *w = arg;
     attach(w);
+    if (!w->named) {
+        name_worker_thread(w);
+    }
     bool cancelled = atomic_load_explicit(&bocpy_cancelling, memory_order_relaxed);
     threads_run_behavior(w->state, b, cancelled, &w->body);
 }

@@ -7,6 +7,12 @@ exactly as a third party would, and registers itself through
 them between the main interpreter and worker interpreters: the buffer moves
 (its address never changes), the object left behind is stale and says so,
 and a buffer nobody attached is freed.
+
+Moves happen only between interpreters, so the scripts run on the
+"interpreters" backend on every build (``BOCPY_BACKEND`` in their
+environment: a free-threaded build would otherwise pick "threads").
+``test_the_threads_backend_moves_nothing`` says what the threads backend
+does instead: the object stays live where it is, never moved or copied.
 """
 
 from __future__ import annotations
@@ -72,11 +78,17 @@ def movebuf_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run_with_ext(run_script, tmp_path: Path, movebuf_so: Path):
-    """run_script, with the built extension importable by the script."""
+    """run_script, with the built extension importable by the script.
+
+    Every implicit start of the script uses ``backend`` (default: the
+    interpreters backend, where moves happen).
+    """
     shutil.copy(movebuf_so, tmp_path / movebuf_so.name)
 
-    def run(source: str) -> subprocess.CompletedProcess[str]:
-        proc = run_script(source, timeout=SUBPROCESS_TIMEOUT)
+    def run(source: str, *, backend: str = "interpreters") -> subprocess.CompletedProcess[str]:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("BOCPY_BACKEND", backend)  # read by the subprocess only
+            proc = run_script(source, timeout=SUBPROCESS_TIMEOUT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
 
@@ -106,7 +118,7 @@ def test_chain_of_behaviors_moves_the_buffer_worker_to_worker(run_with_ext) -> N
         from bocpy import Cown, when, wait
         import movebuf
 
-        bocpy.start(worker_count=4)
+        bocpy.start(worker_count=4)  # BOCPY_BACKEND: interpreters
         buf = movebuf.Buffer(1_000_000, 7)
         address = buf.address
         c = Cown(buf)
@@ -317,6 +329,42 @@ def test_paths_that_copy_still_copy(run_with_ext) -> None:
         """
     )
     assert proc.stdout.strip() == "ok"
+
+
+def test_the_threads_backend_moves_nothing(run_with_ext) -> None:
+    # No interpreter boundary to cross: the cown holds the object itself,
+    # which stays live on the main thread and in behaviors, and a behavior
+    # can give it back as its result (the same object, no copy).
+    proc = run_with_ext(
+        """
+        from bocpy import Cown, when, wait
+        import movebuf
+
+        buf = movebuf.Buffer(64, 2)
+        address = buf.address
+        c = Cown({"buf": buf})
+        assert not buf.stale and buf.checksum() == 128
+
+        @when(c)
+        def touch(c):
+            b = c.value["buf"]
+            b.set(0, 5)
+            return b is buf, b.address == address
+
+        @when(c)
+        def give(c):
+            return c.value["buf"]
+        wait()
+        assert touch.unwrap() == (True, True)
+        assert give.unwrap() is buf and not buf.stale
+        assert buf.get(0) == 5 and buf.checksum() == 131
+        with c:
+            assert c.value["buf"] is buf
+        print("ok", movebuf.live_buffers())
+        """,
+        backend="threads",
+    )
+    assert proc.stdout.strip() == "ok 1"
 
 
 def test_a_buffer_never_attached_is_freed(run_with_ext) -> None:

@@ -1,4 +1,10 @@
-"""Values that cross between interpreters: copying, classes, nested cowns."""
+"""Values that cross between interpreters: copying, classes, nested cowns.
+
+On the threads backend (``conftest.THREADS_BACKEND``) a value never crosses:
+a cown holds the object itself, results are stored as returned, and nothing
+is pickled or rebuilt.  The tests about copying assert that instead
+(docs/backends.md).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import sys
 import threading
 
 import pytest
+from conftest import THREADS_BACKEND
 
 import bocpy
 from bocpy import Cown, when
@@ -146,7 +153,9 @@ def test_worker_sees_value_as_stored_not_later_mutations():
         return list(c.value)
 
     bocpy.wait(timeout=30)
-    assert r.unwrap() == [1, 2]
+    # The threads backend does not copy the value at Cown(): the cown holds
+    # ``data`` itself, so the worker sees the append made after it.
+    assert r.unwrap() == ([1, 2, 3] if THREADS_BACKEND else [1, 2])
 
 
 def test_value_is_carried_across_many_behaviors_and_workers():
@@ -290,6 +299,14 @@ def test_storing_an_unpicklable_value_lands_on_the_result_cown():
         return c.value
 
     bocpy.wait(timeout=30)
+    if THREADS_BACKEND:
+        # Nothing is pickled at release on the threads backend: the lock is
+        # the cown's value from then on.
+        assert bad.unwrap() is None
+        lock = after.unwrap()
+        assert type(lock) is type(threading.Lock())
+        assert c.unwrap() is lock
+        return
     assert bad.exception
     with pytest.raises(TypeError, match="lock"):
         bad.unwrap()
@@ -310,10 +327,20 @@ def test_storing_unpicklable_keeps_the_last_good_value():
         c.value = [Unpicklable()]
 
     @when(c)
-    def _(c):
+    def last(c):
+        if THREADS_BACKEND:
+            return c.value
         c.value += 10
 
     bocpy.wait(timeout=30)
+    if THREADS_BACKEND:
+        # No pickling at release on the threads backend: the store stands and
+        # the next behavior gets that very list.
+        assert bad.unwrap() is None
+        stored = last.unwrap()
+        assert [type(x) for x in stored] == [Unpicklable]
+        assert c.unwrap() is stored
+        return
     assert bad.exception
     with pytest.raises(TypeError):
         bad.unwrap()
@@ -333,9 +360,15 @@ def test_returning_an_unpicklable_value_is_an_exception_on_the_result():
         return "still runs"
 
     bocpy.wait(timeout=30)
-    assert bad.exception
-    with pytest.raises(TypeError, match="lock"):
-        bad.unwrap()
+    if THREADS_BACKEND:
+        # Results are stored as returned on the threads backend: the result
+        # is the lock itself, and the store to the cown stands.
+        assert type(bad.unwrap()) is type(threading.Lock())
+        assert c.unwrap() == 2
+    else:
+        assert bad.exception
+        with pytest.raises(TypeError, match="lock"):
+            bad.unwrap()
     assert other.unwrap() == "still runs"
 
 
@@ -352,6 +385,12 @@ def test_unpicklable_value_in_one_of_several_cowns():
         return a.value, b.value
 
     bocpy.wait(timeout=30)
+    if THREADS_BACKEND:
+        # No pickling at release on the threads backend: both stores stand.
+        assert bad.unwrap() is None
+        a_value, b_value = after.unwrap()
+        assert a_value == "a1" and type(b_value) is type(threading.Lock())
+        return
     assert bad.exception
     with pytest.raises(TypeError):
         bad.unwrap()
@@ -404,9 +443,14 @@ def test_value_that_fails_to_rebuild_on_a_worker_is_an_exception_on_the_result()
         return "other ran"
 
     bocpy.wait(timeout=30)
-    assert r.exception
-    with pytest.raises(Exception):
-        r.unwrap()
+    if THREADS_BACKEND:
+        # Nothing is rebuilt on the threads backend: the body gets the object
+        # itself, so it runs.
+        assert r.unwrap() == "ran"
+    else:
+        assert r.exception
+        with pytest.raises(Exception):
+            r.unwrap()
     assert other.unwrap() == "other ran"
     with c:
         assert c.value is fragile  # the cown keeps its last good value
@@ -425,6 +469,12 @@ def test_capture_that_fails_to_rebuild_on_a_worker_is_an_exception_on_the_result
         return c.value
 
     bocpy.wait(timeout=30)
+    if THREADS_BACKEND:
+        # Captures are the objects themselves on the threads backend: nothing
+        # is rebuilt, so the body runs and its store stands.
+        assert r.unwrap() == "ran"
+        assert after.unwrap() == 2
+        return
     assert r.exception
     with pytest.raises(Exception):
         r.unwrap()
@@ -578,6 +628,21 @@ def test_in_place_mutation_on_the_main_thread_is_seen_by_workers():
 
 def test_storing_an_unpicklable_value_on_the_main_thread_fails_by_release():
     c = Cown(1)
+    if THREADS_BACKEND:
+        # The threads backend never pickles at release: the lock stored on
+        # the main thread is the value a behavior then gets.
+        lock = threading.Lock()
+        with c:
+            c.value = lock
+        assert not c.acquired
+
+        @when(c)
+        def got(c):
+            return c.value is lock
+
+        bocpy.wait(timeout=30)
+        assert got.unwrap() is True
+        return
     with pytest.raises(TypeError, match="lock"):
         with c:
             c.value = threading.Lock()
