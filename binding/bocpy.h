@@ -560,6 +560,16 @@ typedef struct bocpy_outcome {
  * ..."), which unwrap() and the result's repr show, and returns `exc` (its
  * reference passes through; a failure to add the note is ignored). */
 PyObject *bocpy_note_behavior_traceback(PyObject *exc);
+/* A behavior's captures (when.c), unpacked for bocpy_build_function:
+ * `snapshot` is a new reference the caller releases (NULL with none); the
+ * others are borrowed from it (Py_None when absent; `extra`, the whencall
+ * arguments, NULL when absent).  Live objects on the threads backend, else
+ * rebuilt from the payload's blob in the calling interpreter. */
+typedef struct bocpy_captures {
+    PyObject *snapshot, *extra, *defaults, *kwdefaults, *cells;
+} bocpy_captures;
+/* 0, or -1 with an exception (the blob could not be rebuilt). */
+int bocpy_captures_open(bocpy_state *st, bocpy_payload *p, bocpy_captures *out);
 /* Runs one behavior on the calling thread (which holds `here`'s GIL).  With
  * `cancelled`, the body is skipped and the result cown records why.  `out`
  * may be NULL (workers capture everything).  With `elsewhere` non-NULL, a

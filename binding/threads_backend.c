@@ -632,29 +632,14 @@ static PyObject *call_recorded(bocpy_body_record *rec, int64_t code_id, PyObject
 /* Calls the body with its cowns held by this thread; a new reference to
  * its result, or NULL with the exception set. */
 static PyObject *call_body(bocpy_state *st, bocpy_payload *p, bocpy_body_record *rec) {
-    PyObject *snapshot = NULL, *extra = NULL;
-    PyObject *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->live) {
-        snapshot = Py_XNewRef(p->live_captures); /* not copied (when.c) */
-    } else if (p->captures != NULL) {
-        /* Not made for this backend (when.c keeps its captures live), but a
-         * serialised snapshot is read all the same. */
-        snapshot = bocpy_deserialise(st, p->captures);
-        if (snapshot == NULL) {
-            return NULL;
-        }
+    bocpy_captures cap;
+    if (bocpy_captures_open(st, p, &cap) < 0) {
+        return NULL;
     }
-    if (snapshot != NULL && p->defaults_only) {
-        /* @when sent the defaults tuple alone (when.c). */
-        defaults = snapshot;
-    } else if (snapshot != NULL) {
-        extra = PyTuple_GET_ITEM(snapshot, 0);
-        defaults = PyTuple_GET_ITEM(snapshot, 1);
-        kwdefaults = PyTuple_GET_ITEM(snapshot, 2);
-        cells = PyTuple_GET_ITEM(snapshot, 3);
-    }
+    PyObject *snapshot = cap.snapshot, *extra = cap.extra;
+    PyObject *defaults = cap.defaults, *kwdefaults = cap.kwdefaults, *cells = cap.cells;
     PyObject *func = bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells);
-    Py_ssize_t nextra = extra != NULL && extra != Py_None ? PyTuple_GET_SIZE(extra) : 0;
+    Py_ssize_t nextra = extra != NULL ? PyTuple_GET_SIZE(extra) : 0;
     PyObject *args = func ? PyTuple_New((Py_ssize_t)p->nargs + nextra) : NULL;
     uint32_t slot = 0;
     for (uint32_t i = 0; args != NULL && i < p->nargs; i++) {

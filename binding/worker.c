@@ -315,6 +315,29 @@ static PyObject *dropped_error(void) {
 
 #define SMALL 8
 
+int bocpy_captures_open(bocpy_state *st, bocpy_payload *p, bocpy_captures *out) {
+    *out = (bocpy_captures){.defaults = Py_None, .kwdefaults = Py_None, .cells = Py_None};
+    if (p->live) { /* threads backend: the objects themselves (when.c) */
+        out->snapshot = Py_XNewRef(p->live_captures);
+    } else if (p->captures != NULL) {
+        out->snapshot = bocpy_deserialise(st, p->captures);
+        if (out->snapshot == NULL) {
+            return -1;
+        }
+    }
+    PyObject *snap = out->snapshot;
+    if (snap != NULL && p->defaults_only) {
+        out->defaults = snap; /* @when sent the defaults tuple alone (when.c) */
+    } else if (snap != NULL) {
+        PyObject *extra = PyTuple_GET_ITEM(snap, 0);
+        out->extra = extra == Py_None ? NULL : extra;
+        out->defaults = PyTuple_GET_ITEM(snap, 1);
+        out->kwdefaults = PyTuple_GET_ITEM(snap, 2);
+        out->cells = PyTuple_GET_ITEM(snap, 3);
+    }
+    return 0;
+}
+
 void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bool cancelled,
                         bocpy_outcome *out, bocpy_interp **elsewhere) {
     bocpy_payload *p = boc_behavior_payload(b);
@@ -375,26 +398,13 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
         atomic_store_explicit(&c->holder, token, memory_order_relaxed); /* see bocpy_cown.holder */
     }
 
-    PyObject *extra = NULL, *defaults = Py_None, *kwdefaults = Py_None, *cells = Py_None;
-    if (p->live) { /* threads backend: the objects themselves */
-        snapshot = Py_XNewRef(p->live_captures);
-    } else if (p->captures != NULL) {
-        snapshot = bocpy_deserialise(st, p->captures);
-        if (snapshot == NULL) {
-            goto failed;
-        }
+    bocpy_captures cap;
+    if (bocpy_captures_open(st, p, &cap) < 0) {
+        goto failed;
     }
-    if (snapshot != NULL && p->defaults_only) {
-        defaults = snapshot;
-    } else if (snapshot != NULL) {
-        extra = PyTuple_GET_ITEM(snapshot, 0);
-        defaults = PyTuple_GET_ITEM(snapshot, 1);
-        kwdefaults = PyTuple_GET_ITEM(snapshot, 2);
-        cells = PyTuple_GET_ITEM(snapshot, 3);
-        if (extra == Py_None) {
-            extra = NULL;
-        }
-    }
+    snapshot = cap.snapshot;
+    PyObject *extra = cap.extra, *defaults = cap.defaults, *kwdefaults = cap.kwdefaults,
+             *cells = cap.cells;
     Py_ssize_t nextra = extra ? PyTuple_GET_SIZE(extra) : 0;
     Py_ssize_t given = (Py_ssize_t)p->nargs + nextra;
     /* Defaults only (the common capture: `def step(c, n=n)`): rather than
