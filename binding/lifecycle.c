@@ -228,7 +228,12 @@ void bocpy_runtime_unpin(bool pinned) {
     assert(lc_pins > 0 && tls_pins > 0);
     lc_pins--;
     tls_pins--;
-    bool wake = lc_pins == 0 && lc_state == LC_DRAINING;
+    /* The stopper (wait(), in DRAINING) sleeps on the internal wake fd until
+     * the last pin goes.  Its own pins (each slice pumps, and pumping pins)
+     * must not wake it: it checks lc_pins itself right after, and a wake-up
+     * here left the fd readable, so every slice's poll returned at once and
+     * wait() spun a whole core for as long as a behavior ran. */
+    bool wake = lc_pins == 0 && lc_state == LC_DRAINING && !tls_lifecycle_owner;
     pthread_mutex_unlock(&lc_lock);
     if (wake) {
         bocpy_quiescent_hook(NULL); /* the stopper polls the internal wake fd */

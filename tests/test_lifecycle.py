@@ -553,3 +553,38 @@ def test_uncaught_error_with_nothing_in_flight_reports_nothing_more(run_script):
     assert proc.returncode == 1
     assert proc.stderr.rstrip().endswith("ValueError: the script failed"), proc.stderr
     assert "bocpy" not in proc.stderr.split("Traceback")[0]
+
+
+def test_wait_sleeps_while_a_long_behavior_runs(run_script):
+    """wait() blocks without using a core while the last behavior runs: it
+    used to wake itself (its own pump's unpin signalled the wake fd it
+    polls) and spin a whole core, taking it from the workers.  CPU time, not
+    wall time: a spinning wait() used as much CPU as the wait lasted."""
+    proc = run_script(
+        """
+        import resource, time
+        import bocpy
+        from bocpy import Cown, wait, when
+
+        bocpy.start(2)
+        c = Cown(0)
+
+        @when(c)
+        def nap(c):
+            import time
+            time.sleep(1.5)
+
+        time.sleep(0.2)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        wait()
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        print(f"{cpu:.3f} {wall:.3f}")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    cpu, wall = map(float, proc.stdout.split())
+    assert wall > 1.0, proc.stdout
+    assert cpu < 0.25 * wall, f"wait() used {cpu:.2f} s of CPU in {wall:.2f} s"
