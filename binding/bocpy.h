@@ -493,6 +493,10 @@ extern atomic_bool bocpy_cancelling;
  * exception is set before the worker reads INTERRUPTED.  `running_code`:
  * relaxed, a name for the report (written before IN_BODY is released).
  */
+/* The exception text of a behavior that cancel() kept from running. */
+#define BOCPY_DID_NOT_RUN                                                                          \
+    "this behavior did not run: bocpy shut down before it could start (the program was "           \
+    "interrupted or exited with an error)"
 enum { BOCPY_BODY_IDLE, BOCPY_BODY_IN_BODY, BOCPY_BODY_INTERRUPTING, BOCPY_BODY_INTERRUPTED };
 typedef struct bocpy_body_record {
     unsigned long thread_ident; /* the worker thread's; set before it runs */
@@ -663,11 +667,7 @@ bool bocpy_started_by_behavior(bocpy_state *st);
  * "_thread.start_joinable_thread" (their arguments): records a thread that
  * a body starts.  0, or -1 with an exception (the start then fails). */
 int bocpy_threads_audit_thread_start(PyObject *args);
-/* wait() on the threads backend, after the runtime stopped (main thread,
- * attached): joins the non-daemon threads that bodies started, as ending a
- * worker interpreter does on the other backend.  0, or -1 with an
- * exception (Ctrl-C during a join). */
-int bocpy_threads_join_body_threads(void);
+
 PyObject *bocpy_set_backend(PyObject *module, PyObject *name);
 PyObject *bocpy_backend_name(PyObject *module, PyObject *unused);
 /* True when the selected backend is "threads": values stay live objects of

@@ -62,14 +62,6 @@ static inline int bocpy_dict_get_ref(PyObject *d, PyObject *key, PyObject **out)
 #define bocpy_dict_get_ref(d, key, out) PyDict_GetItemRef((d), (key), (out))
 #endif
 
-/* Py_BEGIN_CRITICAL_SECTION (3.13) locks one object's contents on
- * free-threaded builds and is a plain block on GIL builds; 3.12 (GIL only)
- * has no such macro, and needs none. */
-#if PY_VERSION_HEX < 0x030D0000
-#define Py_BEGIN_CRITICAL_SECTION(op) {
-#define Py_END_CRITICAL_SECTION() }
-#endif
-
 /* PyErr_GetRaisedException exists from 3.12 on: nothing to do.  Keep the
  * version gate above as the single statement of our floor. */
 

@@ -52,11 +52,15 @@
 #include <string.h>
 #include <time.h>
 
-/* Set by cancel(), cleared when a runtime starts or stops.  Relaxed
- * everywhere: a lone flag that publishes nothing.  A worker (or pump) that
- * misses a fresh cancel runs one more body, as if cancel() had come a moment
- * later; the clears happen with no worker thread running (before the start
- * creates them, after the stop joins them). */
+/* Set by cancel(), cleared when a runtime starts or stops.  A lone flag
+ * that publishes nothing, so relaxed almost everywhere: a worker (or pump)
+ * that misses a fresh cancel runs one more body, as if cancel() had come a
+ * moment later -- and cancel() then interrupts that body, because the one
+ * race that matters, a threads-backend body starting as cancel() runs, is
+ * closed by seq_cst on both sides (the store in bocpy_cancel, and the
+ * store/load pair in threads_backend.c's call_recorded).  The clears
+ * happen with no worker thread running (before the start creates them,
+ * after the stop joins them). */
 atomic_bool bocpy_cancelling;
 
 typedef enum lifecycle_state {
@@ -630,12 +634,6 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
         /* Stop even when the stats could not be made: JOINING is final. */
         stop_runtime(rt);
         bocpy_garbage_drain(st->interp);
-        if (stats != NULL && bocpy_threads_join_body_threads() < 0) {
-            Py_CLEAR(stats);
-            if (board != NULL) {
-                Py_CLEAR(*board);
-            }
-        }
     } else {
         bocpy_runtime_unpin(pinned);
     }
@@ -682,9 +680,11 @@ static void interrupt_body(void *arg) {
  * thread with its thread state attached. */
 static void interrupt_thread_body(bocpy_body_record *rec) {
     int expected = BOCPY_BODY_IN_BODY;
-    /* acq_rel: pairs with the worker's CASes on the same word. */
+    /* seq_cst: after bocpy_cancel's seq_cst store of bocpy_cancelling, the
+     * other half of the race closed in call_recorded (threads_backend.c);
+     * it also pairs with the worker's CASes on the same word. */
     if (!atomic_compare_exchange_strong_explicit(&rec->state, &expected, BOCPY_BODY_INTERRUPTING,
-                                                 memory_order_acq_rel, memory_order_acquire)) {
+                                                 memory_order_seq_cst, memory_order_seq_cst)) {
         return; /* not in a body, or already interrupted */
     }
     /* Raised in the body at its next bytecode; a body blocked in C (a
@@ -699,7 +699,7 @@ PyObject *bocpy_cancel(bocpy_state *st) {
     /* From now on workers skip bodies: each queued behavior completes at
      * once with a "did not run" exception on its result cown, which frees
      * its cowns for the next one, so the whole graph drains quickly. */
-    atomic_store_explicit(&bocpy_cancelling, true, memory_order_relaxed); /* see its definition */
+    atomic_store_explicit(&bocpy_cancelling, true, memory_order_seq_cst); /* see its definition */
     /* The pin keeps worker_records alive while we look at them. */
     bool pinned;
     boc_runtime *rt = bocpy_runtime_pin(st, BOCPY_PIN_PEEK, &pinned);

@@ -604,9 +604,20 @@ static PyObject *call_recorded(bocpy_body_record *rec, int64_t code_id, PyObject
                                PyObject *args) {
     /* relaxed: published by the release of IN_BODY below. */
     atomic_store_explicit(&rec->running_code, code_id, memory_order_relaxed);
-    /* release: cancel() that sees IN_BODY sees running_code. */
-    atomic_store_explicit(&rec->state, BOCPY_BODY_IN_BODY, memory_order_release);
-    PyObject *result = PyObject_Call(func, args, NULL);
+    /* seq_cst (it also releases running_code to a cancel() that sees
+     * IN_BODY), and the seq_cst load below: with bocpy_cancel's seq_cst
+     * store of bocpy_cancelling and then its CAS of this state, either
+     * cancel() sees IN_BODY and interrupts the body, or this thread sees
+     * the cancel and skips it -- never neither, which left a body starting
+     * just as cancel() ran to run on uninterrupted.  (Both may happen: the
+     * CAS below then fails and the pending exception is cleared.) */
+    atomic_store_explicit(&rec->state, BOCPY_BODY_IN_BODY, memory_order_seq_cst);
+    PyObject *result = NULL;
+    if (atomic_load_explicit(&bocpy_cancelling, memory_order_seq_cst)) {
+        PyErr_SetString(PyExc_RuntimeError, BOCPY_DID_NOT_RUN);
+    } else {
+        result = PyObject_Call(func, args, NULL);
+    }
     int expected = BOCPY_BODY_IN_BODY;
     /* acq_rel: pairs with cancel()'s CAS; whoever wins decides whether an
      * interrupt belongs to this body. */
@@ -669,9 +680,7 @@ static void threads_run_behavior(bocpy_state *st, boc_behavior *b, bool cancelle
     uint32_t held = 0;
     bocpy_noticeboard_behavior_begin();
     if (cancelled) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "this behavior did not run: bocpy shut down before it could start "
-                        "(the program was interrupted or exited with an error)");
+        PyErr_SetString(PyExc_RuntimeError, BOCPY_DID_NOT_RUN);
         goto done;
     }
     /* A value already lives here (the main interpreter) unless it only has
@@ -714,9 +723,12 @@ done:;
 /* threading.Thread(...) takes its daemon flag from the thread that makes
  * it, and threading.current_thread() on a thread threading did not start is
  * a _DummyThread, which is a daemon: so a thread a body started would be a
- * daemon, neither joined by wait() (bocpy_threads_join_body_threads) nor by
- * the interpreter at exit, and its work silently lost.  On the other backend
- * a worker interpreter's thread is not a daemon.  So the worker's dummy is
+ * daemon, not joined by the interpreter at exit, and its work silently
+ * lost.  On the other backend a worker interpreter's thread is not a
+ * daemon.  (wait() does not join such threads here: the program's own
+ * thread pools start their threads lazily, often from a body, and an idle
+ * pool thread ends only at the interpreter's exit, after the pools' exit
+ * hooks -- threading joins them then.)  So the worker's dummy is
  * made a non-daemon, once, before its first body: a dummy is never joined
  * itself (threading joins only the threads it started), so this changes
  * nothing but the flag its threads inherit.  `_daemonic` is the attribute
@@ -733,40 +745,6 @@ static void name_worker_thread(threads_worker *w) {
     }
     Py_XDECREF(me);
     Py_XDECREF(threading);
-}
-
-int bocpy_threads_join_body_threads(void) {
-    PyObject *set = atomic_load_explicit(&body_threads, memory_order_acquire);
-    if (set == NULL) {
-        return 0;
-    }
-    /* Rounds until one finds nothing to join: a joined thread may have
-     * started others (recorded before they start, so the next round sees
-     * them). */
-    for (bool joined = true; joined;) {
-        joined = false;
-        PyObject *threads = PySequence_List(set);
-        if (threads == NULL) {
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(threads); i++) {
-            PyObject *t = PyList_GET_ITEM(threads, i);
-            PyObject *daemon = PyObject_GetAttrString(t, "daemon");
-            PyObject *alive = daemon ? PyObject_CallMethod(t, "is_alive", NULL) : NULL;
-            int wanted = alive ? (Py_IsTrue(alive) && !PyObject_IsTrue(daemon)) : -1;
-            PyObject *rv = wanted == 1 ? PyObject_CallMethod(t, "join", NULL) : NULL;
-            Py_XDECREF(daemon);
-            Py_XDECREF(alive);
-            if (wanted < 0 || (wanted == 1 && rv == NULL)) {
-                Py_DECREF(threads);
-                return -1; /* Ctrl-C during the join, or a broken thread object */
-            }
-            Py_XDECREF(rv);
-            joined = joined || wanted == 1;
-        }
-        Py_DECREF(threads);
-    }
-    return 0;
 }
 
 static void threads_worker_run(void *user, boc_behavior *b, void *arg) {

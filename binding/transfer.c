@@ -421,22 +421,31 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         return 1;
     }
     if (type == &PyList_Type && depth == 0) {
-        int rc = 1;
-        /* Free-threaded builds: no other thread changes the list while it
-         * is read (encoding its items runs no Python code).  A plain block
-         * with a GIL, which nothing here releases. */
-        Py_BEGIN_CRITICAL_SECTION(obj);
-        Py_ssize_t n = PyList_GET_SIZE(obj);
+        /* A snapshot (PyList_AsTuple copies the items under the list's own
+         * lock on free-threaded builds) rather than a read of the list
+         * itself: the tuple owns its items, so another thread changing the
+         * list meanwhile cannot free an item under us.  (A critical section
+         * around the read is not enough: encoding a str may block on the
+         * str's own lock, which suspends the list's.) */
+        if (PyList_GET_SIZE(obj) > COMPACT_MAX_LEN) { /* a hint; checked again */
+            return 0;
+        }
+        PyObject *items = PyList_AsTuple(obj);
+        if (items == NULL) {
+            return -1;
+        }
+        Py_ssize_t n = PyTuple_GET_SIZE(items);
         uint32_t n32 = (uint32_t)n;
+        int rc = 1;
         if (n > COMPACT_MAX_LEN) {
             rc = 0;
         } else if (!compact_put(buf, 'l', &n32, sizeof(n32))) {
             rc = -1;
         }
         for (Py_ssize_t i = 0; rc > 0 && i < n; i++) {
-            rc = compact_encode(st, buf, PyList_GET_ITEM(obj, i), depth + 1);
+            rc = compact_encode(st, buf, PyTuple_GET_ITEM(items, i), depth + 1);
         }
-        Py_END_CRITICAL_SECTION();
+        Py_DECREF(items);
         return rc;
     }
     if (type == st->cown_type || type == st->pinned_type) {

@@ -307,9 +307,7 @@ static void seal_result(bocpy_state *st, PyObject **value, bool *is_exception, b
 }
 
 static PyObject *dropped_error(void) {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "this behavior did not run: bocpy shut down before it could start "
-                    "(the program was interrupted or exited with an error)");
+    PyErr_SetString(PyExc_RuntimeError, BOCPY_DID_NOT_RUN);
     return PyErr_GetRaisedException();
 }
 

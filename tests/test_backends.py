@@ -383,3 +383,32 @@ def test_default_backend_follows_the_build_and_the_environment(tmp_path: Path) -
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == [expected, "2"], (chosen, proc.stdout)
+
+
+def test_threads_backend_bodies_can_use_the_programs_thread_pool(run_script: Run) -> None:
+    """A body may submit to a ThreadPoolExecutor the program owns; the pool's
+    thread, started lazily by the body, is not a daemon, and wait() returns
+    while it idles (the pool shuts down at exit, as in any program)."""
+    out = ok(
+        run_script(
+            """
+            import threading
+            from concurrent.futures import ThreadPoolExecutor
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            bocpy.start(2, backend="threads")
+            EX = ThreadPoolExecutor(1)
+            c = Cown(20)
+
+            @when(c)
+            def use_pool(c):
+                c.value = EX.submit(lambda x: x + 1, c.value).result() * 2
+                return [t.daemon for t in threading.enumerate() if t.name.startswith("ThreadPool")]
+
+            wait(timeout=30)
+            print(c.value, use_pool.value)
+            """
+        )
+    )
+    assert out.split() == ["42", "[False]"]
