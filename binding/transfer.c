@@ -353,6 +353,29 @@ static inline bool compact_put_sized(compact_buffer *buf, char tag, const char *
     return true;
 }
 
+static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, int depth);
+
+/* The items of `tuple` (a tuple, or a list's snapshot) under `tag` ('t' or
+ * 'l'), with compact_encode's results. */
+static int compact_encode_items(bocpy_state *st, compact_buffer *buf, char tag, PyObject *tuple,
+                                int depth) {
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+    if (n > COMPACT_MAX_LEN) {
+        return 0;
+    }
+    uint32_t n32 = (uint32_t)n;
+    if (!compact_put(buf, tag, &n32, sizeof(n32))) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int rc = compact_encode(st, buf, PyTuple_GET_ITEM(tuple, i), depth + 1);
+        if (rc <= 0) {
+            return rc;
+        }
+    }
+    return 1;
+}
+
 /* 1: encoded; 0: not a compact value (no exception; the buffer may hold
  * part of it, and the context cowns it collected); -1: exception set. */
 static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, int depth) {
@@ -404,21 +427,10 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         return compact_put_sized(buf, 'b', PyBytes_AS_STRING(obj), (size_t)size) ? 1 : -1;
     }
     if (type == &PyTuple_Type) {
-        Py_ssize_t n = PyTuple_GET_SIZE(obj);
-        if (depth >= COMPACT_DEPTH || n > COMPACT_MAX_LEN) {
+        if (depth >= COMPACT_DEPTH) {
             return 0;
         }
-        uint32_t n32 = (uint32_t)n;
-        if (!compact_put(buf, 't', &n32, sizeof(n32))) {
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            int rc = compact_encode(st, buf, PyTuple_GET_ITEM(obj, i), depth + 1);
-            if (rc <= 0) {
-                return rc;
-            }
-        }
-        return 1;
+        return compact_encode_items(st, buf, 't', obj, depth);
     }
     if (type == &PyList_Type && depth == 0) {
         /* A snapshot (PyList_AsTuple copies the items under the list's own
@@ -434,17 +446,7 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         if (items == NULL) {
             return -1;
         }
-        Py_ssize_t n = PyTuple_GET_SIZE(items);
-        uint32_t n32 = (uint32_t)n;
-        int rc = 1;
-        if (n > COMPACT_MAX_LEN) {
-            rc = 0;
-        } else if (!compact_put(buf, 'l', &n32, sizeof(n32))) {
-            rc = -1;
-        }
-        for (Py_ssize_t i = 0; rc > 0 && i < n; i++) {
-            rc = compact_encode(st, buf, PyTuple_GET_ITEM(items, i), depth + 1);
-        }
+        int rc = compact_encode_items(st, buf, 'l', items, depth);
         Py_DECREF(items);
         return rc;
     }
@@ -510,37 +512,27 @@ static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
         return tag == 's' ? PyUnicode_DecodeUTF8(bytes, (Py_ssize_t)n, "strict")
                           : PyBytes_FromStringAndSize(bytes, (Py_ssize_t)n);
     }
-    case 't': {
-        uint32_t n;
-        if (!compact_take(r, &n, sizeof(n)) || (size_t)(r->end - r->at) < n) {
-            return compact_corrupt(); /* each item takes at least a byte */
-        }
-        PyObject *tuple = PyTuple_New((Py_ssize_t)n);
-        for (uint32_t i = 0; tuple != NULL && i < n; i++) {
-            PyObject *item = compact_decode(st, r);
-            if (item == NULL) {
-                Py_CLEAR(tuple);
-                break;
-            }
-            PyTuple_SET_ITEM(tuple, (Py_ssize_t)i, item);
-        }
-        return tuple;
-    }
+    case 't':
     case 'l': {
         uint32_t n;
         if (!compact_take(r, &n, sizeof(n)) || (size_t)(r->end - r->at) < n) {
             return compact_corrupt(); /* each item takes at least a byte */
         }
-        PyObject *list = PyList_New((Py_ssize_t)n);
-        for (uint32_t i = 0; list != NULL && i < n; i++) {
+        bool tuple = tag == 't';
+        PyObject *seq = tuple ? PyTuple_New((Py_ssize_t)n) : PyList_New((Py_ssize_t)n);
+        for (uint32_t i = 0; seq != NULL && i < n; i++) {
             PyObject *item = compact_decode(st, r);
             if (item == NULL) {
-                Py_CLEAR(list);
+                Py_CLEAR(seq);
                 break;
             }
-            PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+            if (tuple) {
+                PyTuple_SET_ITEM(seq, (Py_ssize_t)i, item);
+            } else {
+                PyList_SET_ITEM(seq, (Py_ssize_t)i, item);
+            }
         }
-        return list;
+        return seq;
     }
     case 'c': {
         uint32_t index;
