@@ -11,6 +11,9 @@ Rows, each the median of ``--repeat`` runs:
    main thread (us per behavior, scheduling and ``wait()`` included);
 3. 1 MB value chain step: the chain of (1) on a cown holding a 1 MB
    ``bytearray`` whose first byte each behavior changes (us per behavior);
+3b. 1 MB value, a behavior then a main-thread read, per round: the value
+   goes to a worker and back to the main thread each round (pickled both
+   ways on the interpreters backend; never copied on the threads backend);
 4. CPU-bound speedup: a fixed pure-Python loop per behavior on independent
    cowns, 2 workers against 1 (on a GIL build the threads backend cannot
    exceed 1x: the bodies share one GIL);
@@ -93,6 +96,25 @@ def fan_out(backend: str, count: int) -> float:
     return (time.perf_counter() - t0) / count * 1e6
 
 
+def round_trip(backend: str, rounds: int, value: Any) -> float:
+    """us per round: a behavior changes the value, then (after quiesce) the
+    main thread reads it."""
+    bocpy.start(1, backend=backend)
+    c = Cown(value)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+
+        @when(c)
+        def touch(c: Cown[Any]) -> None:
+            c.value[0] = (c.value[0] + 1) % 256
+
+        bocpy.quiesce()
+        with c as v:
+            v[0]
+    wait()
+    return (time.perf_counter() - t0) / rounds * 1e6
+
+
 def cpu_bound(backend: str, workers: int, tasks: int, loop: int) -> float:
     bocpy.start(workers, backend=backend)
     cowns = [Cown(0) for _ in range(tasks)]
@@ -171,6 +193,7 @@ def main() -> None:
         per[b]["chain"] = median_of(r, lambda b=b: chain(b, steps, 0))
         per[b]["fan"] = median_of(r, lambda b=b: fan_out(b, steps))
         per[b]["mb"] = median_of(r, lambda b=b: chain(b, steps, bytearray(1 << 20)))
+        per[b]["trip"] = median_of(r, lambda b=b: round_trip(b, steps // 25, bytearray(1 << 20)))
         one = median_of(r, lambda b=b: cpu_bound(b, 1, tasks, loop))
         two = median_of(r, lambda b=b: cpu_bound(b, 2, tasks, loop))
         per[b]["speedup"] = one / two
@@ -178,6 +201,7 @@ def main() -> None:
         ("chain", "trivial chain step (us)"),
         ("fan", "fan-out, per behavior (us)"),
         ("mb", "1 MB value chain step (us)"),
+        ("trip", "1 MB value, behavior + main-thread read (us)"),
         ("speedup", "CPU-bound speedup, 2 workers vs 1 (x)"),
     ):
         i, t = per["interpreters"][key], per["threads"][key]
