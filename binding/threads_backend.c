@@ -747,6 +747,49 @@ static void name_worker_thread(threads_worker *w) {
     Py_XDECREF(threading);
 }
 
+/* The worker is about to end: threading must forget its dummy.  From 3.13
+ * a thread-local object does that when PyThreadState_Clear drops it; 3.12
+ * keeps the dummy in threading._active for the process (one per worker
+ * per runtime, with this thread's id, which a later thread may reuse), so
+ * it is removed here, under threading's own lock.  A failure is reported
+ * and the worker still stops. */
+static void forget_worker_thread(threads_worker *w) {
+#if PY_VERSION_HEX < 0x030D0000
+    if (!w->named) {
+        return;
+    }
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *active = threading ? PyObject_GetAttrString(threading, "_active") : NULL;
+    PyObject *lock = active ? PyObject_GetAttrString(threading, "_active_limbo_lock") : NULL;
+    PyObject *ident = lock ? PyLong_FromUnsignedLong(PyThread_get_thread_ident()) : NULL;
+    PyObject *held = ident ? PyObject_CallMethod(lock, "acquire", NULL) : NULL;
+    PyObject *popped = held ? PyObject_CallMethod(active, "pop", "OO", ident, Py_None) : NULL;
+    /* Released even when the pop failed (its exception set aside). */
+    PyObject *failure = held && popped == NULL ? PyErr_GetRaisedException() : NULL;
+    PyObject *released = held ? PyObject_CallMethod(lock, "release", NULL) : NULL;
+    if (failure != NULL) {
+        if (released == NULL) {
+            PyErr_WriteUnraisable(NULL); /* the release's; the pop's follows */
+        }
+        PyErr_SetRaisedException(failure);
+    }
+    if (popped == NULL || released == NULL) {
+        PyErr_WriteUnraisable(NULL);
+        fprintf(stderr, "bocpy: could not remove a stopping threads-backend worker from "
+                        "threading's table (above)\n");
+    }
+    Py_XDECREF(released);
+    Py_XDECREF(popped);
+    Py_XDECREF(held);
+    Py_XDECREF(ident);
+    Py_XDECREF(lock);
+    Py_XDECREF(active);
+    Py_XDECREF(threading);
+#else
+    (void)w;
+#endif
+}
+
 static void threads_worker_run(void *user, boc_behavior *b, void *arg) {
     (void)user;
     threads_worker *w = arg;
@@ -764,6 +807,7 @@ static void threads_worker_stop(void *user, unsigned index, void *arg) {
     threads_worker *w = arg;
     attach(w);
     bocpy_garbage_drain(w->state->interp);
+    forget_worker_thread(w);
     PyThreadState_Clear(w->tstate);
     PyThreadState_DeleteCurrent();
     bocpy_noticeboard_thread_exit();

@@ -412,3 +412,35 @@ def test_threads_backend_bodies_can_use_the_programs_thread_pool(run_script: Run
         )
     )
     assert out.split() == ["42", "[False]"]
+
+
+def test_threads_backend_workers_leave_no_thread_records_behind(run_script: Run) -> None:
+    """Each runtime's workers are forgotten by threading when they stop
+    (3.12 kept one dummy Thread per worker per runtime in threading._active)."""
+    out = ok(
+        run_script(
+            """
+            import threading
+            import bocpy
+            from bocpy import Cown, wait, when
+
+            counts = []
+            for run in range(5):
+                bocpy.start(3, backend="threads")
+                c = Cown(0)
+                for _ in range(6):
+
+                    @when(c)
+                    def touch(c):
+                        threading.current_thread()  # makes threading's record
+                        c.value += 1
+
+                wait()
+                counts.append(
+                    sum(isinstance(t, threading._DummyThread) for t in threading.enumerate())
+                )
+            print(counts)
+            """
+        )
+    )
+    assert out.strip() == "[0, 0, 0, 0, 0]", out
