@@ -264,7 +264,10 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     if (rt == NULL) {
         return NULL;
     }
-    if (st->interp->is_main && bocpy_late_binds_refresh(st) < 0) {
+    /* Late binds carry new __main__ globals to worker interpreters; the
+     * threads backend's workers read __main__ itself (the backend cannot
+     * change while the runtime is pinned). */
+    if (st->interp->is_main && !bocpy_backend_shares_values() && bocpy_late_binds_refresh(st) < 0) {
         bocpy_runtime_unpin(pinned);
         return NULL;
     }

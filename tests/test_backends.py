@@ -444,3 +444,36 @@ def test_threads_backend_workers_leave_no_thread_records_behind(run_script: Run)
         )
     )
     assert out.strip() == "[0, 0, 0, 0, 0]", out
+
+
+def test_threads_backend_sends_no_late_binds(run_script: Run) -> None:
+    """Globals a script makes after start() are pickled for worker
+    interpreters (late binds); threads-backend workers read __main__ itself,
+    so @when pickles nothing -- an unpicklable new global is simply used."""
+    out = ok(
+        run_script(
+            """
+            import threading
+            import bocpy
+            import bocpy._bootstrap as boot
+            from bocpy import Cown, wait, when
+
+            refreshes = []
+            real = boot.refresh_main
+            boot.refresh_main = lambda: (refreshes.append(1), real())[1]
+            bocpy.start(1, backend="threads")
+            c = Cown(0)
+            for i in range(5):
+                globals()[f"lock{i}"] = threading.Lock()
+
+                @when(c)
+                def use(c, i=i):
+                    with globals()[f"lock{i}"]:
+                        c.value += 1
+
+            wait()
+            print(len(refreshes), c.value)
+            """
+        )
+    )
+    assert out.split() == ["0", "5"]
