@@ -361,12 +361,12 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
     }
     /* True: a runtime with `count` workers runs.  False: none runs and
      * `header` is None -- build the bootstrap and call again. */
-    bool program = true; /* check_main passed */
     for (;;) {
         lc_lock_acquire();
         lifecycle_state state = lc_state;
         uint64_t seen = lc_generation;
-        if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(program))) {
+        /* A program thread (check_main passed). */
+        if (state == LC_RUNNING || (state == LC_DRAINING && belongs_to_draining_work(true))) {
             /* relaxed: written under lc_lock, which we hold. */
             boc_runtime *rt = atomic_load_explicit(&current_runtime, memory_order_relaxed);
             unsigned running = boc_runtime_worker_count(rt);
@@ -395,7 +395,7 @@ PyObject *bocpy_start(bocpy_state *st, PyObject *count_obj, PyObject *header, Py
             Py_RETURN_TRUE;
         }
         pthread_mutex_unlock(&lc_lock);
-        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(program))) {
+        if (state != LC_STARTING && (tls_lifecycle_owner || belongs_to_draining_work(true))) {
             PyErr_SetString(PyExc_RuntimeError,
                             "bocpy.start() cannot be called while this thread is stopping the "
                             "runtime (from inside wait())");

@@ -487,7 +487,9 @@ int bocpy_threads_audit_thread_start(PyObject *args) {
     if (is_thread <= 0) {
         return is_thread;
     }
-    PyObject *rv = PyObject_CallMethod(set, "add", "O", thread);
+    PyObject *add = PyUnicode_FromString("add");
+    PyObject *rv = add ? PyObject_CallMethodOneArg(set, add, thread) : NULL;
+    Py_XDECREF(add);
     if (rv == NULL) {
         return -1; /* the start fails: better than a thread taken for the program's */
     }
