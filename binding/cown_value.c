@@ -443,7 +443,7 @@ static void destroy_one(bocpy_cown *c) {
         free(e->unavailable);
         free(e);
     }
-    PyMem_RawFree(c);
+    boc_block_free(c, sizeof(*c));
 }
 
 static bool doomed_push(doomed_list *list, bocpy_cown *c) {
@@ -495,7 +495,9 @@ _Static_assert(sizeof(bocpy_cown) <= 88, "bocpy_cown outgrew its 96-byte malloc 
 #endif
 
 bocpy_cown *bocpy_cown_new_flags(uint32_t flags) {
-    bocpy_cown *c = PyMem_RawCalloc(1, sizeof(*c));
+    /* Usually freed by a worker when made by the main thread, and the other
+     * way round: boc_block_alloc recycles it without malloc's arena lock. */
+    bocpy_cown *c = boc_block_alloc(sizeof(*c));
     if (c == NULL) {
         PyErr_NoMemory();
         return NULL;

@@ -577,6 +577,11 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
             }
         }
     }
+    /* From here to the end of the loop this thread sleeps on the internal
+     * wake fd, which the quiescent hook signals only while someone watches:
+     * watch before the first look at the live count (see
+     * boc_runtime_watch_quiescence). */
+    boc_runtime_watch_quiescence(rt, true);
     for (;;) {
         if (check_no_main_holds(rt) < 0) {
             goto failed;
@@ -626,6 +631,7 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
         Py_END_ALLOW_THREADS
         bocpy_garbage_drain(st->interp);
     }
+    boc_runtime_watch_quiescence(rt, false);
     PyObject *stats = collect_stats(rt);
     if (stats != NULL && board != NULL && (*board = board_snapshot(st)) == NULL) {
         Py_CLEAR(stats);
@@ -639,6 +645,7 @@ PyObject *bocpy_wait(bocpy_state *st, PyObject *timeout_obj, bool stop, PyObject
     }
     return stats;
 failed:
+    boc_runtime_watch_quiescence(rt, false);
     if (stop) {
         stop_abandoned();
     } else {

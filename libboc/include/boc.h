@@ -154,7 +154,8 @@ typedef struct boc_runtime_ops {
     void (*behavior_done)(void *user, boc_behavior *b);
     /* The pinned lane went from empty to non-empty.  Any thread; may be NULL. */
     void (*pinned_ready)(void *user);
-    /* The live-behavior count reached zero.  Any thread; may be NULL. */
+    /* The live-behavior count reached zero while a thread watched for it
+     * (boc_runtime_watch_quiescence).  Any thread; may be NULL. */
     void (*quiescent)(void *user);
 } boc_runtime_ops;
 
@@ -191,6 +192,21 @@ uint64_t boc_runtime_live(const boc_runtime *rt);
 /* Blocks until the live count is zero or the timeout passes.  timeout_ns < 0
  * waits forever.  Returns 0 when quiescent, 1 on timeout. */
 int boc_runtime_wait_quiescent(boc_runtime *rt, int64_t timeout_ns);
+/* Starts (true) or ends (false) watching for quiescence: between the two,
+ * every time the live count reaches zero the quiescent hook is called.  A
+ * host that sleeps until that hook wakes it starts watching before it
+ * checks boc_runtime_live for the first time, and ends after its last
+ * sleep; then no zero is missed.  Calls nest (a count of watchers). */
+void boc_runtime_watch_quiescence(boc_runtime *rt, bool watching);
+
+/* Zeroed memory for an object that one thread makes and another may free
+ * (a host's cown struct): like calloc(1, size), but small blocks are
+ * recycled between threads without the allocator's arena lock.  Free with
+ * boc_block_free and the same size.  Any thread. */
+void *boc_block_alloc(size_t size);
+void boc_block_free(void *ptr, size_t size);
+/* Gives the recycled blocks that no thread holds back to the allocator. */
+void boc_blocks_trim(void);
 
 /* Pinned lane: single consumer (the host's main thread). */
 boc_behavior *boc_pinned_pop(boc_runtime *rt);

@@ -39,15 +39,19 @@ boc_behavior *boc_behavior_new(size_t cown_count, size_t payload_size) {
         return NULL;
     }
     size_t payload_offset = boc__payload_offset(cown_count);
-    if (payload_size > SIZE_MAX - payload_offset) {
+    if (payload_offset > UINT32_MAX || payload_size > UINT32_MAX - payload_offset) {
         return NULL;
     }
-    /* calloc's result is suitably aligned for max_align_t, and so is the
-     * payload offset; calloc also zeroes the payload. */
-    boc_behavior *b = calloc(1, payload_offset + payload_size);
+    /* A behavior is usually freed by another thread than the one making it:
+     * boc_block_alloc.  Its result, like calloc's, is aligned for
+     * max_align_t, and so is the payload offset; it also zeroes the
+     * payload. */
+    size_t size = payload_offset + payload_size;
+    boc_behavior *b = boc_block_alloc(size);
     if (b == NULL) {
         return NULL;
     }
+    b->alloc_size = (uint32_t)size;
     b->runtime = NULL;
     b->queue_next = NULL;
     atomic_init(&b->pending, 0);
@@ -106,7 +110,7 @@ void boc_behavior_discard(boc_behavior *b) {
             boc_cown_decref(b->requests[i].cown);
         }
     }
-    free(b);
+    boc_block_free(b, b->alloc_size);
 }
 
 static int boc__request_compare(const void *left, const void *right) {
@@ -271,6 +275,6 @@ void boc_behavior_complete(boc_behavior *b) {
     for (size_t i = 0; i < count; i++) {
         boc_cown_decref(b->requests[i].cown);
     }
-    free(b);
+    boc_block_free(b, b->alloc_size);
     boc__live_decrement(rt);
 }

@@ -62,6 +62,8 @@ struct boc_behavior {
      * published to any other thread). */
     bool scheduled;
     bool pinned;
+    /* The size given to boc_block_alloc (for boc_block_free). */
+    uint32_t alloc_size;
     /* Then the requests, and the host payload: max-aligned,
      * zero-initialised, at boc__payload_offset(slot_count) (computed, not
      * stored: 8 bytes of every behavior). */
@@ -185,6 +187,13 @@ struct boc_runtime {
     /* Quiescence: live behaviors, and a condvar (CLOCK_MONOTONIC) for those
      * waiting for the count to reach zero. */
     alignas(BOC__CACHE_LINE) _Atomic(uint64_t) live;
+    /* Threads watching for quiescence (boc_runtime_watch_quiescence, and
+     * boc_runtime_wait_quiescent while it blocks).  Only while one does is
+     * the quiescent hook called and the condvar broadcast: a producer fed
+     * by a worker that keeps up brings `live` to zero at nearly every
+     * behavior, and the hook's wake-up is a system call.  The Dekker
+     * argument is at boc__live_decrement. */
+    atomic_uint quiescence_watchers;
     pthread_mutex_t quiescence_lock;
     pthread_cond_t quiescence_cond;
 

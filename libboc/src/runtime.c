@@ -97,6 +97,7 @@ boc_runtime *boc_runtime_new(unsigned worker_count, const boc_runtime_ops *ops, 
     atomic_init(&rt->next_worker, 0);
     atomic_init(&rt->parked, 0);
     atomic_init(&rt->searching, 0);
+    atomic_init(&rt->quiescence_watchers, 0);
     atomic_init(&rt->stopping, false);
     rt->workers_reported = 0;
     rt->worker_start_failed = false;
@@ -208,6 +209,9 @@ void boc_runtime_free(boc_runtime *rt) {
         boc__queue_destroy(&rt->workers[i].queue);
     }
     boc__pinned_destroy(&rt->pinned);
+    /* The workers are gone; what they freed to the shared stacks (see
+     * blocks.c) goes back to malloc. */
+    boc_blocks_trim();
     pthread_mutex_destroy(&rt->park_lock);
     pthread_cond_destroy(&rt->park_cond);
     pthread_mutex_destroy(&rt->start_lock);
@@ -242,6 +246,19 @@ void boc__live_decrement(boc_runtime *rt) {
     /* Yield point: the count is zero but nobody is woken yet; a waiter that
      * checks now, or is about to sleep, must not miss it. */
     BOC__YIELD(LIVE_ZERO);
+    /* Nobody watching, nobody to wake (the common case while a producer
+     * feeds a worker that keeps up).  No lost wake-up, by the seq_cst
+     * fences (a Dekker pattern): a watcher W does
+     *     (W1) quiescence_watchers += 1; (W2) fence; (W3) read `live`
+     * and we did (D1) the decrement to zero above, then do (D2) fence;
+     * (D3) read quiescence_watchers.  The fences are totally ordered.  If
+     * W2 comes first, D3 sees W1 and we wake W.  If D2 comes first, W3
+     * sees D1 (or a later increment, whose own decrement then comes after
+     * W2 and sees W1): W does not sleep through this zero. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&rt->quiescence_watchers, memory_order_relaxed) == 0) {
+        return;
+    }
     /* No lost wake-up: a waiter checks `live` while holding quiescence_lock
      * and sleeps atomically with releasing it.  We reached zero before taking
      * the lock, so either the waiter's check comes after our unlock (and sees
@@ -251,6 +268,23 @@ void boc__live_decrement(boc_runtime *rt) {
     pthread_mutex_unlock(&rt->quiescence_lock);
     if (rt->ops.quiescent != NULL) {
         rt->ops.quiescent(rt->user);
+    }
+}
+
+void boc_runtime_watch_quiescence(boc_runtime *rt, bool watching) {
+    assert(rt != NULL);
+    if (watching) {
+        /* W1 and W2 of the argument in boc__live_decrement: the caller's
+         * next read of `live` comes after the fence. */
+        atomic_fetch_add_explicit(&rt->quiescence_watchers, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+    } else {
+        /* Relaxed: once the watcher stops looking, a spare wake-up or a
+         * missing one are both harmless. */
+        unsigned before =
+            atomic_fetch_sub_explicit(&rt->quiescence_watchers, 1, memory_order_relaxed);
+        assert(before > 0);
+        (void)before;
     }
 }
 
@@ -281,6 +315,7 @@ int boc_runtime_wait_quiescent(boc_runtime *rt, int64_t timeout_ns) {
      * completion may happen now, and the re-check under the lock must see
      * it (or its broadcast must find us asleep). */
     BOC__YIELD(QUIESCENCE_WAIT);
+    boc_runtime_watch_quiescence(rt, true);
     boc_yield_mutex_lock(&rt->quiescence_lock);
     while (atomic_load_explicit(&rt->live, memory_order_acquire) != 0) {
         if (timeout_ns < 0) {
@@ -292,6 +327,7 @@ int boc_runtime_wait_quiescent(boc_runtime *rt, int64_t timeout_ns) {
         }
     }
     pthread_mutex_unlock(&rt->quiescence_lock);
+    boc_runtime_watch_quiescence(rt, false);
     return result;
 }
 

@@ -385,10 +385,10 @@ TEST_IMPL(zero_cown_behavior) {
     }
     ASSERT(boc_runtime_wait_quiescent(rt, TEST_QUIESCENCE_TIMEOUT_NS) == 0);
     ASSERT_EQ_U64(atomic_load(&ran), COUNT);
+    /* The quiescent hook ran only if the wait above had to block (it is
+     * called while a thread watches): quiescent_hook_while_watched tests
+     * it. */
     test_runtime_finish(rt, &host);
-    /* The hook runs on the completing worker just after waiters are woken,
-     * so it is certain only once the workers are joined. */
-    ASSERT(atomic_load(&host.quiescent) >= 1);
     return 0;
 }
 

@@ -33,6 +33,8 @@
     X(start_stop_many_runtimes)                                                                    \
     X(restart_same_runtime)                                                                        \
     X(park_wakeup_handshake)                                                                       \
+    X(blocks_recycled_across_threads)                                                              \
+    X(quiescent_hook_while_watched)                                                                \
     X(stress_random_cown_sets)
 
 #endif /* BOC_TEST_LIST_H */
