@@ -12,6 +12,7 @@
  * condition variable until a dispatch or a stop wakes it.  The parking
  * protocol cannot lose a wake-up; the argument is next to boc__park.
  */
+#define _GNU_SOURCE 1 /* PTHREAD_MUTEX_ADAPTIVE_NP, where glibc has it */
 #include "boc_internal.h"
 
 #include <time.h>
@@ -41,7 +42,13 @@ static void boc__stat_bump(_Atomic(uint64_t) *counter) {
 /* ----------------------------------------------------------------- queues */
 
 void boc__queue_init(boc__queue *queue) {
-    int rc = pthread_mutex_init(&queue->lock, NULL);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+    int rc = pthread_mutex_init(&queue->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
     assert(rc == 0);
     (void)rc;
     queue->head = NULL;
