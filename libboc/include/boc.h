@@ -205,7 +205,8 @@ void boc_runtime_watch_quiescence(boc_runtime *rt, bool watching);
  * boc_block_free and the same size.  Any thread. */
 void *boc_block_alloc(size_t size);
 void boc_block_free(void *ptr, size_t size);
-/* Gives the recycled blocks that no thread holds back to the allocator. */
+/* Gives the recycled blocks that no thread holds, and the calling thread's
+ * own, back to the allocator. */
 void boc_blocks_trim(void);
 
 /* Pinned lane: single consumer (the host's main thread). */

@@ -30,7 +30,8 @@
  * next to the stacks are relaxed hints for the cap only.
  *
  * A thread's private lists are freed when it exits (a pthread key's
- * destructor), and boc_blocks_trim frees the shared stacks.  Builds with
+ * destructor); boc_blocks_trim frees the shared stacks and the calling
+ * thread's lists.  Builds with
  * AddressSanitizer skip all this and call calloc and free, so that a use
  * after free is still caught at the free that made it.
  */
@@ -88,15 +89,17 @@ static pthread_key_t boc__cache_key;
 static pthread_once_t boc__cache_once = PTHREAD_ONCE_INIT;
 static bool boc__cache_key_made;
 
+static void boc__free_list(boc__block *block);
+
+/* The thread's exit (the key's destructor).  A block freed on this thread
+ * after this (by a later destructor) makes a new cache, which glibc's next
+ * destructor round frees again; only one freed in its last round (of
+ * PTHREAD_DESTRUCTOR_ITERATIONS) would stay allocated.  No bocpy path frees
+ * blocks from a thread-exit destructor. */
 static void boc__cache_free(void *arg) {
     boc__cache *cache = arg;
     for (unsigned k = 0; k < BOC__CLASSES; k++) {
-        boc__block *block = cache->head[k];
-        while (block != NULL) {
-            boc__block *next = block->next;
-            free(block);
-            block = next;
-        }
+        boc__free_list(cache->head[k]);
     }
     free(cache);
     boc__mine = NULL;
@@ -145,9 +148,13 @@ static size_t boc__class_size(unsigned k) { return BOC__BLOCK_BASE + (size_t)k *
 
 void *boc_block_alloc(size_t size) {
     unsigned k = boc__class_of(size);
-    boc__cache *cache = k < BOC__CLASSES ? boc__cache_get() : NULL;
-    if (cache == NULL) {
+    if (k == BOC__CLASSES) {
         return calloc(1, size);
+    }
+    boc__cache *cache = boc__cache_get();
+    if (cache == NULL) {
+        /* The whole class size: a thread with a cache may recycle it. */
+        return calloc(1, boc__class_size(k));
     }
     boc__block *block = cache->head[k];
     if (block == NULL) {
@@ -160,12 +167,16 @@ void *boc_block_alloc(size_t size) {
         /* Relaxed: a hint; a push racing with this reset only makes the
          * count a little wrong until the next take. */
         atomic_store_explicit(&boc__returned[k].count, 0, memory_order_relaxed);
-        /* The rest of the stack becomes our private list; its length is
-         * not known without walking it, and only bounds our frees' choice
-         * between the private list and the shared stack, so count it as
-         * full: our next frees go to the shared stack. */
+        /* The rest of the stack becomes our private list (counted, so
+         * that our frees go to the shared stack while it holds more than
+         * BOC__LOCAL_MAX; the walk costs one step per block, each of which
+         * is allocated later anyway). */
+        unsigned count = 0;
+        for (boc__block *rest = block->next; rest != NULL; rest = rest->next) {
+            count++;
+        }
         cache->head[k] = block->next;
-        cache->count[k] = block->next != NULL ? BOC__LOCAL_MAX : 0;
+        cache->count[k] = count;
     } else {
         cache->head[k] = block->next;
         if (cache->count[k] > 0) {
@@ -209,17 +220,30 @@ void boc_block_free(void *ptr, size_t size) {
     atomic_fetch_add_explicit(&shared->count, 1, memory_order_relaxed);
 }
 
+/* Frees a private or taken list of blocks. */
+static void boc__free_list(boc__block *block) {
+    while (block != NULL) {
+        boc__block *next = block->next;
+        free(block);
+        block = next;
+    }
+}
+
 void boc_blocks_trim(void) {
+    boc__cache *mine = boc__mine;
+    if (mine != NULL) {
+        for (unsigned k = 0; k < BOC__CLASSES; k++) {
+            boc__free_list(mine->head[k]);
+            mine->head[k] = NULL;
+            mine->count[k] = 0;
+        }
+    }
     for (unsigned k = 0; k < BOC__CLASSES; k++) {
         /* Acquire: as in boc_block_alloc. */
         boc__block *block =
             atomic_exchange_explicit(&boc__returned[k].head, NULL, memory_order_acquire);
         atomic_store_explicit(&boc__returned[k].count, 0, memory_order_relaxed);
-        while (block != NULL) {
-            boc__block *next = block->next;
-            free(block);
-            block = next;
-        }
+        boc__free_list(block);
     }
 }
 
