@@ -386,6 +386,7 @@ typedef struct bocpy_payload {
     uint32_t ncowns;        /* cowns across all arguments */
     uint16_t nargs;         /* arguments given to @when (at most UINT16_MAX) */
     bool defaults_only : 1; /* the captures are the defaults tuple alone */
+    bool closure_only : 1;  /* the captures are the closure cells' contents alone */
     bool grouped : 1;       /* the groups are stored (bocpy_payload_groups) */
     /* The threads backend keeps the captures as objects of the main
      * interpreter (`live_captures`, sharing `captures`' slot), so that
@@ -421,9 +422,10 @@ PyObject *bocpy_registry_name(bocpy_state *st, int64_t id);
 /* Code objects registered so far (process-wide; registry.c). */
 size_t bocpy_registry_size(void);
 /* A function for registry `id` with the given defaults and closure snapshot
- * (each may be None), built in the calling interpreter (registry.c). */
+ * (each may be None; `cells` as in bocpy_captures, `bare_cells` saying which
+ * form), built in the calling interpreter (registry.c). */
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
-                               PyObject *kwdefaults, PyObject *cells);
+                               PyObject *kwdefaults, PyObject *cells, bool bare_cells);
 /* Main-thread holds (Cown.acquire) currently open (cown_value.c). */
 long bocpy_main_holds(void);
 
@@ -568,9 +570,12 @@ PyObject *bocpy_note_behavior_traceback(PyObject *exc);
  * `snapshot` is a new reference the caller releases (NULL with none); the
  * others are borrowed from it (Py_None when absent; `extra`, the whencall
  * arguments, NULL when absent).  Live objects on the threads backend, else
- * rebuilt from the payload's blob in the calling interpreter. */
+ * rebuilt from the payload's blob in the calling interpreter.  `cells` holds
+ * an entry per closure cell, (True, value) or (False,) when empty, or with
+ * `bare_cells` the values themselves (no cell was empty). */
 typedef struct bocpy_captures {
     PyObject *snapshot, *extra, *defaults, *kwdefaults, *cells;
+    bool bare_cells;
 } bocpy_captures;
 /* 0, or -1 with an exception (the blob could not be rebuilt). */
 int bocpy_captures_open(bocpy_state *st, bocpy_payload *p, bocpy_captures *out);

@@ -126,7 +126,8 @@ static PyObject *core_rebuild_function(PyObject *module, PyObject *const *args, 
     if (id == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    return bocpy_build_function(bocpy_state_of_module(module), id, args[1], args[2], args[3]);
+    return bocpy_build_function(bocpy_state_of_module(module), id, args[1], args[2], args[3],
+                                false);
 }
 
 static PyObject *core_register_code(PyObject *module, PyObject *func) {

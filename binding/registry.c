@@ -382,7 +382,7 @@ void bocpy_registry_clear_state(bocpy_state *st) {
 }
 
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
-                               PyObject *kwdefaults, PyObject *cells) {
+                               PyObject *kwdefaults, PyObject *cells, bool bare_cells) {
     PyObject *template = bocpy_registry_function(st, id);
     if (template == NULL) {
         return NULL;
@@ -418,7 +418,9 @@ PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
         for (Py_ssize_t i = 0; i < nfree; i++) {
             PyObject *entry = PyTuple_GET_ITEM(cells, i);
             PyObject *content = NULL;
-            if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
+            if (bare_cells) {
+                content = entry;
+            } else if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
                 content = PyTuple_GET_ITEM(entry, 1);
             }
             PyObject *cell = PyCell_New(content);

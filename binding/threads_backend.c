@@ -651,7 +651,8 @@ static PyObject *call_body(bocpy_state *st, bocpy_payload *p, bocpy_body_record 
     }
     PyObject *snapshot = cap.snapshot, *extra = cap.extra;
     PyObject *defaults = cap.defaults, *kwdefaults = cap.kwdefaults, *cells = cap.cells;
-    PyObject *func = bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells);
+    PyObject *func =
+        bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells, cap.bare_cells);
     Py_ssize_t nextra = extra != NULL ? PyTuple_GET_SIZE(extra) : 0;
     PyObject *args = func ? PyTuple_New((Py_ssize_t)p->nargs + nextra) : NULL;
     uint32_t slot = 0;

@@ -157,6 +157,31 @@ static int captures_of(PyObject *func, PyObject *extra, PyObject **out) {
     return *out == NULL ? -1 : 0;
 }
 
+/* The contents of `func`'s closure cells, as a tuple; NULL without an
+ * exception when it has no closure or a cell is empty (then the general
+ * snapshot of captures_of says which are), NULL with one when out of
+ * memory. */
+static PyObject *closure_contents(PyObject *func) {
+    PyObject *closure = PyFunction_GET_CLOSURE(func);
+    if (closure == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(closure);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyCell_GET(PyTuple_GET_ITEM(closure, i)) == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *contents = PyTuple_New(n);
+    if (contents == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(contents, i, Py_NewRef(PyCell_GET(PyTuple_GET_ITEM(closure, i))));
+    }
+    return contents;
+}
+
 /* After the snapshot failed to serialise: find the culprit and say so. */
 static void explain_capture_failure(bocpy_state *st, PyObject *func, PyObject *extra) {
     PyObject *cause = PyErr_GetRaisedException();
@@ -280,9 +305,15 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
     bool defaults_only = nextra == 0 && defaults != NULL &&
                          PyFunction_GET_KW_DEFAULTS(func) == NULL &&
                          PyFunction_GET_CLOSURE(func) == NULL;
+    /* The next commonest, a closure over the caller's variables, travels
+     * as the tuple of the cells' contents (when no cell is empty). */
+    bool closure_only = false;
     if (defaults_only) {
         snapshot = Py_NewRef(defaults);
-    } else if (captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
+    } else if (nextra == 0 && defaults == NULL && PyFunction_GET_KW_DEFAULTS(func) == NULL &&
+               (snapshot = closure_contents(func)) != NULL) {
+        closure_only = true;
+    } else if (PyErr_Occurred() || captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
         bocpy_runtime_unpin(pinned);
         return NULL;
     }
@@ -345,6 +376,7 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
         p->captures = captures;
     }
     p->defaults_only = defaults_only;
+    p->closure_only = closure_only;
     p->grouped = grouped;
     p->result = result;
     p->nargs = (uint16_t)nargs;

@@ -314,7 +314,8 @@ static PyObject *dropped_error(void) {
 #define SMALL 8
 
 int bocpy_captures_open(bocpy_state *st, bocpy_payload *p, bocpy_captures *out) {
-    *out = (bocpy_captures){.defaults = Py_None, .kwdefaults = Py_None, .cells = Py_None};
+    *out = (bocpy_captures){
+        .defaults = Py_None, .kwdefaults = Py_None, .cells = Py_None, .bare_cells = false};
     if (p->live) { /* threads backend: the objects themselves (when.c) */
         out->snapshot = Py_XNewRef(p->live_captures);
     } else if (p->captures != NULL) {
@@ -326,6 +327,9 @@ int bocpy_captures_open(bocpy_state *st, bocpy_payload *p, bocpy_captures *out) 
     PyObject *snap = out->snapshot;
     if (snap != NULL && p->defaults_only) {
         out->defaults = snap; /* @when sent the defaults tuple alone (when.c) */
+    } else if (snap != NULL && p->closure_only) {
+        out->cells = snap; /* @when sent the cells' contents alone (when.c) */
+        out->bare_cells = true;
     } else if (snap != NULL) {
         PyObject *extra = PyTuple_GET_ITEM(snap, 0);
         out->extra = extra == Py_None ? NULL : extra;
@@ -429,7 +433,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
         }
     }
     if (func == NULL) {
-        func = bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells);
+        func = bocpy_build_function(st, p->code_id, defaults, kwdefaults, cells, cap.bare_cells);
         if (func == NULL) {
             goto failed;
         }

@@ -781,6 +781,53 @@ def test_behavior_defined_in_a_method_captures_self(tmp_path):
     assert b.unwrap() == 30
 
 
+def test_closure_of_many_kinds_of_values_reaches_the_body():
+    # A closure with nothing else captured travels as the cells' contents
+    # alone (binding/when.c): every kind of value, compact or pickled, and
+    # each in its own cell, in order.
+    import fractions
+
+    small, big, text, nothing = 3, 2**100, "héllo", None
+    nested = (1, (2.5, "x"), [4, {"k": 5}])
+    exact = fractions.Fraction(1, 3)
+
+    @when(Cown(0))
+    def r(c):
+        return (small, big, text, nothing, nested, exact)
+
+    bocpy.wait(timeout=30)
+    assert r.unwrap() == (3, 2**100, "héllo", None, (1, (2.5, "x"), [4, {"k": 5}]), exact)
+
+
+def test_closure_with_an_empty_cell_reports_the_unbound_name():
+    # A cell still empty at @when (the variable is assigned only after it)
+    # is empty in the behavior too: the body raises NameError for it, as the
+    # same function called then would.
+    def schedule():
+        @when(Cown(0))
+        def r(c):
+            return later
+
+        later = 1  # bound after @when on purpose
+        return r
+
+    r = schedule()
+    bocpy.wait(timeout=30)
+    with pytest.raises(NameError, match="later"):
+        r.unwrap()
+
+
+def test_closure_and_defaults_together_both_reach_the_body():
+    base = 10
+
+    @when(Cown(1))
+    def r(c, extra=5):
+        return c.value + base + extra
+
+    bocpy.wait(timeout=30)
+    assert r.unwrap() == 16
+
+
 def test_closure_inside_a_worker_body_is_captured_by_value():
     c = Cown(3)
 
