@@ -426,6 +426,9 @@ size_t bocpy_registry_size(void);
  * form), built in the calling interpreter (registry.c). */
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
                                PyObject *kwdefaults, PyObject *cells, bool bare_cells);
+/* Gives back (steals) a function that bocpy_build_function returned for
+ * registry `id`, once its call is over; NULL is ignored. */
+void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func);
 /* Main-thread holds (Cown.acquire) currently open (cown_value.c). */
 long bocpy_main_holds(void);
 
@@ -819,6 +822,12 @@ struct bocpy_state {
     /* registry id -> function bound to this interpreter's module globals */
     PyObject **functions;
     size_t functions_cap;
+    /* A function with a closure, of registry id `spare_id`, that its last
+     * behavior left unshared: the next behavior of that id reuses it with
+     * new cell contents (bocpy_build_function, bocpy_function_done).  NULL
+     * when there is none. */
+    PyObject *spare_closure;
+    int64_t spare_id;
     bocpy_move_state move;
     /* Free-threaded builds: guards codemap, functions, main_dict_size and
      * fallback_dumps against the interpreter's other threads (compat.h). */

@@ -379,6 +379,7 @@ void bocpy_registry_clear_state(bocpy_state *st) {
     PyMem_Free(st->functions);
     st->functions = NULL;
     st->functions_cap = 0;
+    Py_CLEAR(st->spare_closure);
 }
 
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
@@ -399,6 +400,30 @@ PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
     }
     if (nfree == 0 && defaults == Py_None && kwdefaults == Py_None) {
         return Py_NewRef(template);
+    }
+    if (st->spare_closure != NULL && st->spare_id == id && defaults == Py_None &&
+        kwdefaults == Py_None) {
+        /* The last behavior of this code left its function unshared
+         * (bocpy_function_done): only the cells' contents change. */
+        PyObject *func = st->spare_closure;
+        st->spare_closure = NULL;
+        PyObject *closure = PyFunction_GET_CLOSURE(func);
+        for (Py_ssize_t i = 0; i < nfree; i++) {
+            PyObject *entry = PyTuple_GET_ITEM(cells, i);
+            PyObject *content = NULL;
+            if (bare_cells) {
+                content = entry;
+            } else if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
+                content = PyTuple_GET_ITEM(entry, 1);
+            }
+            /* The cells are empty (bocpy_function_done): nothing is
+             * released here, so no destructor runs half-way. */
+            if (PyCell_Set(PyTuple_GET_ITEM(closure, i), content) < 0) {
+                Py_DECREF(func);
+                return NULL;
+            }
+        }
+        return func;
     }
     PyObject *func = PyFunction_New(code, PyFunction_GET_GLOBALS(template));
     if (func == NULL) {
@@ -440,6 +465,60 @@ PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
 fail:
     Py_DECREF(func);
     return NULL;
+}
+
+/* Whether `func` (a function with a closure and nothing else set) is
+ * referenced by its caller alone, and its closure tuple and cells by it
+ * alone: then no object the body made (an inner function over one of the
+ * cells, a frame kept by a traceback or a generator, the function itself
+ * returned or stored) can see a later behavior's values in them.  Only
+ * where one thread owns the interpreter's objects (a GIL build, each
+ * worker with its own interpreter): reference counts are exact there. */
+static bool function_unshared(PyObject *func) {
+#ifdef Py_GIL_DISABLED
+    (void)func;
+    return false;
+#else
+    if (bocpy_backend_shares_values() || !PyFunction_Check(func) || Py_REFCNT(func) != 1 ||
+        PyFunction_GET_DEFAULTS(func) != NULL || PyFunction_GET_KW_DEFAULTS(func) != NULL) {
+        return false;
+    }
+    PyObject *closure = PyFunction_GET_CLOSURE(func);
+    if (closure == NULL || !PyTuple_CheckExact(closure) || Py_REFCNT(closure) != 1) {
+        return false;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
+        if (Py_REFCNT(PyTuple_GET_ITEM(closure, i)) != 1) {
+            return false;
+        }
+    }
+    return true;
+#endif
+}
+
+void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
+    if (func == NULL) {
+        return;
+    }
+    if (!function_unshared(func)) {
+        Py_DECREF(func);
+        return;
+    }
+    /* Keep it, empty: the values go now (their destructors may run, and
+     * may even build functions: st->spare_closure is not touched until
+     * the cells are clear). */
+    PyObject *closure = PyFunction_GET_CLOSURE(func);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
+        (void)PyCell_Set(PyTuple_GET_ITEM(closure, i), NULL); /* fails only on a non-cell */
+    }
+    if (!function_unshared(func)) { /* a destructor took a reference */
+        Py_DECREF(func);
+        return;
+    }
+    PyObject *old = st->spare_closure;
+    st->spare_closure = func;
+    st->spare_id = id;
+    Py_XDECREF(old);
 }
 
 PyObject *bocpy_registry_name(bocpy_state *st, int64_t id) {

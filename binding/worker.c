@@ -548,7 +548,7 @@ store:
     if (before != before_small) {
         PyMem_Free(before);
     }
-    Py_XDECREF(func);
+    bocpy_function_done(st, p->code_id, func);
     Py_XDECREF(snapshot);
     /* A pinned behavior of the threads backend: this is the main
      * interpreter, attached; the payload's reference goes here. */

@@ -799,6 +799,41 @@ def test_closure_of_many_kinds_of_values_reaches_the_body():
     assert r.unwrap() == (3, 2**100, "héllo", None, (1, (2.5, "x"), [4, {"k": 5}]), exact)
 
 
+def test_closure_values_stay_apart_when_a_body_keeps_its_cells():
+    # A worker reuses a closure body's function for the next behavior of
+    # the same code only when nothing else holds it or its cells
+    # (binding/registry.c): a body that keeps an inner function over its
+    # closure variable (in the cown), or whose traceback keeps its frame,
+    # must keep seeing its own value, whatever the behaviors after it of
+    # the same code were given.
+    def keep(cown, n, fail):
+        @when(cown)
+        def r(c):
+            c.value = lambda: n
+            if fail:
+                raise ValueError(n)
+
+        return r
+
+    cowns = [Cown(None) for _ in range(40)]
+    kept = [keep(cown, n, fail=n % 3 == 0) for n, cown in enumerate(cowns)]
+    reads = []
+    for cown in cowns:
+
+        @when(cown)
+        def read(c):
+            return c.value()
+
+        reads.append(read)
+    bocpy.wait(timeout=30)
+    for n, (r, read) in enumerate(zip(kept, reads, strict=True)):
+        if n % 3 == 0:
+            with pytest.raises(ValueError) as failed:
+                r.unwrap()
+            assert failed.value.args == (n,)
+        assert read.unwrap() == n
+
+
 def test_closure_with_an_empty_cell_reports_the_unbound_name():
     # A cell still empty at @when (the variable is assigned only after it)
     # is empty in the behavior too: the body raises NameError for it, as the
