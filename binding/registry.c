@@ -382,6 +382,16 @@ void bocpy_registry_clear_state(bocpy_state *st) {
     Py_CLEAR(st->spare_closure);
 }
 
+/* What closure cell `i` holds, from `cells` in either form (see
+ * bocpy_captures): borrowed, or NULL for an empty cell. */
+static PyObject *cell_content(PyObject *cells, Py_ssize_t i, bool bare_cells) {
+    PyObject *entry = PyTuple_GET_ITEM(cells, i);
+    if (bare_cells) {
+        return entry;
+    }
+    return PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2 ? PyTuple_GET_ITEM(entry, 1) : NULL;
+}
+
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
                                PyObject *kwdefaults, PyObject *cells, bool bare_cells) {
     PyObject *template = bocpy_registry_function(st, id);
@@ -409,15 +419,9 @@ PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
         st->spare_closure = NULL;
         PyObject *closure = PyFunction_GET_CLOSURE(func);
         for (Py_ssize_t i = 0; i < nfree; i++) {
-            PyObject *entry = PyTuple_GET_ITEM(cells, i);
-            PyObject *content = NULL;
-            if (bare_cells) {
-                content = entry;
-            } else if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
-                content = PyTuple_GET_ITEM(entry, 1);
-            }
             /* The cells are empty (bocpy_function_done): nothing is
              * released here, so no destructor runs half-way. */
+            PyObject *content = cell_content(cells, i, bare_cells);
             if (PyCell_Set(PyTuple_GET_ITEM(closure, i), content) < 0) {
                 Py_DECREF(func);
                 return NULL;
@@ -441,14 +445,7 @@ PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
             goto fail;
         }
         for (Py_ssize_t i = 0; i < nfree; i++) {
-            PyObject *entry = PyTuple_GET_ITEM(cells, i);
-            PyObject *content = NULL;
-            if (bare_cells) {
-                content = entry;
-            } else if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
-                content = PyTuple_GET_ITEM(entry, 1);
-            }
-            PyObject *cell = PyCell_New(content);
+            PyObject *cell = PyCell_New(cell_content(cells, i, bare_cells));
             if (cell == NULL) {
                 Py_DECREF(closure);
                 goto fail;
