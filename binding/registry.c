@@ -464,22 +464,45 @@ fail:
     return NULL;
 }
 
-/* Whether `func` (a function with a closure and nothing else set) is
- * referenced by its caller alone, and its closure tuple and cells by it
- * alone: then no object the body made (an inner function over one of the
+/* Whether `func` (a function with a closure and nothing else set, built
+ * from `template`'s code) is referenced by its caller alone, and its
+ * closure tuple and cells by it alone, and the body changed nothing else of
+ * it: then no object the body made (an inner function over one of the
  * cells, a frame kept by a traceback or a generator, the function itself
- * returned or stored) can see a later behavior's values in them.  Only
+ * returned or stored, a weak reference to it) can see a later behavior's
+ * values, and a later behavior sees a function just like a new one.  Only
  * where one thread owns the interpreter's objects (a GIL build, each
- * worker with its own interpreter): reference counts are exact there. */
-static bool function_unshared(PyObject *func) {
+ * worker with its own interpreter): reference counts are exact there.
+ * The fields are those of CPython's public PyFunctionObject
+ * (cpython/funcobject.h), which the PyFunction_GET_* macros read too. */
+static bool function_unshared(PyObject *func, PyObject *template) {
 #ifdef Py_GIL_DISABLED
     (void)func;
+    (void)template;
     return false;
 #else
-    if (bocpy_backend_shares_values() || !PyFunction_Check(func) || Py_REFCNT(func) != 1 ||
-        PyFunction_GET_DEFAULTS(func) != NULL || PyFunction_GET_KW_DEFAULTS(func) != NULL) {
+    if (bocpy_backend_shares_values() || template == NULL || !PyFunction_Check(func) ||
+        Py_REFCNT(func) != 1 || PyFunction_GET_DEFAULTS(func) != NULL ||
+        PyFunction_GET_KW_DEFAULTS(func) != NULL) {
         return false;
     }
+    const PyFunctionObject *f = (const PyFunctionObject *)func;
+    const PyFunctionObject *t = (const PyFunctionObject *)template;
+    /* Nothing added (attributes, weak references, annotations made on
+     * demand), nothing replaced (__code__, __name__, __qualname__, __doc__,
+     * __module__, __type_params__): else not kept. */
+    if (f->func_dict != NULL || f->func_weakreflist != NULL || f->func_code != t->func_code ||
+        f->func_globals != t->func_globals || f->func_name != t->func_name ||
+        f->func_qualname != t->func_qualname || f->func_doc != t->func_doc ||
+        f->func_module != t->func_module || f->func_annotations != t->func_annotations ||
+        f->func_typeparams != t->func_typeparams) {
+        return false;
+    }
+#if PY_VERSION_HEX >= 0x030E0000
+    if (f->func_annotate != t->func_annotate) {
+        return false;
+    }
+#endif
     PyObject *closure = PyFunction_GET_CLOSURE(func);
     if (closure == NULL || !PyTuple_CheckExact(closure) || Py_REFCNT(closure) != 1) {
         return false;
@@ -493,11 +516,20 @@ static bool function_unshared(PyObject *func) {
 #endif
 }
 
+/* The function cached for `id` in this interpreter (borrowed), or NULL
+ * without an exception; never builds one. */
+static PyObject *cached_function(bocpy_state *st, int64_t id) {
+    bocpy_ft_lock(&st->ft_lock); /* see caches_add */
+    PyObject *found = functions_get(st, id);
+    bocpy_ft_unlock(&st->ft_lock);
+    return found;
+}
+
 void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
     if (func == NULL) {
         return;
     }
-    if (!function_unshared(func)) {
+    if (!function_unshared(func, cached_function(st, id))) {
         Py_DECREF(func);
         return;
     }
@@ -508,7 +540,9 @@ void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
         (void)PyCell_Set(PyTuple_GET_ITEM(closure, i), NULL); /* fails only on a non-cell */
     }
-    if (!function_unshared(func)) { /* a destructor took a reference */
+    /* Looked up again: a destructor may have taken a reference, or even
+     * cleared this state's caches. */
+    if (!function_unshared(func, cached_function(st, id))) {
         Py_DECREF(func);
         return;
     }

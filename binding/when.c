@@ -160,24 +160,25 @@ static int captures_of(PyObject *func, PyObject *extra, PyObject **out) {
 /* The contents of `func`'s closure cells, as a tuple; NULL without an
  * exception when it has no closure or a cell is empty (then the general
  * snapshot of captures_of says which are), NULL with one when out of
- * memory. */
+ * memory.  Each cell is read once, with PyCell_Get (a new reference, taken
+ * safely on free-threaded builds while another thread rebinds it). */
 static PyObject *closure_contents(PyObject *func) {
     PyObject *closure = PyFunction_GET_CLOSURE(func);
     if (closure == NULL) {
         return NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(closure);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyCell_GET(PyTuple_GET_ITEM(closure, i)) == NULL) {
-            return NULL;
-        }
-    }
     PyObject *contents = PyTuple_New(n);
     if (contents == NULL) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyTuple_SET_ITEM(contents, i, Py_NewRef(PyCell_GET(PyTuple_GET_ITEM(closure, i))));
+        PyObject *content = PyCell_Get(PyTuple_GET_ITEM(closure, i));
+        if (content == NULL) { /* empty (no exception: it is a cell) */
+            Py_DECREF(contents);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(contents, i, content);
     }
     return contents;
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import sys
 import threading
 import time
 
@@ -832,6 +833,46 @@ def test_closure_values_stay_apart_when_a_body_keeps_its_cells():
                 r.unwrap()
             assert failed.value.args == (n,)
         assert read.unwrap() == n
+
+
+def _running_function():
+    """The function object of the calling behavior body (found through gc)."""
+    import gc
+    import types
+
+    code = sys._getframe(1).f_code
+    return next(
+        f
+        for f in gc.get_referrers(code)
+        if isinstance(f, types.FunctionType) and f.__closure__ is not None
+    )
+
+
+def test_each_closure_behavior_gets_a_function_like_a_new_one():
+    # A body that reaches its own function object (here through gc) and
+    # sets an attribute on it, or keeps a weak reference to it, must not
+    # see either in the next behavior of the same code: such a function is
+    # not reused (binding/registry.c, function_unshared).
+    kept = []
+
+    def schedule(cown, n):
+        @when(cown)
+        def r(c):
+            import weakref
+
+            me = _running_function()
+            seen = getattr(me, "seen", ())
+            me.seen = (*seen, n)
+            if n % 2:
+                kept.append(weakref.ref(me))
+            return me.seen
+
+        return r
+
+    cown = Cown(0)
+    results = [schedule(cown, n) for n in range(6)]
+    bocpy.wait(timeout=30)
+    assert [r.unwrap() for r in results] == [(n,) for n in range(6)]
 
 
 def test_closure_with_an_empty_cell_reports_the_unbound_name():
