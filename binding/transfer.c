@@ -287,6 +287,14 @@ static bocpy_blob *serialise_whole(const bocpy_move_entry *type, PyObject *obj) 
  *       each item
  *   'c' Cown (exact Cown or PinnedCown), then a uint32_t index into the
  *       blob's cowns (a strong reference each, as pickled cowns have)
+ *   'g' a function defined inside another one (its __qualname__ holds
+ *       "<locals>", so the pickler would send it by code too, see
+ *       _pickling.py), then its int64_t registry id, its defaults (a value:
+ *       None or a tuple), a uint32_t count of closure cells and each cell's
+ *       content, where 'S' stands for the function itself (a launcher that
+ *       schedules its own next step).  Not with keyword-only defaults, an
+ *       empty cell, or the same function twice in the value (the pickler
+ *       would keep one object): those go to the pickler.
  *
  * Only exact types qualify (a subclass may pickle itself differently), and
  * only immutable containers inside: a pickle keeps the aliasing of mutable
@@ -303,9 +311,16 @@ static bocpy_blob *serialise_whole(const bocpy_move_entry *type, PyObject *obj) 
 #define COMPACT_DEPTH 8
 #define COMPACT_MAX_LEN 0x7fffffff
 
+#define COMPACT_FUNCTIONS 4
+
 typedef struct compact_buffer {
     char *data;
     size_t len, capacity;
+    /* Functions encoded so far (borrowed: the value being encoded holds
+     * them), and the one whose closure is being encoded ('S'). */
+    PyObject *functions[COMPACT_FUNCTIONS];
+    int nfunctions;
+    PyObject *current;
     char small[256];
 } compact_buffer;
 
@@ -374,6 +389,65 @@ static int compact_encode_items(bocpy_state *st, compact_buffer *buf, char tag, 
         }
     }
     return 1;
+}
+
+/* A function defined inside another (see 'g' above), with compact_encode's
+ * results. */
+static int compact_encode_function(bocpy_state *st, compact_buffer *buf, PyObject *func,
+                                   int depth) {
+    if (depth >= COMPACT_DEPTH || buf->nfunctions == COMPACT_FUNCTIONS ||
+        PyFunction_GET_KW_DEFAULTS(func) != NULL) {
+        return 0;
+    }
+    for (int i = 0; i < buf->nfunctions; i++) {
+        if (buf->functions[i] == func) {
+            return 0; /* twice in one value: the pickler keeps one object */
+        }
+    }
+    /* The public field (cpython/funcobject.h) that __qualname__ reads. */
+    PyObject *qualname = ((PyFunctionObject *)func)->func_qualname;
+    const char *text = PyUnicode_Check(qualname) ? PyUnicode_AsUTF8(qualname) : NULL;
+    if (text == NULL || strstr(text, "<locals>") == NULL) {
+        PyErr_Clear(); /* a str with lone surrogates: not ours either */
+        return 0;      /* maybe importable: the pickler sends it by name */
+    }
+    int64_t id = bocpy_registry_id_for(st, func);
+    if (id < 0) {
+        PyErr_Clear(); /* the pickler reports why it cannot be sent */
+        return 0;
+    }
+    buf->functions[buf->nfunctions++] = func;
+    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
+    if (!compact_put(buf, 'g', &id, sizeof(id))) {
+        return -1;
+    }
+    int rc = compact_encode(st, buf, defaults != NULL ? defaults : Py_None, depth + 1);
+    if (rc <= 0) {
+        return rc;
+    }
+    PyObject *closure = PyFunction_GET_CLOSURE(func);
+    Py_ssize_t n = closure != NULL ? PyTuple_GET_SIZE(closure) : 0;
+    uint32_t n32 = (uint32_t)n;
+    if (!compact_put(buf, 'n', &n32, sizeof(n32))) {
+        return -1;
+    }
+    PyObject *outer = buf->current;
+    buf->current = func;
+    for (Py_ssize_t i = 0; rc > 0 && i < n; i++) {
+        /* A new reference (PyCell_Get): another thread may rebind the
+         * variable meanwhile on free-threaded builds. */
+        PyObject *content = PyCell_Get(PyTuple_GET_ITEM(closure, i));
+        if (content == NULL) {
+            rc = PyErr_Occurred() ? -1 : 0; /* an empty cell: the pickler's way */
+        } else if (content == func) {
+            rc = compact_put(buf, 'S', NULL, 0) ? 1 : -1;
+        } else {
+            rc = compact_encode(st, buf, content, depth + 1);
+        }
+        Py_XDECREF(content);
+    }
+    buf->current = outer;
+    return rc;
 }
 
 /* 1: encoded; 0: not a compact value (no exception; the buffer may hold
@@ -450,6 +524,9 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         Py_DECREF(items);
         return rc;
     }
+    if (type == &PyFunction_Type) {
+        return compact_encode_function(st, buf, obj, depth);
+    }
     if (type == st->cown_type || type == st->pinned_type) {
         Py_ssize_t index = bocpy_transfer_add_cown(((CownObject *)obj)->cown);
         if (index < 0) {
@@ -478,6 +555,73 @@ static inline bool compact_take(compact_reader *r, void *out, size_t size) {
 static PyObject *compact_corrupt(void) {
     PyErr_SetString(PyExc_SystemError, "bocpy: a compact value blob is corrupt");
     return NULL;
+}
+
+static PyObject *compact_decode(bocpy_state *st, compact_reader *r);
+
+/* The rest of a 'g' (see the encoding above): a new function of this
+ * interpreter, built as _core._rebuild_function would. */
+static PyObject *compact_decode_function(bocpy_state *st, compact_reader *r) {
+    int64_t id;
+    if (!compact_take(r, &id, sizeof(id))) {
+        return compact_corrupt();
+    }
+    PyObject *defaults = compact_decode(st, r);
+    if (defaults == NULL) {
+        return NULL;
+    }
+    char tag;
+    uint32_t n;
+    if (!compact_take(r, &tag, 1) || tag != 'n' || !compact_take(r, &n, sizeof(n)) ||
+        (size_t)(r->end - r->at) < n) {
+        Py_DECREF(defaults);
+        return compact_corrupt();
+    }
+    /* Empty cells first: the function exists before its contents are
+     * decoded, so that 'S' can refer to it. */
+    PyObject *cells = PyTuple_New((Py_ssize_t)n);
+    for (uint32_t i = 0; cells != NULL && i < n; i++) {
+        PyObject *cell = PyCell_New(NULL);
+        if (cell == NULL) {
+            Py_CLEAR(cells);
+            break;
+        }
+        PyTuple_SET_ITEM(cells, (Py_ssize_t)i, cell);
+    }
+    PyObject *func = NULL;
+    PyObject *template = cells != NULL ? bocpy_registry_function(st, id) : NULL;
+    if (template != NULL) {
+        PyObject *code = PyFunction_GET_CODE(template);
+        if (PyCode_GetNumFree((PyCodeObject *)code) != (Py_ssize_t)n) {
+            compact_corrupt();
+        } else {
+            func = PyFunction_New(code, PyFunction_GET_GLOBALS(template));
+        }
+    }
+    if (func != NULL && defaults != Py_None && PyFunction_SetDefaults(func, defaults) < 0) {
+        Py_CLEAR(func);
+    }
+    Py_DECREF(defaults);
+    if (func != NULL && n > 0 && PyFunction_SetClosure(func, cells) < 0) {
+        Py_CLEAR(func);
+    }
+    for (uint32_t i = 0; func != NULL && i < n; i++) {
+        PyObject *content;
+        if (r->at < r->end && *r->at == 'S') {
+            r->at++;
+            content = Py_NewRef(func);
+        } else {
+            content = compact_decode(st, r);
+        }
+        if (content == NULL || PyCell_Set(PyTuple_GET_ITEM(cells, (Py_ssize_t)i), content) < 0) {
+            Py_XDECREF(content);
+            Py_CLEAR(func);
+            break;
+        }
+        Py_DECREF(content);
+    }
+    Py_XDECREF(cells);
+    return func;
 }
 
 static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
@@ -541,6 +685,8 @@ static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
         }
         return bocpy_cown_wrap(st, r->blob->cowns[index]);
     }
+    case 'g':
+        return compact_decode_function(st, r);
     default:
         return compact_corrupt();
     }
@@ -554,6 +700,8 @@ static bocpy_blob *compact_serialise(bocpy_state *st, serialise_context *ctx, Py
     buf.data = buf.small;
     buf.len = 0;
     buf.capacity = sizeof(buf.small);
+    buf.nfunctions = 0;
+    buf.current = NULL;
     int rc = compact_encode(st, &buf, obj, 0);
     bocpy_blob *blob = rc > 0 ? blob_new(ctx, buf.data, buf.len) : NULL;
     if (buf.data != buf.small) {

@@ -320,3 +320,107 @@ def test_too_many_when_arguments_is_a_type_error():
     cowns = [Cown(None) for _ in range(65_536)]
     with pytest.raises(TypeError, match="at most 65535 arguments"):
         when(*cowns)(lambda *cs: None)
+
+
+# A function defined inside another travels by code (as the pickler would
+# send it): its registry id, defaults and closure contents, with the
+# function itself allowed in its own closure -- the launcher that schedules
+# its own next step (binding/transfer.c, 'g').
+
+
+def test_local_launcher_schedules_its_own_steps():
+    def launch(cown, left, step_by=1):
+        @when(cown)
+        def step(c):
+            c.value += step_by
+            if left > 1:
+                launch(c, left - 1, step_by)
+
+    cown = Cown(0)
+    launch(cown, 50, step_by=2)
+    bocpy.wait(timeout=30)
+
+    @when(cown)
+    def total(c):
+        return c.value
+
+    bocpy.wait(timeout=30)
+    assert total.unwrap() == 100
+
+
+def test_local_functions_in_captures_and_results_keep_their_values():
+    scale = 3
+
+    def times(x, by=scale):
+        return x * by
+
+    offset = 4
+
+    def shift(x):
+        return times(x) + offset
+
+    add = lambda x, y=10: x + y  # noqa: E731 (a local lambda on purpose)
+
+    @when(Cown(5))
+    def r(c):
+        return (times(c.value), shift(c.value), add(c.value), times(c.value, 2))
+
+    @when(Cown(1))
+    def made(c):
+        k = c.value + 6
+
+        def inner(x):
+            return x + k
+
+        return inner
+
+    bocpy.wait(timeout=30)
+    assert r.unwrap() == (15, 19, 15, 10)
+    assert made.unwrap()(1) == 8
+
+
+def test_one_local_function_twice_stays_one_object():
+    def f():
+        return 1
+
+    g = f
+
+    @when(Cown(0))
+    def r(c):
+        return f is g, f(), g()
+
+    bocpy.wait(timeout=30)
+    assert r.unwrap() == (True, 1, 1)
+
+
+def test_local_functions_the_compact_way_cannot_send_still_work():
+    # Keyword-only defaults, an empty cell, and two functions that refer to
+    # each other go to the pickler, and arrive working.
+    def kw(x, *, by=2):
+        return x * by
+
+    def is_even(n):
+        return True if n == 0 else is_odd(n - 1)
+
+    def is_odd(n):
+        return False if n == 0 else is_even(n - 1)
+
+    def later_user():
+        return later
+
+    @when(Cown(0))
+    def r(c):
+        try:
+            late = later_user()
+        except NameError:
+            late = "unbound"
+        return kw(3), kw(3, by=5), is_even(10), is_odd(7), late
+
+    later = 1  # bound after @when: later_user's cell was empty then
+
+    bocpy.wait(timeout=30)
+    *values, late = r.unwrap()
+    assert values == [6, 15, True, True]
+    # The threads backend shares the cell itself, which may be bound by the
+    # time the body runs.
+    assert late == "unbound" or (THREADS_BACKEND and late == 1)
