@@ -126,8 +126,17 @@ static PyObject *core_rebuild_function(PyObject *module, PyObject *const *args, 
     if (id == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    return bocpy_build_function(bocpy_state_of_module(module), id, args[1], args[2], args[3],
-                                false);
+    bocpy_state *st = bocpy_state_of_module(module);
+    PyObject *func = bocpy_build_function(st, id, args[1], args[2], args[3], false);
+    if (func == NULL || func != bocpy_registry_function(st, id)) {
+        return func;
+    }
+    /* The pickler sets the defaults and cells of what this returns
+     * (_pickling._set_function_state): a function of its own, never the
+     * interpreter's template, which every behavior of this code shares. */
+    PyObject *own = PyFunction_New(PyFunction_GET_CODE(func), PyFunction_GET_GLOBALS(func));
+    Py_DECREF(func);
+    return own;
 }
 
 static PyObject *core_register_code(PyObject *module, PyObject *func) {

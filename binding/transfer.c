@@ -316,11 +316,10 @@ static bocpy_blob *serialise_whole(const bocpy_move_entry *type, PyObject *obj) 
 typedef struct compact_buffer {
     char *data;
     size_t len, capacity;
-    /* Functions encoded so far (borrowed: the value being encoded holds
-     * them), and the one whose closure is being encoded ('S'). */
+    /* Functions encoded so far (only compared, never used: the value
+     * being encoded holds them). */
     PyObject *functions[COMPACT_FUNCTIONS];
     int nfunctions;
-    PyObject *current;
     char small[256];
 } compact_buffer;
 
@@ -404,10 +403,17 @@ static int compact_encode_function(bocpy_state *st, compact_buffer *buf, PyObjec
             return 0; /* twice in one value: the pickler keeps one object */
         }
     }
-    /* The public field (cpython/funcobject.h) that __qualname__ reads. */
-    PyObject *qualname = ((PyFunctionObject *)func)->func_qualname;
+    /* New references, through getattr, for __qualname__ and __defaults__:
+     * on free-threaded builds another thread may replace either meanwhile
+     * (the closure tuple itself cannot be replaced). */
+    PyObject *qualname = PyObject_GetAttrString(func, "__qualname__");
+    if (qualname == NULL) {
+        return -1;
+    }
     const char *text = PyUnicode_Check(qualname) ? PyUnicode_AsUTF8(qualname) : NULL;
-    if (text == NULL || strstr(text, "<locals>") == NULL) {
+    bool local = text != NULL && strstr(text, "<locals>") != NULL;
+    Py_DECREF(qualname);
+    if (!local) {
         PyErr_Clear(); /* a str with lone surrogates: not ours either */
         return 0;      /* maybe importable: the pickler sends it by name */
     }
@@ -417,11 +423,15 @@ static int compact_encode_function(bocpy_state *st, compact_buffer *buf, PyObjec
         return 0;
     }
     buf->functions[buf->nfunctions++] = func;
-    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
     if (!compact_put(buf, 'g', &id, sizeof(id))) {
         return -1;
     }
-    int rc = compact_encode(st, buf, defaults != NULL ? defaults : Py_None, depth + 1);
+    PyObject *defaults = PyObject_GetAttrString(func, "__defaults__"); /* None when none */
+    if (defaults == NULL) {
+        return -1;
+    }
+    int rc = compact_encode(st, buf, defaults, depth + 1);
+    Py_DECREF(defaults);
     if (rc <= 0) {
         return rc;
     }
@@ -431,8 +441,6 @@ static int compact_encode_function(bocpy_state *st, compact_buffer *buf, PyObjec
     if (!compact_put(buf, 'n', &n32, sizeof(n32))) {
         return -1;
     }
-    PyObject *outer = buf->current;
-    buf->current = func;
     for (Py_ssize_t i = 0; rc > 0 && i < n; i++) {
         /* A new reference (PyCell_Get): another thread may rebind the
          * variable meanwhile on free-threaded builds. */
@@ -446,7 +454,6 @@ static int compact_encode_function(bocpy_state *st, compact_buffer *buf, PyObjec
         }
         Py_XDECREF(content);
     }
-    buf->current = outer;
     return rc;
 }
 
@@ -701,7 +708,6 @@ static bocpy_blob *compact_serialise(bocpy_state *st, serialise_context *ctx, Py
     buf.len = 0;
     buf.capacity = sizeof(buf.small);
     buf.nfunctions = 0;
-    buf.current = NULL;
     int rc = compact_encode(st, &buf, obj, 0);
     bocpy_blob *blob = rc > 0 ? blob_new(ctx, buf.data, buf.len) : NULL;
     if (buf.data != buf.small) {

@@ -328,7 +328,24 @@ def test_too_many_when_arguments_is_a_type_error():
 # its own next step (binding/transfer.c, 'g').
 
 
-def test_local_launcher_schedules_its_own_steps():
+@pytest.fixture
+def pickled_functions(monkeypatch):
+    """Functions the main interpreter's pickler is asked to send (by code)."""
+    from bocpy import _pickling
+
+    seen = []
+    original = _pickling._Pickler.reducer_override
+
+    def recording(self, obj):
+        if callable(obj):
+            seen.append(getattr(obj, "__qualname__", obj))
+        return original(self, obj)
+
+    monkeypatch.setattr(_pickling._Pickler, "reducer_override", recording)
+    return seen
+
+
+def test_local_launcher_schedules_its_own_steps(pickled_functions):
     def launch(cown, left, step_by=1):
         @when(cown)
         def step(c):
@@ -346,9 +363,10 @@ def test_local_launcher_schedules_its_own_steps():
 
     bocpy.wait(timeout=30)
     assert total.unwrap() == 100
+    assert pickled_functions == []  # the launcher crossed without the pickler
 
 
-def test_local_functions_in_captures_and_results_keep_their_values():
+def test_local_functions_in_captures_and_results_keep_their_values(pickled_functions):
     scale = 3
 
     def times(x, by=scale):
@@ -356,14 +374,22 @@ def test_local_functions_in_captures_and_results_keep_their_values():
 
     offset = 4
 
-    def shift(x):
+    def shift(x):  # holds `times` in its closure
         return times(x) + offset
 
     add = lambda x, y=10: x + y  # noqa: E731 (a local lambda on purpose)
 
     @when(Cown(5))
-    def r(c):
-        return (times(c.value), shift(c.value), add(c.value), times(c.value, 2))
+    def r1(c):
+        return times(c.value), times(c.value, 2)
+
+    @when(Cown(5))
+    def r2(c):
+        return shift(c.value)
+
+    @when(Cown(5))
+    def r3(c):
+        return add(c.value)
 
     @when(Cown(1))
     def made(c):
@@ -375,8 +401,9 @@ def test_local_functions_in_captures_and_results_keep_their_values():
         return inner
 
     bocpy.wait(timeout=30)
-    assert r.unwrap() == (15, 19, 15, 10)
+    assert (r1.unwrap(), r2.unwrap(), r3.unwrap()) == ((15, 10), 19, 15)
     assert made.unwrap()(1) == 8
+    assert pickled_functions == []
 
 
 def test_one_local_function_twice_stays_one_object():
@@ -424,3 +451,30 @@ def test_local_functions_the_compact_way_cannot_send_still_work():
     # The threads backend shares the cell itself, which may be bound by the
     # time the body runs.
     assert late == "unbound" or (THREADS_BACKEND and late == 1)
+
+
+def test_a_local_function_received_twice_is_two_functions():
+    # Sent by the pickler (keyword-only defaults), a local function without
+    # a closure or positional defaults is rebuilt as a function of its own
+    # each time, never the interpreter's shared template: an attribute set
+    # on one does not show on the next (binding/module.c _rebuild_function).
+    from bocpy import receive, send
+
+    def outer():
+        def kw(*, k=1):
+            return k
+
+        return kw
+
+    kw = outer()
+
+    def round_trip(value):
+        send("compact-kw", value)
+        return receive("compact-kw", 5)[1]
+
+    first = round_trip(kw)
+    first.tag = "mine"
+    second = round_trip(kw)
+    assert first is not second
+    assert not hasattr(second, "tag")
+    assert (first(), second(k=3)) == (1, 3)
