@@ -598,7 +598,7 @@ static void *abandon_worker(worker_context *ctx, bool entered, bool *failed) {
 /* Creates a new interpreter and enters it.  Sub-interpreters are created
  * from a thread that holds the main interpreter's GIL; this thread gets a
  * main thread state for that, deleted when the worker stops. */
-static bool create_interpreter(worker_context *ctx) {
+static bool create_interpreter_locked(worker_context *ctx) {
     ctx->main_tstate = PyThreadState_New(PyInterpreterState_Main());
     if (ctx->main_tstate == NULL) {
         bocpy_start_error_report(ctx->index, "could not create a thread state");
@@ -621,6 +621,33 @@ static bool create_interpreter(worker_context *ctx) {
         return false;
     }
     return true;
+}
+
+/* Workers make their interpreters one at a time.  CPython (3.12, 3.13) has
+ * races between interpreters being created at once -- "Failed to import
+ * encodings module" (cpython#128381, #131485), seen here once in a CI run
+ * where four threads started a runtime together -- and creation is a
+ * one-off cost (interpreters are kept in a pool between runtimes).  Taken
+ * before any GIL: a worker waiting for it holds none, so the one creating
+ * can always take the main GIL it needs. */
+static pthread_mutex_t creation_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t creation_lock_once = PTHREAD_ONCE_INIT;
+
+/* A child forked while a worker was creating its interpreter would inherit
+ * the lock held by a thread it does not have. */
+static void creation_lock_reset(void) {
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    creation_lock = fresh;
+}
+
+static void creation_lock_init(void) { (void)pthread_atfork(NULL, NULL, creation_lock_reset); }
+
+static bool create_interpreter(worker_context *ctx) {
+    pthread_once(&creation_lock_once, creation_lock_init);
+    pthread_mutex_lock(&creation_lock);
+    bool made = create_interpreter_locked(ctx);
+    pthread_mutex_unlock(&creation_lock);
+    return made;
 }
 
 static void *worker_start(void *user, unsigned index, bool *failed) {
