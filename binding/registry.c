@@ -529,7 +529,11 @@ void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
     if (func == NULL) {
         return;
     }
-    if (!function_unshared(func, cached_function(st, id))) {
+    /* Every behavior comes here: most functions (the registry's template
+     * for the defaults fast path, a body without a closure) fail this
+     * cheap test, before any lookup. */
+    if (Py_REFCNT(func) != 1 || !PyFunction_Check(func) || PyFunction_GET_CLOSURE(func) == NULL ||
+        !function_unshared(func, cached_function(st, id))) {
         Py_DECREF(func);
         return;
     }
