@@ -30,7 +30,9 @@ Timings are the minimum of ``--repeats`` runs, the variants interleaved
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures as cf
+import inspect
 import multiprocessing
 import os
 import subprocess
@@ -131,6 +133,54 @@ CLOSURE_LAUNCHERS: list[tuple[str, Callable[[Cown[int]], None]]] = [
     ("4 closure vars", closure4),
     ("local launcher", local_launcher()),
 ]
+
+
+# The same launchers with bocpy taken out: their source run again with a
+# `when` that queues the body and a loop that calls it, in this thread, on
+# a plain object.  What a step costs there is the Python code's own work --
+# building the closure cells, the defaults tuple, the function -- which no
+# runtime can remove; what bocpy adds is the difference.
+
+_PLAIN_QUEUE: collections.deque[tuple[Callable[..., None], tuple[object, ...]]] = (
+    collections.deque()
+)
+
+
+def _plain_when(*cowns: object) -> Callable[[Callable[..., None]], None]:
+    def schedule(body: Callable[..., None]) -> None:
+        _PLAIN_QUEUE.append((body, cowns))
+
+    return schedule
+
+
+class _PlainCown:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def plain_launchers() -> list[Callable[[Cown[int]], None]]:
+    """CHAIN_LAUNCHERS then CLOSURE_LAUNCHERS, compiled again without bocpy."""
+    namespace: dict[str, object] = {"when": _plain_when, "Cown": _PlainCown}
+    namespace["annotations"] = annotations
+    namespace["Callable"] = Callable
+    functions = [*CHAIN_LAUNCHERS, closure1, closure4, local_launcher]
+    for function in functions:
+        exec(compile(inspect.getsource(function), __file__, "exec"), namespace)
+    launchers = [namespace[f.__name__] for f in functions]
+    launchers[-1] = launchers[-1]()  # local_launcher makes the launcher
+    return launchers  # type: ignore[return-value]
+
+
+def time_plain_chains(launch: Callable[[Cown[int]], None], steps: int) -> float:
+    """Seconds per step of the same chains, bodies called in turn, no bocpy."""
+    cowns = [_PlainCown(steps) for _ in range(CHAINS)]
+    began = time.perf_counter()
+    for cown in cowns:
+        launch(cown)  # type: ignore[arg-type]
+    while _PLAIN_QUEUE:
+        body, args = _PLAIN_QUEUE.popleft()
+        body(*args)
+    return (time.perf_counter() - began) / (CHAINS * steps)
 
 
 def time_chains(launch: Callable[[Cown[int]], None], steps: int) -> float:
@@ -280,17 +330,29 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only in (None, "captures"):
         launchers = CHAIN_LAUNCHERS + [launch for _, launch in CLOSURE_LAUNCHERS]
+        plain = plain_launchers()
         best = [float("inf")] * len(launchers)
+        best_plain = [float("inf")] * len(launchers)
         for _ in range(args.repeats):
             for k, launch in enumerate(launchers):
                 best[k] = min(best[k], time_chains(launch, steps))
+                best_plain[k] = min(best_plain[k], time_plain_chains(plain[k], steps))
         print(f"1. captures: chain step on 1 worker ({CHAINS} chains x {steps:,} steps)")
+        print("   (plain: the same code with bocpy taken out, bodies called in turn;")
+        print("    bocpy's own: the step's time minus plain's, over the same with no captures)")
         labels = [f"{k} captures" for k in range(len(CHAIN_LAUNCHERS))]
         labels += [label for label, _ in CLOSURE_LAUNCHERS]
+        own_none = best[0] - best_plain[0]
         for k, (label, seconds) in enumerate(zip(labels, best, strict=True)):
             ratio = seconds / best[0]
+            plain_ratio = best_plain[k] / best_plain[0]
+            own_ratio = (seconds - best_plain[k]) / own_none
             mark = "" if k == 0 else f"  target <= x1.30: {verdict(ratio <= 1.30)}"
-            print(f"   {label:>16}: {seconds * 1e6:6.2f} us/step  x{ratio:.2f}{mark}")
+            print(
+                f"   {label:>16}: {seconds * 1e6:5.2f} us/step x{ratio:.2f}  "
+                f"plain {best_plain[k] * 1e6:4.2f} x{plain_ratio:.2f}  "
+                f"bocpy's own x{own_ratio:.2f}{mark}"
+            )
         print()
 
     if args.only in (None, "fanout"):

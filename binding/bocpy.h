@@ -152,7 +152,8 @@ struct bocpy_blob {
     uint32_t nmoves;
     bool whole;   /* the value is moves[0] itself: no pickle */
     bool compact; /* data is the compact encoding (transfer.c), not a pickle */
-    /* Allocated from offsetof(bocpy_blob, data): a Cown(int) keeps a blob
+    /* Allocated with offsetof(bocpy_blob, data) + size bytes (from
+     * boc_block_alloc; `size` never changes): a Cown(int) keeps a blob
      * of about 45 bytes, where the struct's tail padding would count. */
     char data[];
 };
@@ -171,6 +172,18 @@ bocpy_blob *bocpy_serialise(bocpy_state *st, PyObject *obj);
  * (bocpy_blob_moves), `obj` is stale and the caller must drop it.  On
  * failure nothing was detached. */
 bocpy_blob *bocpy_serialise_move(bocpy_state *st, PyObject *obj);
+/* The contents of the cells of `closure` (a function's closure tuple) as
+ * the compact blob that bocpy_serialise would make of a tuple of them,
+ * without making that tuple; NULL without an exception when a cell is
+ * empty, there are more than 16, or a content is not a compact value (the
+ * caller takes the general way), NULL with one on failure. */
+bocpy_blob *bocpy_serialise_cells(bocpy_state *st, PyObject *closure);
+/* Reads a blob that bocpy_serialise made of a tuple of `closure`'s size (as
+ * bocpy_serialise_cells makes) straight into `closure`'s cells, which are
+ * empty: 1; 0, with nothing changed, when the blob is not such a compact
+ * tuple (the caller takes the general way, bocpy_deserialise); -1 with an
+ * exception, some cells filled. */
+int bocpy_deserialise_cells(bocpy_state *st, const bocpy_blob *blob, PyObject *closure);
 /* True when `blob` (may be NULL) carries moved buffers: it is single use,
  * and the object it was made from is stale. */
 static inline bool bocpy_blob_moves(const bocpy_blob *blob) {
@@ -421,6 +434,14 @@ PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *bocpy_registry_name(bocpy_state *st, int64_t id);
 /* Code objects registered so far (process-wide; registry.c). */
 size_t bocpy_registry_size(void);
+/* The function a behavior of code `id` left unshared (bocpy_function_done),
+ * its closure cells empty, as a new reference that is no longer the spare;
+ * NULL when there is none.  Only GIL builds keep one (see
+ * function_unshared), under the interpreter's GIL. */
+PyObject *bocpy_take_spare_closure(bocpy_state *st, int64_t id);
+/* Gives a function taken with bocpy_take_spare_closure back, its cells empty
+ * again (its reference passes; dropped when another became the spare). */
+void bocpy_return_spare_closure(bocpy_state *st, int64_t id, PyObject *func);
 /* A function for registry `id` with the given defaults and closure snapshot
  * (each may be None; `cells` as in bocpy_captures, `bare_cells` saying which
  * form), built in the calling interpreter (registry.c). */

@@ -208,6 +208,10 @@ static void context_free(serialise_context *ctx) {
     free(ctx->moves);
 }
 
+/* The bytes a blob of `size` data bytes takes (what it is allocated and
+ * freed with). */
+static inline size_t blob_bytes(size_t size) { return offsetof(bocpy_blob, data) + size; }
+
 /* A blob of `size` pickle bytes taking over the context's cowns and moved
  * buffers (the context is left empty), or NULL with MemoryError. */
 static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t size) {
@@ -215,10 +219,15 @@ static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t siz
         PyErr_SetString(PyExc_MemoryError, "a value holds more than 2**32 cowns or buffers");
         return NULL;
     }
-    bocpy_blob *blob = malloc(offsetof(bocpy_blob, data) + size);
+    /* From recycled blocks (libboc's blocks.c): a blob is usually made by
+     * one thread (the scheduler's captures, the worker's result) and freed
+     * by another, the pattern that met malloc's arena lock. */
+    bocpy_blob *blob = boc_block_alloc(blob_bytes(size));
     bocpy_moved *moves = ctx->nmoves ? malloc(ctx->nmoves * sizeof(*moves)) : NULL;
     if (blob == NULL || (ctx->nmoves > 0 && moves == NULL)) {
-        free(blob);
+        if (blob != NULL) {
+            boc_block_free(blob, blob_bytes(size));
+        }
         free(moves);
         PyErr_NoMemory();
         return NULL;
@@ -717,25 +726,74 @@ static PyObject *compact_decode(bocpy_state *st, compact_reader *r) {
     }
 }
 
-/* A compact blob for `obj`, NULL with no exception when `obj` is not a
- * compact value, or NULL with an exception.  Called with `ctx` installed
- * as this thread's serialising context; on NULL the context is reset. */
-static bocpy_blob *compact_serialise(bocpy_state *st, serialise_context *ctx, PyObject *obj) {
-    compact_buffer buf;
-    buf.data = buf.small;
-    buf.len = 0;
-    buf.capacity = sizeof(buf.small);
-    buf.nfunctions = 0;
-    int rc = compact_encode(st, &buf, obj, 0);
-    bocpy_blob *blob = rc > 0 ? blob_new(ctx, buf.data, buf.len) : NULL;
-    if (buf.data != buf.small) {
-        free(buf.data);
+static void compact_begin(compact_buffer *buf) {
+    buf->data = buf->small;
+    buf->len = 0;
+    buf->capacity = sizeof(buf->small);
+    buf->nfunctions = 0;
+}
+
+/* The blob of `buf` when `rc` (compact_encode's result) is 1, else NULL
+ * (with compact_encode's exception, if any); frees `buf`.  On NULL the
+ * context is reset. */
+static bocpy_blob *compact_end(serialise_context *ctx, compact_buffer *buf, int rc) {
+    bocpy_blob *blob = rc > 0 ? blob_new(ctx, buf->data, buf->len) : NULL;
+    if (buf->data != buf->small) {
+        free(buf->data);
     }
     if (blob == NULL) {
         context_reset(ctx);
         return NULL;
     }
     blob->compact = true;
+    return blob;
+}
+
+/* A compact blob for `obj`, NULL with no exception when `obj` is not a
+ * compact value, or NULL with an exception.  Called with `ctx` installed
+ * as this thread's serialising context; on NULL the context is reset. */
+static bocpy_blob *compact_serialise(bocpy_state *st, serialise_context *ctx, PyObject *obj) {
+    compact_buffer buf;
+    compact_begin(&buf);
+    return compact_end(ctx, &buf, compact_encode(st, &buf, obj, 0));
+}
+
+#define CELLS_MAX 16
+
+bocpy_blob *bocpy_serialise_cells(bocpy_state *st, PyObject *closure) {
+    Py_ssize_t n = PyTuple_GET_SIZE(closure);
+    if (n > CELLS_MAX) {
+        return NULL;
+    }
+    /* Each cell read once, with PyCell_Get (a new reference: safe on
+     * free-threaded builds while another thread rebinds the cell), and
+     * held until the blob is made: the encoder compares functions by
+     * address (compact_buffer.functions). */
+    PyObject *contents[CELLS_MAX];
+    Py_ssize_t taken = 0;
+    while (taken < n && (contents[taken] = PyCell_Get(PyTuple_GET_ITEM(closure, taken))) != NULL) {
+        taken++;
+    }
+    bocpy_blob *blob = NULL;
+    if (taken == n) { /* else a cell is empty (no exception: they are cells) */
+        serialise_context ctx = {0};
+        serialise_context *outer = tls_serialising;
+        tls_serialising = &ctx;
+        compact_buffer buf;
+        compact_begin(&buf);
+        /* The layout of compact_encode_items for a tuple at depth 0. */
+        uint32_t n32 = (uint32_t)n;
+        int rc = compact_put(&buf, 't', &n32, sizeof(n32)) ? 1 : -1;
+        for (Py_ssize_t i = 0; rc > 0 && i < n; i++) {
+            rc = compact_encode(st, &buf, contents[i], 1);
+        }
+        blob = compact_end(&ctx, &buf, rc);
+        tls_serialising = outer;
+        context_free(&ctx);
+    }
+    for (Py_ssize_t i = 0; i < taken; i++) {
+        Py_DECREF(contents[i]);
+    }
     return blob;
 }
 
@@ -904,6 +962,35 @@ PyObject *bocpy_deserialise(bocpy_state *st, const bocpy_blob *blob) {
     return value;
 }
 
+int bocpy_deserialise_cells(bocpy_state *st, const bocpy_blob *blob, PyObject *closure) {
+    if (!blob->compact) {
+        return 0;
+    }
+    compact_reader reader = {blob->data, blob->data + blob->size, blob};
+    char tag;
+    uint32_t n;
+    if (!compact_take(&reader, &tag, 1) || tag != 't' || !compact_take(&reader, &n, sizeof(n)) ||
+        (Py_ssize_t)n != PyTuple_GET_SIZE(closure)) {
+        return 0; /* a mismatch is reported by the general way */
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        PyObject *content = compact_decode(st, &reader);
+        if (content == NULL) {
+            return -1;
+        }
+        int rc = PyCell_Set(PyTuple_GET_ITEM(closure, (Py_ssize_t)i), content);
+        Py_DECREF(content);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    if (reader.at != reader.end) {
+        compact_corrupt();
+        return -1;
+    }
+    return 1;
+}
+
 void bocpy_blob_free(bocpy_blob *blob) {
     if (blob == NULL) {
         return;
@@ -917,7 +1004,7 @@ void bocpy_blob_free(bocpy_blob *blob) {
     }
     free(blob->cowns);
     free(blob->moves);
-    free(blob);
+    boc_block_free(blob, blob_bytes(blob->size));
 }
 
 static bool is_plain_immutable(bocpy_state *st, PyObject *obj, int depth) {

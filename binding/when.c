@@ -307,12 +307,19 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
                          PyFunction_GET_KW_DEFAULTS(func) == NULL &&
                          PyFunction_GET_CLOSURE(func) == NULL;
     /* The next commonest, a closure over the caller's variables, travels
-     * as the tuple of the cells' contents (when no cell is empty). */
+     * as the tuple of the cells' contents (when no cell is empty); encoded
+     * straight from the cells when they hold compact values. */
+    bool plain_closure = nextra == 0 && defaults == NULL &&
+                         PyFunction_GET_KW_DEFAULTS(func) == NULL &&
+                         PyFunction_GET_CLOSURE(func) != NULL;
     bool closure_only = false;
     if (defaults_only) {
         snapshot = Py_NewRef(defaults);
-    } else if (nextra == 0 && defaults == NULL && PyFunction_GET_KW_DEFAULTS(func) == NULL &&
-               (snapshot = closure_contents(func)) != NULL) {
+    } else if (plain_closure && !bocpy_backend_shares_values() &&
+               (captures = bocpy_serialise_cells(st, PyFunction_GET_CLOSURE(func))) != NULL) {
+        snapshot = NULL;
+        closure_only = true;
+    } else if (plain_closure && !PyErr_Occurred() && (snapshot = closure_contents(func)) != NULL) {
         closure_only = true;
     } else if (PyErr_Occurred() || captures_of(func, nextra ? extra : NULL, &snapshot) < 0) {
         bocpy_runtime_unpin(pinned);

@@ -400,8 +400,25 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
         atomic_store_explicit(&c->holder, token, memory_order_relaxed); /* see bocpy_cown.holder */
     }
 
-    bocpy_captures cap;
-    if (bocpy_captures_open(st, p, &cap) < 0) {
+    /* A closure over compact values, when the last behavior of this code
+     * left its function unshared (bocpy_function_done): the contents are
+     * decoded straight into its cells, with no snapshot tuple made and no
+     * function built. */
+    if (p->closure_only && !p->live && p->captures != NULL) {
+        func = bocpy_take_spare_closure(st, p->code_id);
+        int rc = func ? bocpy_deserialise_cells(st, p->captures, PyFunction_GET_CLOSURE(func)) : 0;
+        if (rc < 0) {
+            Py_CLEAR(func);
+            goto failed;
+        }
+        if (rc == 0 && func != NULL) {
+            bocpy_return_spare_closure(st, p->code_id, func);
+            func = NULL;
+        }
+    }
+    bocpy_captures cap = {
+        .defaults = Py_None, .kwdefaults = Py_None, .cells = Py_None, .bare_cells = false};
+    if (func == NULL && bocpy_captures_open(st, p, &cap) < 0) {
         goto failed;
     }
     snapshot = cap.snapshot;
@@ -415,7 +432,7 @@ void bocpy_run_behavior(bocpy_state *st, bocpy_interp *here, boc_behavior *b, bo
      * the parameters are bound to the same objects, and the function
      * object and its defaults tuple are not made for each behavior. */
     Py_ssize_t filled = 0, first_default = 0;
-    if (defaults != Py_None && kwdefaults == Py_None && cells == Py_None &&
+    if (func == NULL && defaults != Py_None && kwdefaults == Py_None && cells == Py_None &&
         PyTuple_CheckExact(defaults)) {
         func = Py_XNewRef(bocpy_registry_function(st, p->code_id));
         if (func == NULL) {
@@ -548,8 +565,10 @@ store:
     if (before != before_small) {
         PyMem_Free(before);
     }
-    bocpy_function_done(st, p->code_id, func);
+    /* The snapshot first: it may hold the closure's contents too, which
+     * bocpy_function_done wants held by the function alone. */
     Py_XDECREF(snapshot);
+    bocpy_function_done(st, p->code_id, func);
     /* A pinned behavior of the threads backend: this is the main
      * interpreter, attached; the payload's reference goes here. */
     if (p->live) {

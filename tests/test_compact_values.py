@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
+import sys
 
 import pytest
 from conftest import THREADS_BACKEND
@@ -364,6 +365,58 @@ def test_local_launcher_schedules_its_own_steps(pickled_functions):
     bocpy.wait(timeout=30)
     assert total.unwrap() == 100
     assert pickled_functions == []  # the launcher crossed without the pickler
+
+
+@pytest.mark.skipif(
+    THREADS_BACKEND or not getattr(sys, "_is_gil_enabled", lambda: True)(),
+    reason="the worker frees the launcher by its reference counts: GIL builds, "
+    "the interpreters backend (binding/registry.c, break_self_reference)",
+)
+def test_local_launcher_steps_leave_no_cycle_behind(run_script):
+    # The launcher arrives in each step's closure holding itself in its own
+    # closure (the compact encoding's 'S'): a reference cycle.  The worker
+    # frees it when the step is done, so no garbage waits for the cycle
+    # collector (which each step here keeps off in its interpreter).
+    result = run_script(
+        """
+        import gc, types
+        from bocpy import Cown, start, wait, when
+
+        def main():
+            def launch(cown, left):
+                @when(cown)
+                def step(c):
+                    gc.disable()
+                    c.value += 1
+                    if left > 1:
+                        launch(c, left - 1)
+                    else:
+                        c.value = sum(
+                            1 for f in gc.get_objects()
+                            if isinstance(f, types.FunctionType)
+                            and f.__qualname__ == "main.<locals>.launch"
+                            and f.__closure__ is not None  # not the code's template
+                        )
+
+            cown = Cown(0)
+            start(worker_count=1)
+            launch(cown, 300)
+            wait()
+
+            @when(cown)
+            def launchers(c):
+                gc.enable()
+                return c.value
+
+            wait()
+            print(launchers.unwrap())
+
+        main()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    # The last step's own launcher is alive; without the fix, about 300.
+    assert result.stdout.split() == ["1"]
 
 
 def test_local_functions_in_captures_and_results_keep_their_values(pickled_functions):

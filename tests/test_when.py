@@ -835,6 +835,26 @@ def test_closure_values_stay_apart_when_a_body_keeps_its_cells():
         assert read.unwrap() == n
 
 
+def test_closure_values_compact_and_pickled_in_turn_reach_each_behavior():
+    # Values the compact encoding carries (ints, str, tuples) and values
+    # that go to the pickler (a set, a list inside a tuple) alternate in
+    # one code's closure: the worker reads the first kind straight into the
+    # cells of the function it kept, and hands it back for the second kind,
+    # read the general way (binding/worker.c).  Each behavior sees its own.
+    def schedule(cown, value, other):
+        @when(cown)
+        def r(c):
+            return value, other
+
+        return r
+
+    values = [1, {2}, "three", (4, [5]), (6,), frozenset({7}), 8, None]
+    cown = Cown(0)
+    results = [schedule(cown, v, n) for n, v in enumerate(values)]
+    bocpy.wait(timeout=30)
+    assert [r.unwrap() for r in results] == [(v, n) for n, v in enumerate(values)]
+
+
 def _running_function():
     """The function object of the calling behavior body (found through gc)."""
     import gc
