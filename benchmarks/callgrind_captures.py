@@ -64,7 +64,10 @@ def instructions(variant: str, mode: str, steps: int, workdir: str) -> int:
         mode,
         str(steps),
     ]
-    run = subprocess.run(command, capture_output=True, text=True, check=False)
+    # A fixed hash seed: str hashes decide dict probe counts, which would
+    # otherwise move the totals a little between runs.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    run = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-2000:]}")
     with open(out) as f:
