@@ -152,8 +152,8 @@ struct bocpy_blob {
     uint32_t nmoves;
     bool whole;   /* the value is moves[0] itself: no pickle */
     bool compact; /* data is the compact encoding (transfer.c), not a pickle */
-    /* Allocated with offsetof(bocpy_blob, data) + size bytes (from
-     * boc_block_alloc; `size` never changes): a Cown(int) keeps a blob
+    /* Allocated with offsetof(bocpy_blob, data) + size bytes (transfer.c's
+     * blob_alloc; `size` never changes): a Cown(int) keeps a blob
      * of about 45 bytes, where the struct's tail padding would count. */
     char data[];
 };

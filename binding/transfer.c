@@ -212,6 +212,27 @@ static void context_free(serialise_context *ctx) {
  * freed with). */
 static inline size_t blob_bytes(size_t size) { return offsetof(bocpy_blob, data) + size; }
 
+/* Small blobs (captures, results, the values of cowns: usually made by one
+ * thread and freed by another, as behaviors are) come from libboc's
+ * recycled blocks, which skip malloc's arena lock; larger ones from malloc,
+ * since a block is zeroed (boc_block_alloc is calloc-like) and a big
+ * pickle would be zero-filled only to be copied over. */
+#define BLOB_BLOCK_MAX 512
+
+static bocpy_blob *blob_alloc(size_t size) {
+    size_t bytes = blob_bytes(size);
+    return bytes <= BLOB_BLOCK_MAX ? boc_block_alloc(bytes) : malloc(bytes);
+}
+
+static void blob_release(bocpy_blob *blob) {
+    size_t bytes = blob_bytes(blob->size);
+    if (bytes <= BLOB_BLOCK_MAX) {
+        boc_block_free(blob, bytes);
+    } else {
+        free(blob);
+    }
+}
+
 /* A blob of `size` pickle bytes taking over the context's cowns and moved
  * buffers (the context is left empty), or NULL with MemoryError. */
 static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t size) {
@@ -219,14 +240,12 @@ static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t siz
         PyErr_SetString(PyExc_MemoryError, "a value holds more than 2**32 cowns or buffers");
         return NULL;
     }
-    /* From recycled blocks (libboc's blocks.c): a blob is usually made by
-     * one thread (the scheduler's captures, the worker's result) and freed
-     * by another, the pattern that met malloc's arena lock. */
-    bocpy_blob *blob = boc_block_alloc(blob_bytes(size));
+    bocpy_blob *blob = blob_alloc(size);
     bocpy_moved *moves = ctx->nmoves ? malloc(ctx->nmoves * sizeof(*moves)) : NULL;
     if (blob == NULL || (ctx->nmoves > 0 && moves == NULL)) {
         if (blob != NULL) {
-            boc_block_free(blob, blob_bytes(size));
+            blob->size = size;
+            blob_release(blob);
         }
         free(moves);
         PyErr_NoMemory();
@@ -1004,7 +1023,7 @@ void bocpy_blob_free(bocpy_blob *blob) {
     }
     free(blob->cowns);
     free(blob->moves);
-    boc_block_free(blob, blob_bytes(blob->size));
+    blob_release(blob);
 }
 
 static bool is_plain_immutable(bocpy_state *st, PyObject *obj, int depth) {
