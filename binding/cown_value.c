@@ -1244,6 +1244,14 @@ bocpy_state *bocpy_cown_parse_new(PyTypeObject *type, PyObject *args, PyObject *
                                   const char *format, PyObject **value) {
     static char *kwlist[] = {"value", NULL};
     *value = Py_None;
+    /* The common `Cown(v)` without the parser (~300 instructions, at each
+     * cown); keywords and mistakes take the parser's way and messages. */
+    if ((kwds == NULL || PyDict_GET_SIZE(kwds) == 0) && PyTuple_GET_SIZE(args) <= 1) {
+        if (PyTuple_GET_SIZE(args) == 1) {
+            *value = PyTuple_GET_ITEM(args, 0);
+        }
+        return bocpy_state_of_type(type);
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, value)) {
         return NULL;
     }

@@ -22,6 +22,7 @@ const int32_t bocpy_ungrouped[BOCPY_UNGROUPED_MAX] = {-1, -1, -1, -1, -1, -1, -1
 
 typedef struct {
     PyObject_HEAD PyObject *args; /* tuple: each a Cown or a list of Cowns */
+    vectorcallfunc vectorcall;    /* When_vectorcall: calling it makes no tuple */
 } WhenObject;
 
 /* Checks one @when argument; returns its cown count or -1. */
@@ -60,6 +61,67 @@ static PyObject *function_name(PyObject *func) {
     return name;
 }
 
+/* What check_function found wrong with a behavior function. */
+typedef enum {
+    FUNCTION_OK,
+    FUNCTION_ASYNC,
+    FUNCTION_GENERATOR,
+    FUNCTION_TOO_FEW,
+    FUNCTION_TOO_MANY,
+    FUNCTION_KWONLY,
+} function_problem;
+
+/* Raises TypeError for `problem` (not FUNCTION_OK), naming the behavior. */
+static void raise_function_problem(PyObject *func, function_problem problem, Py_ssize_t ngiven) {
+    PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(func);
+    PyObject *defaults = PyFunction_GET_DEFAULTS(func);
+    Py_ssize_t nparams = code->co_argcount;
+    Py_ssize_t nrequired = nparams - (defaults ? PyTuple_GET_SIZE(defaults) : 0);
+    PyObject *name = function_name(func);
+    if (name == NULL) {
+        return;
+    }
+    switch (problem) {
+    case FUNCTION_ASYNC:
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' is an 'async def' function; behaviors run to completion "
+                     "on a worker and cannot be awaited: define it with plain 'def'",
+                     name);
+        break;
+    case FUNCTION_GENERATOR:
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' is a generator function (it uses 'yield'); a behavior "
+                     "runs once and returns its result: return a list instead",
+                     name);
+        break;
+    case FUNCTION_TOO_FEW:
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' has %zd parameters without defaults but @when gives it "
+                     "%zd argument%s; give one cown (or list of cowns) per parameter, and "
+                     "give extra parameters default values (they are captured)",
+                     name, nrequired, ngiven, ngiven == 1 ? "" : "s");
+        break;
+    case FUNCTION_TOO_MANY:
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' takes %zd parameter%s but @when gives it %zd "
+                     "arguments; add a parameter per cown (or use *args)",
+                     name, nparams, nparams == 1 ? "" : "s", ngiven);
+        break;
+    case FUNCTION_KWONLY:
+        PyErr_Format(PyExc_TypeError,
+                     "behavior '%U' has keyword-only parameters without defaults; behaviors "
+                     "receive only their cowns, so give those parameters default values",
+                     name);
+        break;
+    case FUNCTION_OK:
+        break;
+    }
+    Py_DECREF(name);
+}
+
+/* 0 when `func` can be a behavior given `ngiven` arguments, else -1 with a
+ * TypeError.  The name is looked up only for the message (a getattr by
+ * name costs ~600 instructions, at every @when). */
 static int check_function(PyObject *func, Py_ssize_t ngiven) {
     if (!PyFunction_Check(func)) {
         PyErr_Format(PyExc_TypeError, "@when decorates a function defined with 'def', not '%.200s'",
@@ -67,57 +129,28 @@ static int check_function(PyObject *func, Py_ssize_t ngiven) {
         return -1;
     }
     PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(func);
-    PyObject *name = function_name(func);
-    if (name == NULL) {
-        return -1;
-    }
-    int rc = -1;
-    if (code->co_flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)) {
-        PyErr_Format(PyExc_TypeError,
-                     "behavior '%U' is an 'async def' function; behaviors run to completion "
-                     "on a worker and cannot be awaited: define it with plain 'def'",
-                     name);
-        goto done;
-    }
-    if (code->co_flags & CO_GENERATOR) {
-        PyErr_Format(PyExc_TypeError,
-                     "behavior '%U' is a generator function (it uses 'yield'); a behavior "
-                     "runs once and returns its result: return a list instead",
-                     name);
-        goto done;
-    }
     PyObject *defaults = PyFunction_GET_DEFAULTS(func);
-    Py_ssize_t ndefaults = defaults ? PyTuple_GET_SIZE(defaults) : 0;
     Py_ssize_t nparams = code->co_argcount;
-    Py_ssize_t nrequired = nparams - ndefaults;
-    if (ngiven < nrequired) {
-        PyErr_Format(PyExc_TypeError,
-                     "behavior '%U' has %zd parameters without defaults but @when gives it "
-                     "%zd argument%s; give one cown (or list of cowns) per parameter, and "
-                     "give extra parameters default values (they are captured)",
-                     name, nrequired, ngiven, ngiven == 1 ? "" : "s");
-        goto done;
-    }
-    if (ngiven > nparams && !(code->co_flags & CO_VARARGS)) {
-        PyErr_Format(PyExc_TypeError,
-                     "behavior '%U' takes %zd parameter%s but @when gives it %zd "
-                     "arguments; add a parameter per cown (or use *args)",
-                     name, nparams, nparams == 1 ? "" : "s", ngiven);
-        goto done;
-    }
+    Py_ssize_t nrequired = nparams - (defaults ? PyTuple_GET_SIZE(defaults) : 0);
     PyObject *kwdefaults = PyFunction_GET_KW_DEFAULTS(func);
     Py_ssize_t nkwdefaults = kwdefaults ? PyDict_GET_SIZE(kwdefaults) : 0;
-    if (code->co_kwonlyargcount > nkwdefaults) {
-        PyErr_Format(PyExc_TypeError,
-                     "behavior '%U' has keyword-only parameters without defaults; behaviors "
-                     "receive only their cowns, so give those parameters default values",
-                     name);
-        goto done;
+    function_problem problem = FUNCTION_OK;
+    if (code->co_flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)) {
+        problem = FUNCTION_ASYNC;
+    } else if (code->co_flags & CO_GENERATOR) {
+        problem = FUNCTION_GENERATOR;
+    } else if (ngiven < nrequired) {
+        problem = FUNCTION_TOO_FEW;
+    } else if (ngiven > nparams && !(code->co_flags & CO_VARARGS)) {
+        problem = FUNCTION_TOO_MANY;
+    } else if (code->co_kwonlyargcount > nkwdefaults) {
+        problem = FUNCTION_KWONLY;
     }
-    rc = 0;
-done:
-    Py_DECREF(name);
-    return rc;
+    if (problem == FUNCTION_OK) {
+        return 0;
+    }
+    raise_function_problem(func, problem, ngiven);
+    return -1;
 }
 
 /* Sets *out to (extra_args, defaults, kwdefaults, closure), or to NULL when
@@ -418,15 +451,20 @@ PyObject *bocpy_whencall(bocpy_state *st, PyObject *func, PyObject *args, PyObje
 
 /* ------------------------------------------------------ the decorator */
 
-static PyObject *When_call(WhenObject *self, PyObject *args, PyObject *kwargs) {
-    PyObject *func;
-    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) {
+static PyObject *When_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames) {
+    WhenObject *self = (WhenObject *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
         PyErr_SetString(PyExc_TypeError, "@when(...) takes the function only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "O:when", &func)) {
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "@when(...) takes the function only, as its one argument (%zd given)", nargs);
         return NULL;
     }
+    PyObject *func = args[0];
     bocpy_state *st = bocpy_state_of_type(Py_TYPE(self));
     if (PyFunction_Check(func)) {
         return bocpy_whencall(st, func, self->args, NULL);
@@ -458,8 +496,14 @@ static PyObject *When_repr(WhenObject *self) {
                                 PyTuple_GET_SIZE(self->args));
 }
 
+static PyMemberDef When_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(WhenObject, vectorcall), Py_READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot When_slots[] = {
-    {Py_tp_call, When_call},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, When_members},
     {Py_tp_dealloc, When_dealloc},
     {Py_tp_repr, When_repr},
     {0, NULL},
@@ -468,7 +512,8 @@ static PyType_Slot When_slots[] = {
 static PyType_Spec When_spec = {
     .name = "bocpy._core.When",
     .basicsize = sizeof(WhenObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+             Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = When_slots,
 };
 
@@ -497,5 +542,6 @@ PyObject *bocpy_when(PyObject *module, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     }
     self->args = tuple;
+    self->vectorcall = When_vectorcall;
     return (PyObject *)self;
 }
