@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -117,6 +118,89 @@ def test_keyword_only_parameter_without_default_is_rejected():
         @when(c)
         def f(c, *, key):
             pass
+
+
+def _rejected_async(c):
+    async def body(c):
+        pass
+
+    return body
+
+
+def _rejected_generator(c):
+    def body(c):
+        yield c
+
+    return body
+
+
+def _too_few(c):
+    def body(c, d):
+        pass
+
+    return body
+
+
+def _too_many(c):
+    def body():
+        pass
+
+    return body
+
+
+def _keyword_only(c):
+    def body(c, *, key):
+        pass
+
+    return body
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_rejected_async, "'async def' function"),
+        (_rejected_generator, "generator function"),
+        (_too_few, "1 argument; give one cown"),
+        (_too_many, "takes 0 parameters but @when gives it 1"),
+        (_keyword_only, "keyword-only parameters without defaults"),
+    ],
+    ids=["async", "generator", "too-few", "too-many", "keyword-only"],
+)
+def test_a_rejected_behavior_is_named_in_the_message(make, says):
+    # The name is looked up only when something is wrong (binding/when.c,
+    # check_function): each message still names the behavior.
+    body = make(Cown(1))
+    with pytest.raises(TypeError) as rejected:
+        when(Cown(1))(body)
+    message = str(rejected.value)
+    assert f"behavior '{body.__qualname__}'" in message
+    assert says in message
+
+
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        (lambda w: w(), "(0 given)"),
+        (lambda w: w(double, double), "(2 given)"),
+        (lambda w: w(function=double), "takes the function only"),
+    ],
+    ids=["none", "two", "keyword"],
+)
+def test_calling_the_decorator_wrongly_is_a_type_error(call, says):
+    decorator = when(Cown(1))
+    with pytest.raises(TypeError, match=re.escape(says)):
+        call(decorator)
+    result = decorator(lambda c: c.value + 1)  # still usable
+    bocpy.wait()
+    assert result.unwrap() == 2
+
+
+def test_cown_construction_takes_one_value_by_position_or_keyword():
+    assert [Cown().value is None, Cown(3).value, Cown(value=4).value] == [True, 3, 4]
+    with pytest.raises(TypeError, match="at most 1 argument"):
+        Cown(1, 2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'x'"):
+        Cown(x=1)
 
 
 class WithMethod:
