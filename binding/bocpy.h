@@ -442,6 +442,10 @@ PyObject *bocpy_take_spare_closure(bocpy_state *st, int64_t id);
 /* Gives a function taken with bocpy_take_spare_closure back, its cells empty
  * again (its reference passes; dropped when another became the spare). */
 void bocpy_return_spare_closure(bocpy_state *st, int64_t id, PyObject *func);
+/* The kept function of code `id` (see bocpy_state.spare_local) when its
+ * closure has `ncells` cells, as a new reference that is no longer kept;
+ * NULL when there is none. */
+PyObject *bocpy_take_spare_local(bocpy_state *st, int64_t id, Py_ssize_t ncells);
 /* A function for registry `id` with the given defaults and closure snapshot
  * (each may be None; `cells` as in bocpy_captures, `bare_cells` saying which
  * form), built in the calling interpreter (registry.c). */
@@ -849,6 +853,13 @@ struct bocpy_state {
      * when there is none. */
     PyObject *spare_closure;
     int64_t spare_id;
+    /* A function defined in a function, of registry id `spare_local_id`,
+     * that arrived in a behavior's captures holding itself (transfer.c's
+     * 'S') and that nothing else held when the behavior was done: the
+     * next compact decoding of that id reuses it (bocpy_take_spare_local),
+     * its closure cells empty and no defaults.  NULL when there is none. */
+    PyObject *spare_local;
+    int64_t spare_local_id;
     bocpy_move_state move;
     /* Free-threaded builds: guards codemap, functions, main_dict_size and
      * fallback_dumps against the interpreter's other threads (compat.h). */

@@ -380,6 +380,7 @@ void bocpy_registry_clear_state(bocpy_state *st) {
     st->functions = NULL;
     st->functions_cap = 0;
     Py_CLEAR(st->spare_closure);
+    Py_CLEAR(st->spare_local);
 }
 
 /* What closure cell `i` holds, from `cells` in either form (see
@@ -482,8 +483,9 @@ fail:
     return NULL;
 }
 
-/* Whether `func` (a function with a closure and nothing else set, built
- * from `template`'s code) is referenced by its caller alone, and its
+/* Whether `func` (a function with a closure and nothing else set -- or,
+ * with `any_defaults`, defaults too -- built from `template`'s code) is
+ * referenced by its caller alone, and its
  * closure tuple and cells by it alone, and the body changed nothing else of
  * it: then no object the body made (an inner function over one of the
  * cells, a frame kept by a traceback or a generator, the function itself
@@ -493,14 +495,15 @@ fail:
  * worker with its own interpreter): reference counts are exact there.
  * The fields are those of CPython's public PyFunctionObject
  * (cpython/funcobject.h), which the PyFunction_GET_* macros read too. */
-static bool function_unshared(PyObject *func, PyObject *template) {
+static bool function_unshared(PyObject *func, PyObject *template, bool any_defaults) {
 #ifdef Py_GIL_DISABLED
     (void)func;
     (void)template;
+    (void)any_defaults;
     return false;
 #else
     if (bocpy_backend_shares_values() || template == NULL || !PyFunction_Check(func) ||
-        Py_REFCNT(func) != 1 || PyFunction_GET_DEFAULTS(func) != NULL ||
+        Py_REFCNT(func) != 1 || (!any_defaults && PyFunction_GET_DEFAULTS(func) != NULL) ||
         PyFunction_GET_KW_DEFAULTS(func) != NULL) {
         return false;
     }
@@ -575,6 +578,47 @@ static bool break_self_reference(PyObject *content) {
 #endif
 }
 
+/* The registry id of `func`'s code in this interpreter, or -1 when it has
+ * none yet; never adds one. */
+static int64_t known_id(bocpy_state *st, PyObject *func) {
+    bocpy_ft_lock(&st->ft_lock); /* see caches_add */
+    int64_t id = codemap_find(st, PyFunction_GET_CODE(func));
+    bocpy_ft_unlock(&st->ft_lock);
+    return id;
+}
+
+/* Keeps `local` (a function whose self reference break_self_reference
+ * emptied; a new reference, which passes) for the next compact decoding of
+ * its code (bocpy_take_spare_local), emptied like a new one's: no closure
+ * contents, no defaults.  Emptying may run destructors, so it is checked
+ * again after. */
+static void keep_local(bocpy_state *st, int64_t id, PyObject *local) {
+    PyObject *closure = PyFunction_GET_CLOSURE(local);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
+        (void)PyCell_Set(PyTuple_GET_ITEM(closure, i), NULL); /* fails only on a non-cell */
+    }
+    if (PyFunction_SetDefaults(local, Py_None) < 0 ||
+        !function_unshared(local, cached_function(st, id), false)) {
+        PyErr_Clear(); /* SetDefaults fails only on a non-function */
+        Py_DECREF(local);
+        return;
+    }
+    PyObject *old = st->spare_local;
+    st->spare_local = local;
+    st->spare_local_id = id;
+    Py_XDECREF(old);
+}
+
+PyObject *bocpy_take_spare_local(bocpy_state *st, int64_t id, Py_ssize_t ncells) {
+    PyObject *func = st->spare_local;
+    if (func == NULL || st->spare_local_id != id ||
+        PyTuple_GET_SIZE(PyFunction_GET_CLOSURE(func)) != ncells) {
+        return NULL;
+    }
+    st->spare_local = NULL;
+    return func;
+}
+
 void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
     if (func == NULL) {
         return;
@@ -583,7 +627,7 @@ void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
      * for the defaults fast path, a body without a closure) fail this
      * cheap test, before any lookup. */
     if (Py_REFCNT(func) != 1 || !PyFunction_Check(func) || PyFunction_GET_CLOSURE(func) == NULL ||
-        !function_unshared(func, cached_function(st, id))) {
+        !function_unshared(func, cached_function(st, id), false)) {
         Py_DECREF(func);
         return;
     }
@@ -592,18 +636,33 @@ void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
      * the cells are clear). */
     PyObject *closure = PyFunction_GET_CLOSURE(func);
     bool released = false;
+    PyObject *local = NULL;
+    int64_t local_id = -1;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
         PyObject *cell = PyTuple_GET_ITEM(closure, i);
         PyObject *content = PyCell_GET(cell);
+        bool broken = break_self_reference(content);
+        if (broken && local == NULL) {
+            /* Held by this cell alone now: kept, if nothing about it
+             * differs from a new one (with defaults, which are reset). */
+            int64_t lid = known_id(st, content);
+            if (lid >= 0 && function_unshared(content, cached_function(st, lid), true)) {
+                local = Py_NewRef(content);
+                local_id = lid;
+            }
+        }
         /* Only a last reference runs a destructor (an immortal object's
          * count is never 1). */
-        released = break_self_reference(content) || released ||
-                   (content != NULL && Py_REFCNT(content) == 1);
+        released = broken || released || (content != NULL && Py_REFCNT(content) == 1);
         (void)PyCell_Set(cell, NULL); /* fails only on a non-cell */
+    }
+    if (local != NULL) {
+        keep_local(st, local_id, local);
+        released = true;
     }
     /* Looked up again when a destructor ran: it may have taken a
      * reference, or even cleared this state's caches. */
-    if (released && !function_unshared(func, cached_function(st, id))) {
+    if (released && !function_unshared(func, cached_function(st, id), false)) {
         Py_DECREF(func);
         return;
     }

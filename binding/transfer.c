@@ -631,9 +631,17 @@ static PyObject *compact_decode_function(bocpy_state *st, compact_reader *r) {
         return compact_corrupt();
     }
     /* Empty cells first: the function exists before its contents are
-     * decoded, so that 'S' can refer to it. */
-    PyObject *cells = PyTuple_New((Py_ssize_t)n);
-    for (uint32_t i = 0; cells != NULL && i < n; i++) {
+     * decoded, so that 'S' can refer to it.  The function the last
+     * behavior of this code left (bocpy_function_done) has them already:
+     * only its defaults and contents are set. */
+    PyObject *func = bocpy_take_spare_local(st, id, (Py_ssize_t)n);
+    PyObject *cells = NULL;
+    if (func != NULL) {
+        cells = Py_NewRef(PyFunction_GET_CLOSURE(func)); /* filled below */
+    } else {
+        cells = PyTuple_New((Py_ssize_t)n);
+    }
+    for (uint32_t i = 0; func == NULL && cells != NULL && i < n; i++) {
         PyObject *cell = PyCell_New(NULL);
         if (cell == NULL) {
             Py_CLEAR(cells);
@@ -641,8 +649,7 @@ static PyObject *compact_decode_function(bocpy_state *st, compact_reader *r) {
         }
         PyTuple_SET_ITEM(cells, (Py_ssize_t)i, cell);
     }
-    PyObject *func = NULL;
-    PyObject *template = cells != NULL ? bocpy_registry_function(st, id) : NULL;
+    PyObject *template = func == NULL && cells != NULL ? bocpy_registry_function(st, id) : NULL;
     if (template != NULL) {
         PyObject *code = PyFunction_GET_CODE(template);
         if (PyCode_GetNumFree((PyCodeObject *)code) != (Py_ssize_t)n) {
@@ -655,7 +662,8 @@ static PyObject *compact_decode_function(bocpy_state *st, compact_reader *r) {
         Py_CLEAR(func);
     }
     Py_DECREF(defaults);
-    if (func != NULL && n > 0 && PyFunction_SetClosure(func, cells) < 0) {
+    if (func != NULL && n > 0 && PyFunction_GET_CLOSURE(func) != cells &&
+        PyFunction_SetClosure(func, cells) < 0) {
         Py_CLEAR(func);
     }
     for (uint32_t i = 0; func != NULL && i < n; i++) {

@@ -419,6 +419,67 @@ def test_local_launcher_steps_leave_no_cycle_behind(run_script):
     assert result.stdout.split() == ["1"]
 
 
+def test_a_reused_local_launcher_is_like_a_new_one_each_behavior():
+    # The worker may reuse the launcher that arrived with the last behavior
+    # of its code (binding/registry.c, keep_local): each behavior must
+    # still see the launcher as sent -- its defaults, and no attribute (they
+    # do not travel, as with the pickler) or default that a previous
+    # behavior gave its copy after scheduling the next step.
+    def launch(cown, left):
+        @when(cown)
+        def step(c):
+            c.value.append((getattr(launch, "mark", None), launch.__defaults__))
+            if left > 1:
+                launch(c, left - 1)
+            if left % 2:
+                launch.mark = left  # this copy is then not reused
+            launch.__defaults__ = (99,)
+
+    cown = Cown([])
+    launch(cown, 12)
+    bocpy.wait(timeout=30)
+
+    @when(cown)
+    def seen(c):
+        return c.value
+
+    bocpy.wait(timeout=30)
+    assert seen.unwrap() == [(None, None)] * 12
+
+
+def test_a_local_launcher_kept_by_a_behavior_keeps_its_closure():
+    # A launcher that a behavior keeps (here in its cown) is not reused nor
+    # emptied when the behavior is done: it still schedules its steps.
+    def launch(cown, left):
+        @when(cown)
+        def step(c):
+            c.value["count"] += 1
+            c.value.setdefault("kept", launch)
+            if left > 1:
+                launch(c, left - 1)
+
+    cown = Cown({"count": 0})
+    launch(cown, 5)
+    bocpy.wait(timeout=30)
+
+    @when(cown)
+    def again(c):
+        kept = c.value["kept"]
+        cells = [cell.cell_contents for cell in kept.__closure__]
+        kept(c, 3)  # schedules three more steps
+        return cells == [kept]
+
+    bocpy.wait(timeout=30)
+
+    @when(cown)
+    def count(c):
+        return c.value["count"]
+
+    bocpy.wait(timeout=30)
+    assert again.unwrap() is True
+    assert count.unwrap() == 8
+
+
 def test_local_functions_in_captures_and_results_keep_their_values(pickled_functions):
     scale = 3
 
