@@ -393,13 +393,43 @@ static PyObject *cell_content(PyObject *cells, Py_ssize_t i, bool bare_cells) {
     return PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2 ? PyTuple_GET_ITEM(entry, 1) : NULL;
 }
 
+static bool function_unshared(PyObject *func, PyObject *template, bool any_defaults);
+static PyObject *cached_function(bocpy_state *st, int64_t id);
+
+/* Whether a kept function (`spare`, of code `id`) is still as it was kept:
+ * unshared, like a new one, its cells empty.  Between two behaviors only
+ * the cycle collector's view (gc.get_objects) can reach it, and a body
+ * may have taken it from there. */
+static bool spare_intact(bocpy_state *st, int64_t id, PyObject *spare) {
+    if (!function_unshared(spare, cached_function(st, id), false)) {
+        return false;
+    }
+    PyObject *closure = PyFunction_GET_CLOSURE(spare);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
+        if (PyCell_GET(PyTuple_GET_ITEM(closure, i)) != NULL) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Takes `*slot` (a kept function of code `id`): a new reference, or NULL
+ * when it is not intact any more (then dropped). */
+static PyObject *take_spare(bocpy_state *st, int64_t id, PyObject **slot) {
+    PyObject *func = *slot;
+    *slot = NULL;
+    if (!spare_intact(st, id, func)) {
+        Py_DECREF(func);
+        return NULL;
+    }
+    return func;
+}
+
 PyObject *bocpy_take_spare_closure(bocpy_state *st, int64_t id) {
     if (st->spare_closure == NULL || st->spare_id != id) {
         return NULL;
     }
-    PyObject *func = st->spare_closure;
-    st->spare_closure = NULL;
-    return func;
+    return take_spare(st, id, &st->spare_closure);
 }
 
 void bocpy_return_spare_closure(bocpy_state *st, int64_t id, PyObject *func) {
@@ -597,7 +627,9 @@ static void keep_local(bocpy_state *st, int64_t id, PyObject *local) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
         (void)PyCell_Set(PyTuple_GET_ITEM(closure, i), NULL); /* fails only on a non-cell */
     }
-    if (PyFunction_SetDefaults(local, Py_None) < 0 ||
+    /* (Only when there are defaults: each set is a MODIFY_DEFAULTS event
+     * for a function watcher.) */
+    if ((PyFunction_GET_DEFAULTS(local) != NULL && PyFunction_SetDefaults(local, Py_None) < 0) ||
         !function_unshared(local, cached_function(st, id), false)) {
         PyErr_Clear(); /* SetDefaults fails only on a non-function */
         Py_DECREF(local);
@@ -611,12 +643,11 @@ static void keep_local(bocpy_state *st, int64_t id, PyObject *local) {
 
 PyObject *bocpy_take_spare_local(bocpy_state *st, int64_t id, Py_ssize_t ncells) {
     PyObject *func = st->spare_local;
-    if (func == NULL || st->spare_local_id != id ||
+    if (func == NULL || st->spare_local_id != id || PyFunction_GET_CLOSURE(func) == NULL ||
         PyTuple_GET_SIZE(PyFunction_GET_CLOSURE(func)) != ncells) {
         return NULL;
     }
-    st->spare_local = NULL;
-    return func;
+    return take_spare(st, id, &st->spare_local);
 }
 
 void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {

@@ -480,6 +480,47 @@ def test_a_local_launcher_kept_by_a_behavior_keeps_its_closure():
     assert count.unwrap() == 8
 
 
+_GRABBED: list[object] = []
+
+
+def test_a_kept_launcher_taken_through_gc_is_not_reused():
+    # Between two behaviors the worker's kept launcher can be reached only
+    # through the cycle collector's view of all objects.  A body that takes
+    # it from there (and marks it) must not see the next behavior use it
+    # (binding/registry.c, spare_intact).
+    def launch(cown, left, tag):
+        @when(cown)
+        def step(c):
+            c.value.append((tag, getattr(launch, "mark", None), launch in _GRABBED))
+            if left > 1:
+                launch(c, left - 1, tag)
+
+    cown = Cown([])
+    launch(cown, 1, "first")  # its launcher is kept when it is done
+
+    @when(cown)
+    def grab(c):
+        import gc
+        import types
+
+        for f in gc.get_objects():  # (naming no launcher: this body takes none)
+            if isinstance(f, types.FunctionType) and f.__qualname__.endswith(
+                "through_gc_is_not_reused.<locals>.launch"
+            ):
+                f.mark = "set on a kept copy"
+                _GRABBED.append(f)
+
+    launch(cown, 1, "second")
+
+    @when(cown)
+    def seen(c):
+        _GRABBED.clear()
+        return c.value
+
+    bocpy.wait(timeout=30)
+    assert seen.unwrap() == [("first", None, False), ("second", None, False)]
+
+
 def test_local_functions_in_captures_and_results_keep_their_values(pickled_functions):
     scale = 3
 
