@@ -277,6 +277,15 @@ int64_t bocpy_registry_id_for(bocpy_state *st, PyObject *func) {
         return -1;
     }
     PyObject *bytes = PyObject_CallOneArg(st->marshal_dumps, code);
+    if (bytes == NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        /* marshal reports an allocation that failed inside a code object
+         * as ValueError("unmarshallable object") (CPython 3.12, 3.13), not
+         * as MemoryError.  A code object that really cannot be marshalled
+         * (one made by hand with odd constants) fails the same way twice;
+         * a brief shortage of memory does not. */
+        PyErr_Clear();
+        bytes = PyObject_CallOneArg(st->marshal_dumps, code);
+    }
     if (bytes == NULL) {
         Py_DECREF(module);
         return -1;
