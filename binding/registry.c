@@ -626,6 +626,16 @@ static int64_t known_id(bocpy_state *st, PyObject *func) {
     return id;
 }
 
+/* Makes `func` (its reference passes) the function kept in `*slot` for
+ * code `id`, dropping the one kept before (last: its release may run
+ * code). */
+static void set_spare(PyObject **slot, int64_t *slot_id, int64_t id, PyObject *func) {
+    PyObject *old = *slot;
+    *slot = func;
+    *slot_id = id;
+    Py_XDECREF(old);
+}
+
 /* Keeps `local` (a function whose self reference break_self_reference
  * emptied; a new reference, which passes) for the next compact decoding of
  * its code (bocpy_take_spare_local), emptied like a new one's: no closure
@@ -644,10 +654,7 @@ static void keep_local(bocpy_state *st, int64_t id, PyObject *local) {
         Py_DECREF(local);
         return;
     }
-    PyObject *old = st->spare_local;
-    st->spare_local = local;
-    st->spare_local_id = id;
-    Py_XDECREF(old);
+    set_spare(&st->spare_local, &st->spare_local_id, id, local);
 }
 
 PyObject *bocpy_take_spare_local(bocpy_state *st, int64_t id, Py_ssize_t ncells) {
@@ -706,10 +713,7 @@ void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
         Py_DECREF(func);
         return;
     }
-    PyObject *old = st->spare_closure;
-    st->spare_closure = func;
-    st->spare_id = id;
-    Py_XDECREF(old);
+    set_spare(&st->spare_closure, &st->spare_id, id, func);
 }
 
 PyObject *bocpy_registry_name(bocpy_state *st, int64_t id) {
