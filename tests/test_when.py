@@ -199,7 +199,7 @@ def test_cown_construction_takes_one_value_by_position_or_keyword():
     assert [Cown().value is None, Cown(3).value, Cown(value=4).value] == [True, 3, 4]
     with pytest.raises(TypeError, match="at most 1 argument"):
         Cown(1, 2)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'x'"):
+    with pytest.raises(TypeError, match="'x'"):  # (3.12 and 3.13 word it differently)
         Cown(x=1)
 
 
