@@ -441,13 +441,22 @@ PyObject *bocpy_take_spare_closure(bocpy_state *st, int64_t id) {
     return take_spare(st, id, &st->spare_closure);
 }
 
+/* Makes `func` (its reference passes) the function kept in `*slot` for
+ * code `id`, dropping the one kept before (last: its release may run
+ * code). */
+static void set_spare(PyObject **slot, int64_t *slot_id, int64_t id, PyObject *func) {
+    PyObject *old = *slot;
+    *slot = func;
+    *slot_id = id;
+    Py_XDECREF(old);
+}
+
 void bocpy_return_spare_closure(bocpy_state *st, int64_t id, PyObject *func) {
     if (st->spare_closure != NULL) {
         Py_DECREF(func); /* another one became the spare meanwhile */
         return;
     }
-    st->spare_closure = func;
-    st->spare_id = id;
+    set_spare(&st->spare_closure, &st->spare_id, id, func);
 }
 
 PyObject *bocpy_build_function(bocpy_state *st, int64_t id, PyObject *defaults,
@@ -626,21 +635,11 @@ static int64_t known_id(bocpy_state *st, PyObject *func) {
     return id;
 }
 
-/* Makes `func` (its reference passes) the function kept in `*slot` for
- * code `id`, dropping the one kept before (last: its release may run
- * code). */
-static void set_spare(PyObject **slot, int64_t *slot_id, int64_t id, PyObject *func) {
-    PyObject *old = *slot;
-    *slot = func;
-    *slot_id = id;
-    Py_XDECREF(old);
-}
-
 /* Keeps `local` (a function whose self reference break_self_reference
  * emptied; a new reference, which passes) for the next compact decoding of
  * its code (bocpy_take_spare_local), emptied like a new one's: no closure
- * contents, no defaults.  Emptying may run destructors, so it is checked
- * again after. */
+ * contents, no defaults.  Emptying may run destructors: take_spare checks
+ * it again before any reuse. */
 static void keep_local(bocpy_state *st, int64_t id, PyObject *local) {
     PyObject *closure = PyFunction_GET_CLOSURE(local);
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
@@ -648,9 +647,8 @@ static void keep_local(bocpy_state *st, int64_t id, PyObject *local) {
     }
     /* (Only when there are defaults: each set is a MODIFY_DEFAULTS event
      * for a function watcher.) */
-    if ((PyFunction_GET_DEFAULTS(local) != NULL && PyFunction_SetDefaults(local, Py_None) < 0) ||
-        !function_unshared(local, cached_function(st, id), false)) {
-        PyErr_Clear(); /* SetDefaults fails only on a non-function */
+    if (PyFunction_GET_DEFAULTS(local) != NULL && PyFunction_SetDefaults(local, Py_None) < 0) {
+        PyErr_Clear(); /* fails only on a non-function */
         Py_DECREF(local);
         return;
     }
@@ -682,7 +680,6 @@ void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
      * may even build functions: st->spare_closure is not touched until
      * the cells are clear). */
     PyObject *closure = PyFunction_GET_CLOSURE(func);
-    bool released = false;
     PyObject *local = NULL;
     int64_t local_id = -1;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(closure); i++) {
@@ -698,21 +695,14 @@ void bocpy_function_done(bocpy_state *st, int64_t id, PyObject *func) {
                 local_id = lid;
             }
         }
-        /* Only a last reference runs a destructor (an immortal object's
-         * count is never 1). */
-        released = broken || released || (content != NULL && Py_REFCNT(content) == 1);
         (void)PyCell_Set(cell, NULL); /* fails only on a non-cell */
     }
     if (local != NULL) {
         keep_local(st, local_id, local);
-        released = true;
     }
-    /* Looked up again when a destructor ran: it may have taken a
-     * reference, or even cleared this state's caches. */
-    if (released && !function_unshared(func, cached_function(st, id), false)) {
-        Py_DECREF(func);
-        return;
-    }
+    /* A destructor run by emptying the cells may have taken a reference
+     * to the function, or cleared this state's caches: take_spare checks
+     * it again before any reuse. */
     set_spare(&st->spare_closure, &st->spare_id, id, func);
 }
 

@@ -224,8 +224,9 @@ static bocpy_blob *blob_alloc(size_t size) {
     return bytes <= BLOB_BLOCK_MAX ? boc_block_alloc(bytes) : malloc(bytes);
 }
 
-static void blob_release(bocpy_blob *blob) {
-    size_t bytes = blob_bytes(blob->size);
+/* Frees `blob`, of `size` data bytes (blob->size once it is set). */
+static void blob_release(bocpy_blob *blob, size_t size) {
+    size_t bytes = blob_bytes(size);
     if (bytes <= BLOB_BLOCK_MAX) {
         boc_block_free(blob, bytes);
     } else {
@@ -244,8 +245,7 @@ static bocpy_blob *blob_new(serialise_context *ctx, const char *data, size_t siz
     bocpy_moved *moves = ctx->nmoves ? malloc(ctx->nmoves * sizeof(*moves)) : NULL;
     if (blob == NULL || (ctx->nmoves > 0 && moves == NULL)) {
         if (blob != NULL) {
-            blob->size = size;
-            blob_release(blob);
+            blob_release(blob, size);
         }
         free(moves);
         PyErr_NoMemory();
@@ -397,11 +397,10 @@ static inline bool compact_put_sized(compact_buffer *buf, char tag, const char *
 
 static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, int depth);
 
-/* The items of `tuple` (a tuple, or a list's snapshot) under `tag` ('t' or
- * 'l'), with compact_encode's results. */
-static int compact_encode_items(bocpy_state *st, compact_buffer *buf, char tag, PyObject *tuple,
-                                int depth) {
-    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+/* `n` items under `tag` ('t' or 'l'): a count, then each item, with
+ * compact_encode's results. */
+static int compact_encode_items(bocpy_state *st, compact_buffer *buf, char tag,
+                                PyObject *const *items, Py_ssize_t n, int depth) {
     if (n > COMPACT_MAX_LEN) {
         return 0;
     }
@@ -410,7 +409,7 @@ static int compact_encode_items(bocpy_state *st, compact_buffer *buf, char tag, 
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        int rc = compact_encode(st, buf, PyTuple_GET_ITEM(tuple, i), depth + 1);
+        int rc = compact_encode(st, buf, items[i], depth + 1);
         if (rc <= 0) {
             return rc;
         }
@@ -557,7 +556,8 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         if (depth >= COMPACT_DEPTH) {
             return 0;
         }
-        return compact_encode_items(st, buf, 't', obj, depth);
+        return compact_encode_items(st, buf, 't', PySequence_Fast_ITEMS(obj), PyTuple_GET_SIZE(obj),
+                                    depth);
     }
     if (type == &PyList_Type && depth == 0) {
         /* A snapshot (PyList_AsTuple copies the items under the list's own
@@ -573,7 +573,8 @@ static int compact_encode(bocpy_state *st, compact_buffer *buf, PyObject *obj, i
         if (items == NULL) {
             return -1;
         }
-        int rc = compact_encode_items(st, buf, 'l', items, depth);
+        int rc = compact_encode_items(st, buf, 'l', PySequence_Fast_ITEMS(items),
+                                      PyTuple_GET_SIZE(items), depth);
         Py_DECREF(items);
         return rc;
     }
@@ -808,12 +809,8 @@ bocpy_blob *bocpy_serialise_cells(bocpy_state *st, PyObject *closure) {
         tls_serialising = &ctx;
         compact_buffer buf;
         compact_begin(&buf);
-        /* The layout of compact_encode_items for a tuple at depth 0. */
-        uint32_t n32 = (uint32_t)n;
-        int rc = compact_put(&buf, 't', &n32, sizeof(n32)) ? 1 : -1;
-        for (Py_ssize_t i = 0; rc > 0 && i < n; i++) {
-            rc = compact_encode(st, &buf, contents[i], 1);
-        }
+        /* Encoded as the tuple of contents would be, at depth 0. */
+        int rc = compact_encode_items(st, &buf, 't', contents, n, 0);
         blob = compact_end(&ctx, &buf, rc);
         tls_serialising = outer;
         context_free(&ctx);
@@ -1031,7 +1028,7 @@ void bocpy_blob_free(bocpy_blob *blob) {
     }
     free(blob->cowns);
     free(blob->moves);
-    blob_release(blob);
+    blob_release(blob, blob->size);
 }
 
 static bool is_plain_immutable(bocpy_state *st, PyObject *obj, int depth) {
